@@ -1,0 +1,96 @@
+"""Which backend serves which op: a table {(op, backend) -> kernel} filled at import time.
+
+A kernel has the same signature as the reference function of its op (swiftkern/ops/reference.py)
+and may raise :class:`Unsupported` for inputs it does not handle (a dtype, a device). With backend
+"auto" the next candidate is then tried and the reference always serves last; an explicitly named
+backend that cannot serve raises instead, so a user never gets a different backend than asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
+
+
+class Unsupported(Exception):
+    """Raised by a kernel for inputs it does not handle; "auto" then falls back."""
+
+
+@dataclass(frozen=True)
+class Kernel:
+    fn: Callable
+    devices: tuple[str, ...]
+    dtypes: tuple[torch.dtype, ...] | None  # None: any floating dtype
+
+
+_TABLE: dict[tuple[str, str], Kernel] = {}
+
+# Preference on CUDA devices until a GPU measurement table exists (see README "Backends").
+CUDA_PREFERENCE: list[str] = ["triton", "cuda"]
+
+
+def register_kernel(
+    op: str,
+    backend: str,
+    fn: Callable,
+    devices: tuple[str, ...],
+    dtypes: tuple[torch.dtype, ...] | None = None,
+) -> None:
+    if backend not in BACKENDS or backend == "auto":
+        raise ValueError(f"unknown backend {backend!r}")
+    _TABLE[(op, backend)] = Kernel(fn, devices, dtypes)
+
+
+def kernel_for(op: str, backend: str) -> Kernel | None:
+    return _TABLE.get((op, backend))
+
+
+def candidates(device: torch.device, backend: str) -> list[str]:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return [backend]
+    if device.type == "cpu":
+        return ["cpu", "reference"]
+    if device.type == "cuda":
+        return [*CUDA_PREFERENCE, "reference"]
+    return ["reference"]
+
+
+def _accepts(k: Kernel, device: torch.device, dtype: torch.dtype) -> bool:
+    return device.type in k.devices and (k.dtypes is None or dtype in k.dtypes)
+
+
+def dispatch(op: str, backend: str, device: torch.device, dtype: torch.dtype, *args):
+    """Run `op` on the first backend that serves (device, dtype); see module docstring."""
+    tried = []
+    for name in candidates(device, backend):
+        k = _TABLE.get((op, name))
+        if k is None or not _accepts(k, device, dtype):
+            tried.append(f"{name}: not available for {device.type}/{dtype}")
+            continue
+        try:
+            return k.fn(*args)
+        except Unsupported as e:
+            tried.append(f"{name}: {e}")
+    raise NotImplementedError(
+        f"swiftkern.{op}: backend {backend!r} cannot serve device={device.type} dtype={dtype} "
+        f"({'; '.join(tried)})"
+    )
+
+
+def resolve(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Name of the backend `dispatch` would try first for these inputs (None if none)."""
+    for name in candidates(device, backend):
+        k = _TABLE.get((op, name))
+        if k is not None and _accepts(k, device, dtype):
+            return name
+    return None
+
+
+def table() -> dict[tuple[str, str], Kernel]:
+    return dict(_TABLE)
