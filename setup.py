@@ -57,7 +57,7 @@ def extensions():
     import torch
     from torch.utils import cpp_extension as ce
 
-    common = ["-O3", "-std=c++17", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
+    common = ["-O3", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
     inc = [os.path.join(ROOT, "csrc", "include")]
     exts = []
     cuda_sources = _rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
@@ -83,7 +83,7 @@ def extensions():
                 define_macros=[("SWIFTKERN_WITH_CUDA", "1")],
                 extra_compile_args={
                     "cxx": common,
-                    "nvcc": ["-O3", "-std=c++17", "-lineinfo", "-Xptxas", "-warn-spills"],
+                    "nvcc": ["-O3", "-std=c++20", "-lineinfo", "-Xptxas", "-warn-spills"],
                 },
             )
         )

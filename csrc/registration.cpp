@@ -19,10 +19,28 @@ std::vector<std::string> build_info() {
 #endif
   return info;
 }
+
+// Run-time CPU feature detection for choosing the CPU kernel library (ATen's own capability
+// report is not used: it may prefer AVX2 on CPUs that do have AVX-512).
+std::vector<std::string> cpu_features() {
+  std::vector<std::string> f;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2")) f.emplace_back("avx2");
+  if (__builtin_cpu_supports("fma")) f.emplace_back("fma");
+  if (__builtin_cpu_supports("avx512f")) f.emplace_back("avx512f");
+  if (__builtin_cpu_supports("avx512bw")) f.emplace_back("avx512bw");
+  if (__builtin_cpu_supports("avx512vl")) f.emplace_back("avx512vl");
+  if (__builtin_cpu_supports("avx512dq")) f.emplace_back("avx512dq");
+  if (__builtin_cpu_supports("avx512bf16")) f.emplace_back("avx512bf16");
+#endif
+  return f;
+}
 }  // namespace
 
 TORCH_LIBRARY(swiftkern_C, m) {
   m.def("build_info() -> str[]", &build_info);
+  m.def("cpu_features() -> str[]", &cpu_features);
 #define SK_ATTN "Tensor x, Tensor w_qk, Tensor? b_qk, Tensor w_g, float scale, Tensor w_proj, " \
                 "Tensor? b_proj, Tensor? w_final, Tensor? b_final, str pool"
 #define SK_CORE "Tensor q, Tensor k, Tensor w_g, float scale, str pool"

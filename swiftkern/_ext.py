@@ -28,12 +28,15 @@ def _find(stem: str) -> str | None:
     return hits[0] if hits else None
 
 
+AVX512_NEEDS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512bf16", "fma"}
+
+
 def machine_isa() -> str | None:
-    """Best CPU kernel ISA this machine runs, per ATen's CPU capability detection."""
-    cap = torch.backends.cpu.get_cpu_capability().upper()
-    if cap.startswith("AVX512"):
+    """Best CPU kernel ISA this machine runs (cpuid via swiftkern._C; needs _C loaded)."""
+    feats = set(torch.ops.swiftkern_C.cpu_features())
+    if AVX512_NEEDS <= feats:
         return "avx512"
-    if cap.startswith("AVX2"):
+    if {"avx2", "fma"} <= feats:
         return "avx2"
     return None
 
