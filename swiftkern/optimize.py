@@ -1,11 +1,258 @@
-"""swiftkern.optimize(model): placeholder, replaced below in this session."""
+"""swiftkern.optimize(model): swap fused modules into a model, with a report of what happened."""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass, field
 
-class OptimizeReport:  # noqa: D101
-    pass
+import torch
+from torch import nn
+
+from . import _registry
+from .nn._base import FusedModule
+from .patch import Rule, rules
+
+_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
 
-def optimize(model, **kwargs):  # noqa: D103
-    return model
+@dataclass
+class Entry:
+    path: str
+    original: str
+    status: str  # "swapped" | "skipped"
+    fused: str = ""
+    backend: str = ""
+    reason: str = ""
+
+
+@dataclass
+class OptimizeReport:
+    """What optimize() swapped (with the backend serving it) and what it skipped, and why."""
+
+    entries: list[Entry] = field(default_factory=list)
+    backend: str = "auto"
+    dtype: torch.dtype | None = None
+
+    @property
+    def swapped(self) -> list[Entry]:
+        return [e for e in self.entries if e.status == "swapped"]
+
+    @property
+    def skipped(self) -> list[Entry]:
+        return [e for e in self.entries if e.status == "skipped"]
+
+    def __str__(self) -> str:
+        rows = [("module", "original", "status", "fused / reason", "backend")]
+        for e in self.entries:
+            rows.append((e.path or "<root>", e.original, e.status,
+                         e.fused if e.status == "swapped" else e.reason, e.backend))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = [f"swiftkern.optimize: {len(self.swapped)} swapped, {len(self.skipped)} skipped "
+                 f"(backend={self.backend}, dtype={self.dtype})"]
+        for i, r in enumerate(rows):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        return p.device, p.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def _check_backend(backend: str, device: torch.device) -> None:
+    if backend not in _registry.BACKENDS:
+        raise ValueError(f"backend must be one of {_registry.BACKENDS}, got {backend!r}")
+    if backend == "cpu" and device.type != "cpu":
+        raise ValueError(f"backend='cpu' needs a model on the CPU, the model is on {device}")
+    if backend in ("cuda", "triton") and device.type != "cuda":
+        raise ValueError(f"backend={backend!r} needs a model on a CUDA device, the model is on "
+                         f"{device}; move it with model.cuda() first or use backend='auto'")
+
+
+def _serving(rule: Rule, backend: str, device, dtype) -> tuple[str | None, str]:
+    """(backend name serving every op of the rule, or None with the reason)."""
+    names = []
+    for op in rule.ops:
+        name = _registry.resolve(op, backend, device, dtype)
+        if name is None:
+            return None, f"no backend serves {op} for {device.type}/{dtype}"
+        if backend == "auto" and name == "reference":
+            return None, (f"no fused kernel for {op} on {device.type}/{dtype} (the reference "
+                          "would not be faster than the original)")
+        names.append(name)
+    return ("+".join(sorted(set(names))) or "torch"), ""
+
+
+def _known_base(module: nn.Module, table: dict[type, Rule]) -> type | None:
+    for cls in type(module).__mro__[1:]:
+        if cls in table:
+            return cls
+    return None
+
+
+def _walk(model: nn.Module, table, backend, device, dtype, report: OptimizeReport, log: list):
+    def visit(parent: nn.Module | None, name: str, module: nn.Module, path: str):
+        if isinstance(module, FusedModule):
+            for cname, child in list(module.named_children()):
+                visit(module, cname, child, f"{path}.{cname}" if path else cname)
+            return
+        for cname, child in list(module.named_children()):
+            visit(module, cname, child, f"{path}.{cname}" if path else cname)
+        cls = type(module)
+        rule = table.get(cls)
+        if rule is None:
+            base = _known_base(module, table)
+            if base is not None:
+                overrides = cls.forward is not base.forward
+                report.entries.append(Entry(
+                    path, cls.__qualname__, "skipped",
+                    reason=(f"subclass of {base.__qualname__} with its own forward: math unknown"
+                            if overrides else f"subclass of {base.__qualname__}: not swapped "
+                            "(only exact classes are)")))
+            return
+        reason = rule.check(module)
+        serving = ""
+        if reason is None:
+            serving, reason = _serving(rule, backend, device, dtype)
+        if not serving:
+            report.entries.append(Entry(path, cls.__qualname__, "skipped", reason=reason))
+            return
+        if parent is None:
+            raise ValueError("optimize() cannot replace the root module itself; pass its parent")
+        fused = rule.build(module, backend)
+        parent._modules[name] = fused
+        log.append((parent, name, module))
+        report.entries.append(Entry(path, cls.__qualname__, "swapped", type(fused).__name__,
+                                    serving))
+
+    visit(None, "", model, "")
+
+
+def _cast_inputs_hook(dtype: torch.dtype):
+    def cast(t):
+        return t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+    def hook(module, args, kwargs):
+        return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+    return hook
+
+
+def _first_tensor(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits") and out.logits is not None:
+        return out.logits
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        for o in out:
+            t = _first_tensor(o)
+            if t is not None:
+                return t
+    return None
+
+
+def _call(model, example):
+    with torch.no_grad():
+        if isinstance(example, dict):
+            return model(**example)
+        if isinstance(example, (tuple, list)):
+            return model(*example)
+        return model(example)
+
+
+def _verify(original: nn.Module, optimized: nn.Module, example, paths: list[str]) -> None:
+    """Run both; on disagreement raise with the max difference of every swapped layer."""
+    outs: dict[str, dict[str, torch.Tensor]] = {"orig": {}, "opt": {}}
+    handles = []
+    for tag, m in (("orig", original), ("opt", optimized)):
+        mods = dict(m.named_modules())
+        for p in paths:
+            def rec(_m, _i, o, tag=tag, p=p):
+                t = _first_tensor(o)
+                if t is not None:
+                    outs[tag][p] = t.detach().float()
+            handles.append(mods[p].register_forward_hook(rec))
+    try:
+        ref = _first_tensor(_call(original, example))
+        got = _first_tensor(_call(optimized, example))
+    finally:
+        for h in handles:
+            h.remove()
+    if ref is None or got is None:
+        raise ValueError("verify: the model output has no tensor to compare")
+    tol = _TOLERANCE.get(got.dtype, 1e-3)
+    diff = (got.float() - ref.float()).abs().max().item()
+    bound = tol * max(1.0, ref.float().abs().max().item())
+    if ref.shape == got.shape and diff <= bound:
+        return
+    lines = [f"swiftkern.optimize(verify=...): outputs differ, max |diff| = {diff:.3e} > "
+             f"{bound:.3e} ({got.dtype}). Per swapped layer (max |diff|, max |ref|):"]
+    for p in paths:
+        a, b = outs["orig"].get(p), outs["opt"].get(p)
+        if a is None or b is None or a.shape != b.shape:
+            lines.append(f"  {p}: not comparable")
+        else:
+            lines.append(f"  {p}: {(a - b).abs().max().item():.3e}  {a.abs().max().item():.3e}")
+    raise ValueError("\n".join(lines))
+
+
+def optimize(
+    model: nn.Module,
+    *,
+    backend: str = "auto",
+    dtype: torch.dtype | None = None,
+    inplace: bool = True,
+    verify=None,
+    return_report: bool = False,
+):
+    """Swap swiftkern's fused modules into `model` (HF transformers and timm SwiftFormer, ...).
+
+    Args:
+        model: any nn.Module; modules it does not recognize are left untouched.
+        backend: "auto" (fastest available per device; a module is only swapped where a fused
+            kernel serves it), "cpu", "cuda", "triton" or "reference" (plain PyTorch, for debugging).
+        dtype: cast the model (and floating inputs, by a forward pre-hook) to this dtype first.
+        inplace: modify `model` (default) or a deep copy of it.
+        verify: an example input (tensor, tuple of args or dict of kwargs): run the original and
+            the optimized model on it and raise ValueError, with per-layer differences, if they
+            disagree (the model is then left as it was).
+        return_report: also return the :class:`OptimizeReport`.
+    Idempotent: optimizing an optimized model changes nothing. On any error the model is left
+    unchanged.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"optimize() takes an nn.Module, got {type(model).__name__}")
+    device, mdtype = _model_device_dtype(model)
+    _check_backend(backend, device)
+    if dtype is not None and dtype not in _TOLERANCE:
+        raise ValueError(f"dtype must be one of {list(_TOLERANCE)}, got {dtype}")
+    original = copy.deepcopy(model) if (verify is not None or not inplace) else None
+    target = model if inplace else copy.deepcopy(model)
+    report = OptimizeReport(backend=backend, dtype=dtype or mdtype)
+    log: list = []
+    cast_back = None
+    try:
+        if dtype is not None and dtype != mdtype:
+            cast_back = mdtype
+            target.to(dtype)
+        if dtype is not None and not getattr(target, "_swiftkern_cast_hook", False):
+            target.register_forward_pre_hook(_cast_inputs_hook(dtype), with_kwargs=True)
+            target._swiftkern_cast_hook = True
+        _walk(target, rules(), backend, device, dtype or mdtype, report, log)
+        if verify is not None:
+            ref_model = original.to(dtype) if dtype is not None else original
+            if dtype is not None:
+                ref_model.register_forward_pre_hook(_cast_inputs_hook(dtype), with_kwargs=True)
+            _verify(ref_model, target, verify, [e.path for e in report.swapped])
+    except BaseException:
+        for parent, name, old in reversed(log):
+            parent._modules[name] = old
+        if cast_back is not None and inplace:
+            target.to(cast_back)
+        raise
+    return (target, report) if return_report else target

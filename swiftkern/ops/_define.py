@@ -27,9 +27,14 @@ LIB = torch.library.Library("swiftkern", "DEF")
 
 
 def layout_of(t: torch.Tensor) -> torch.memory_format:
-    if t.dim() == 4:
-        return t.suggest_memory_format()
-    return torch.contiguous_format
+    """channels_last for 4-D tensors laid out with C fastest, else contiguous (NCHW wins ties)."""
+    if t.dim() != 4 or t.is_contiguous():
+        return torch.contiguous_format
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    s = t.stride()
+    return torch.channels_last if t.shape[1] > 1 and s[1] < min(s[2], s[3]) else \
+        torch.contiguous_format
 
 
 def like_layout(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,103 @@
+"""Base of the fused modules: built FROM an original module, sharing (not copying) its children,
+parameters and buffers under the same names, so state_dict keys, parameter identity and optimizer
+state are unchanged, and the original class's forward can always serve as the fallback."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ops import reference as ref
+
+
+def _dotted(module: nn.Module, path: str | None):
+    if path is None:
+        return None
+    obj = module
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class FusedModule(nn.Module):
+    """A module that stands in for `original` with fused swiftkern ops."""
+
+    backend: str
+
+    def __init__(self, original: nn.Module, backend: str = "auto") -> None:
+        super().__init__()
+        self.training = original.training
+        for name, child in original._modules.items():
+            self._modules[name] = child
+        for name, p in original._parameters.items():
+            self._parameters[name] = p
+        for name, b in original._buffers.items():
+            self._buffers[name] = b
+        self._non_persistent_buffers_set = set(original._non_persistent_buffers_set)
+        self.original_cls = type(original)
+        self.backend = backend
+        self._cache: dict[str, tuple] = {}
+
+    def original_forward(self, *args, **kwargs):
+        """The replaced module's own math (used where a fused kernel cannot serve)."""
+        return self.original_cls.forward(self, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"replaces={self.original_cls.__module__}.{self.original_cls.__qualname__}, " \
+               f"backend={self.backend!r}"
+
+    def cached(self, key: str, tensors: list, build):
+        """`build()` memoized on the identity and version counter of `tensors`.
+
+        Only used when no autograd graph is needed: then folded weights are computed once and
+        recomputed as soon as any source tensor is changed in place (optimizer step,
+        load_state_dict) or replaced (.to()), so they are never stale.
+        """
+        needs_graph = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in tensors
+        )
+        if needs_graph or torch.compiler.is_compiling():
+            return build()
+        sig = tuple((id(t), t._version, t.dtype, t.device) if t is not None else None
+                    for t in tensors)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == sig:
+            return hit[1]
+        value = build()
+        self._cache[key] = (sig, value)
+        return value
+
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state["_cache"] = {}
+        return state
+
+
+def vector(t) -> torch.Tensor | None:
+    """A per-channel parameter ([C], [C,1,1], LayerScale gamma) as a flat [C] view, or None."""
+    if t is None:
+        return None
+    return t.reshape(-1)
+
+
+def bn_uses_batch_stats(bn: nn.BatchNorm2d) -> bool:
+    return bn.training or not bn.track_running_stats or bn.running_mean is None
+
+
+def bn_after_forward(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: int):
+    """Running-stat bookkeeping of nn.BatchNorm2d after a batch-statistics forward."""
+    if not (bn.training and bn.track_running_stats):
+        return
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    if bn.running_mean is not None:
+        ref.update_running_stats(bn.running_mean, bn.running_var, mean.detach(), var.detach(),
+                                 count, momentum)
+
+
+def fold_conv_bn(conv_w, conv_b, bn: nn.BatchNorm2d):
+    return ref.fold_bn(conv_w, conv_b, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)

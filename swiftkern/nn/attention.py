@@ -1,0 +1,51 @@
+"""Fused efficient additive attention (HF: tokens in, pool "sum"; timm: NCHW in, pool "l2")."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+from ._base import FusedModule
+
+
+class FusedAdditiveAttention(FusedModule):
+    """Calls swiftkern.ops.additive_attention with the q/k projections as one [2D, D] weight.
+
+    layout: "tokens" when the original takes [B, N, D] (HF), "nchw" when it takes [B, C, H, W]
+    and flattens inside (timm). The attribute names are the same in both families.
+    """
+
+    def __init__(self, original: nn.Module, pool: str, layout: str, backend: str = "auto"):
+        super().__init__(original, backend)
+        if layout not in ("tokens", "nchw"):
+            raise ValueError(f"layout must be 'tokens' or 'nchw', got {layout!r}")
+        self.pool = pool
+        self.layout = layout
+        self.scale_factor = float(original.scale_factor)
+
+    def _qk(self):
+        q, k = self.to_query, self.to_key
+        srcs = [q.weight, k.weight, q.bias, k.bias]
+
+        def build():
+            b = None if q.bias is None else torch.cat([q.bias, k.bias])
+            return torch.cat([q.weight, k.weight]), b
+
+        return self.cached("qk", srcs, build)
+
+    def forward_tokens(self, t: torch.Tensor) -> torch.Tensor:
+        """[B, N, D] -> [B, N, T] (contiguous)."""
+        w_qk, b_qk = self._qk()
+        final = self.final
+        return ops.additive_attention(
+            t, w_qk, b_qk, self.w_g, self.scale_factor, self.proj.weight, self.proj.bias,
+            final.weight, final.bias, self.pool, backend=self.backend,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout == "tokens":
+            return self.forward_tokens(x)
+        b, c, h, w = x.shape
+        out = self.forward_tokens(x.flatten(2).transpose(1, 2))
+        return out.transpose(1, 2).reshape(b, -1, h, w)

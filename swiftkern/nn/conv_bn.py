@@ -1,0 +1,28 @@
+"""Conv2d followed by BatchNorm2d, folded into one conv in eval (stem, embeddings, downsamples)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._base import FusedModule, bn_uses_batch_stats, fold_conv_bn
+
+
+class FusedConvBN(FusedModule):
+    """Replaces a module whose forward is `norm(conv(x))` (HF SwiftFormerEmbeddings, timm
+    Embedding: attributes proj / norm). In eval the BN is folded into the conv (one pass over the
+    output instead of two); in train mode it runs the original math exactly."""
+
+    def __init__(self, original: nn.Module, conv: str, bn: str, backend: str = "auto"):
+        super().__init__(original, backend)
+        self.names = (conv, bn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, bn = (getattr(self, n) for n in self.names)
+        if bn_uses_batch_stats(bn):
+            return bn(conv(x))
+        w, b = self.cached("conv", [conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean,
+                                    bn.running_var], lambda: fold_conv_bn(conv.weight, conv.bias, bn))
+        return F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+

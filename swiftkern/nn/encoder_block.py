@@ -1,0 +1,47 @@
+"""Fused SwiftFormer encoder block: LocalRep -> x + ls1*Attn(x) -> x + ls2*Mlp(x)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._base import FusedModule, _dotted, vector
+from .attention import FusedAdditiveAttention
+from .conv_block import drop_active
+from .mlp import FusedMlp
+
+
+class FusedEncoderBlock(FusedModule):
+    """The second residual (ls2 * Mlp) is fused into the MLP op; the attention runs on a token
+    view of x (free when x is channels_last).
+
+    ls1 / ls2: dotted paths to the layer scales ("layer_scale_1" in HF, "layer_scale_1.gamma" in
+    timm) or None when the block has no layer scale.
+    """
+
+    def __init__(self, original: nn.Module, ls1: str | None, ls2: str | None,
+                 backend: str = "auto"):
+        super().__init__(original, backend)
+        self.ls_paths = (ls1, ls2)
+
+    def _ls(self, i: int):
+        path = self.ls_paths[i]
+        if path is None:
+            return None
+        try:
+            return vector(_dotted(self, path))
+        except AttributeError:  # timm: nn.Identity when use_layer_scale=False
+            return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attn, mlp = self.attn, self.linear
+        if (drop_active(getattr(self, "drop_path", None), self.training)
+                or not isinstance(attn, FusedAdditiveAttention) or not isinstance(mlp, FusedMlp)):
+            return self.original_forward(x)
+        x = self.local_representation(x)
+        b, c, h, w = x.shape
+        res = attn.forward_tokens(x.permute(0, 2, 3, 1).reshape(b, h * w, c))
+        res = res.view(b, h, w, -1).permute(0, 3, 1, 2)
+        ls1 = self._ls(0)
+        x = x + (res if ls1 is None else ls1.reshape(1, -1, 1, 1) * res)
+        return mlp.forward_fused(x, ls=self._ls(1), residual=x)
