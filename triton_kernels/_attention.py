@@ -1,0 +1,200 @@
+"""Triton kernels for efficient additive attention (SPEC.md section 1): the core (normalize, pool,
+global query, G * normalize(k)) and the whole module around it.
+
+The pooling over tokens is a split-N reduction: pass 1 (grid B x SPLITS) normalizes q, writes qn,
+and reduces its token range to a partial global query; pass 2 (grid B x token blocks) merges the
+partials (each program redoes the tiny merge of SPLITS rows) and writes G * normalize(k).
+Per-variant partial state:
+  sum     : g = sum qn                                      (a_n = 1)
+  l2      : g = sum s_n qn_n, ss = sum s_n^2                 merged G = g / max(sqrt(ss), eps)
+  softmax : m = max s, l = sum exp(s - m), g = sum exp(s - m) qn   (online softmax; the merge
+            rescales each split by exp(m_i - max m), so no exp ever overflows)
+Bytes: q and k read once, qn and gk written once, plus B*SPLITS*(D+2) fp32 of partials.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ._conv import INTERPRET, SUPPORTED, Unsupported
+
+POOL_IDS = {"sum": 0, "l2": 1, "softmax": 2}
+EPS = 1e-12
+
+
+@triton.jit
+def _normalize_rows(v, rmask):
+    n = tl.sqrt(tl.sum(v * v, axis=1))
+    inv = 1.0 / tl.maximum(n, 1e-12)
+    return tl.where(rmask[:, None], v * inv[:, None], 0.0)
+
+
+@triton.jit
+def _attn_pool_partial_kernel(
+    q_ptr, wg_ptr, qn_ptr, ws_g_ptr, ws_ml_ptr,
+    N, D, TOK_PER_SPLIT, scale,
+    sqb, sqn, sqd,
+    POOL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Pass 1 for batch b = pid0, tokens [pid1*TOK_PER_SPLIT, +TOK_PER_SPLIT): writes qn and the
+    split's partial state ws_g[b, pid1, :D], ws_ml[b, pid1, 0:2] = (m, l or ss)."""
+    b = tl.program_id(0).to(tl.int64)
+    sp = tl.program_id(1)
+    nsplit = tl.num_programs(1)
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < D
+    wg = tl.load(wg_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    g = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    m = tl.max(tl.full((BLOCK_N,), -float("inf"), tl.float32), axis=0)
+    acc_l = tl.sum(tl.zeros((BLOCK_N,), tl.float32), axis=0)
+    start = sp * TOK_PER_SPLIT
+    end = tl.minimum(start + TOK_PER_SPLIT, N)
+    for n0 in range(start, end, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        nmask = n < end
+        n64 = n.to(tl.int64)
+        msk = nmask[:, None] & dmask[None, :]
+        q = tl.load(q_ptr + b * sqb + n64[:, None] * sqn + d[None, :].to(tl.int64) * sqd,
+                    mask=msk, other=0.0).to(tl.float32)
+        qn = _normalize_rows(q, nmask)
+        tl.store(qn_ptr + (b * N + n64)[:, None] * D + d[None, :],
+                 qn.to(qn_ptr.dtype.element_ty), mask=msk)
+        s = tl.sum(qn * wg[None, :], axis=1) * scale
+        if POOL == 0:
+            g += tl.sum(qn, axis=0)
+        elif POOL == 1:
+            s = tl.where(nmask, s, 0.0)
+            g += tl.sum(s[:, None] * qn, axis=0)
+            acc_l += tl.sum(s * s, axis=0)
+        else:
+            s = tl.where(nmask, s, -float("inf"))
+            m_new = tl.maximum(m, tl.max(s, axis=0))
+            alpha = tl.exp(m - m_new)
+            pexp = tl.exp(s - m_new)
+            acc_l = acc_l * alpha + tl.sum(pexp, axis=0)
+            g = g * alpha + tl.sum(pexp[:, None] * qn, axis=0)
+            m = m_new
+    row = b * nsplit + sp
+    tl.store(ws_g_ptr + row * BLOCK_D + d, g)
+    tl.store(ws_ml_ptr + row * 2, m)
+    tl.store(ws_ml_ptr + row * 2 + 1, acc_l)
+
+
+@triton.jit
+def _merge_global_query(ws_g_ptr, ws_ml_ptr, b, NSPLIT, POOL: tl.constexpr,
+                        BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    sidx = tl.arange(0, BLOCK_S)
+    smask = sidx < NSPLIT
+    d = tl.arange(0, BLOCK_D)
+    rows = b * NSPLIT + sidx
+    g = tl.load(ws_g_ptr + rows[:, None] * BLOCK_D + d[None, :], mask=smask[:, None], other=0.0)
+    if POOL == 0:
+        G = tl.sum(g, axis=0)
+    elif POOL == 1:
+        ss = tl.sum(tl.load(ws_ml_ptr + rows * 2 + 1, mask=smask, other=0.0), axis=0)
+        G = tl.sum(g, axis=0) / tl.maximum(tl.sqrt(ss), 1e-12)
+    else:
+        m = tl.load(ws_ml_ptr + rows * 2, mask=smask, other=-float("inf"))
+        lsum = tl.load(ws_ml_ptr + rows * 2 + 1, mask=smask, other=0.0)
+        mmax = tl.max(m, axis=0)
+        wt = tl.where(smask, tl.exp(m - mmax), 0.0)  # empty splits carry m = -inf -> weight 0
+        G = tl.sum(wt[:, None] * g, axis=0) / tl.sum(wt * lsum, axis=0)
+    return G
+
+
+@triton.jit
+def _attn_apply_kernel(
+    k_ptr, ws_g_ptr, ws_ml_ptr, gk_ptr,
+    N, D, NSPLIT,
+    skb, skn, skd,
+    POOL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Pass 2: gk[b, n, :] = G_b * normalize(k[b, n, :]) for a block of BLOCK_N tokens."""
+    b = tl.program_id(0).to(tl.int64)
+    G = _merge_global_query(ws_g_ptr, ws_ml_ptr, b, NSPLIT, POOL, BLOCK_S, BLOCK_D)
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = n < N
+    n64 = n.to(tl.int64)
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < D
+    msk = nmask[:, None] & dmask[None, :]
+    k = tl.load(k_ptr + b * skb + n64[:, None] * skn + d[None, :].to(tl.int64) * skd,
+                mask=msk, other=0.0).to(tl.float32)
+    kn = _normalize_rows(k, nmask)
+    tl.store(gk_ptr + (b * N + n64)[:, None] * D + d[None, :],
+             (G[None, :] * kn).to(gk_ptr.dtype.element_ty), mask=msk)
+
+
+# Configs by padded D. BLOCK_N rows x BLOCK_D fp32 per tile; MAX_SPLITS bounds the merge width.
+ATTN_CONFIGS = {
+    128: dict(BLOCK_N=64, num_warps=4),
+    256: dict(BLOCK_N=32, num_warps=4),
+    512: dict(BLOCK_N=16, num_warps=4),
+}
+MAX_SPLITS = 32
+
+
+def attn_config_key(d: int) -> int:
+    w = triton.next_power_of_2(d)
+    for key in sorted(ATTN_CONFIGS):
+        if w <= key:
+            return key
+    raise Unsupported(f"D={d} > {max(ATTN_CONFIGS)}")
+
+
+def _splits(b: int, n: int, block_n: int, max_splits: int = MAX_SPLITS) -> tuple[int, int]:
+    """(splits, tokens per split): enough programs to fill a GPU (~4 per SM of 132) at small B."""
+    blocks = triton.cdiv(n, block_n)
+    want = max(1, min(max_splits, blocks, triton.cdiv(528, max(b, 1))))
+    per = triton.cdiv(blocks, want) * block_n
+    return triton.cdiv(n, per), per
+
+
+def additive_attention_core(q, k, w_g, scale, pool, config=None, max_splits=MAX_SPLITS):
+    if q.dtype not in SUPPORTED:
+        raise Unsupported(f"dtype {q.dtype}")
+    if q.device.type != "cuda" and not INTERPRET:
+        raise Unsupported("Triton kernels run on CUDA tensors (or CPU under TRITON_INTERPRET=1)")
+    bsz, n, d = q.shape
+    qn = torch.empty((bsz, n, d), device=q.device, dtype=q.dtype)
+    gk = torch.empty((bsz, n, d), device=q.device, dtype=q.dtype)
+    if qn.numel() == 0:
+        return gk, qn
+    key = attn_config_key(d) if config is None else config
+    cfg = ATTN_CONFIGS[key]
+    block_d = triton.next_power_of_2(d)
+    if block_d > key:
+        raise ValueError(f"config {key} too narrow for D={d}")
+    block_d = key if config is not None else max(block_d, 16)
+    nsplit, per = _splits(bsz, n, cfg["BLOCK_N"], max_splits)
+    ws_g = torch.empty((bsz * nsplit, block_d), device=q.device, dtype=torch.float32)
+    ws_ml = torch.empty((bsz * nsplit, 2), device=q.device, dtype=torch.float32)
+    pid = POOL_IDS[pool]
+    _attn_pool_partial_kernel[(bsz, nsplit)](
+        q, w_g.reshape(-1).contiguous(), qn, ws_g, ws_ml, n, d, per, float(scale),
+        *q.stride(), POOL=pid, BLOCK_N=cfg["BLOCK_N"], BLOCK_D=block_d,
+        num_warps=cfg["num_warps"],
+    )
+    _attn_apply_kernel[(bsz, triton.cdiv(n, cfg["BLOCK_N"]))](
+        k, ws_g, ws_ml, gk, n, d, nsplit, *k.stride(),
+        POOL=pid, BLOCK_N=cfg["BLOCK_N"], BLOCK_D=block_d,
+        BLOCK_S=triton.next_power_of_2(nsplit), num_warps=cfg["num_warps"],
+    )
+    return gk, qn
+
+
+def additive_attention(x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final, b_final, pool):
+    """GEMMs through cuBLAS (torch), the pooling core in Triton. qk is one GEMM; q and k are
+    strided views of it, which the core reads through their strides (no split copy)."""
+    d = x.shape[-1]
+    qk = F.linear(x, w_qk, b_qk)
+    gk, qn = additive_attention_core(qk[..., :d], qk[..., d:], w_g, scale, pool)
+    out = torch.baddbmm(qn, gk, w_proj.t().expand(x.shape[0], d, d)) if x.dim() == 3 else None
+    if b_proj is not None:
+        out = out + b_proj
+    if w_final is not None:
+        out = F.linear(out, w_final, b_final)
+    return out.contiguous()

@@ -1,0 +1,446 @@
+"""Triton kernels for the conv-style ops: dwconv_bn, mlp, conv_block (eval forms), the dwconv_bn
+backward and the train forms built from them.
+
+Layout: tensors are addressed through their strides, so NCHW and channels_last inputs run the same
+kernel (the output is allocated in x's memory format). A program owns BLOCK_P pixels of the
+flattened (b, h, w) index and all channels of the block, which keeps the whole conv block in
+registers: dwconv3x3 + folded BN prologue -> tl.dot pw1 -> exact GELU -> tl.dot pw2 (accumulated
+over hidden chunks) -> ls + residual epilogue. The 3x3 halo is re-read from L1/L2, not DRAM.
+
+Pixel indices are int64 before any multiply by a stride, so tensors past 2^31 elements address
+correctly. Every load converts to fp32 at once (bf16 arithmetic is wrong in the interpreter, and
+fp32 is what the GPU path wants anyway); GEMM operands are cast to DOT_DT: the input dtype for
+fp16/bf16 (tensor cores, as the eager reference rounds at that dtype too) and fp32 with
+input_precision="ieee" for fp32 inputs (TF32 would miss the 1e-4 tolerance).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from swiftkern._registry import Unsupported
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared device helpers
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _pixel_coords(pid, P, H, W, BLOCK_P: tl.constexpr):
+    p = pid.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    pmask = p < P
+    ww = p % W
+    t = p // W
+    hh = t % H
+    bb = t // H
+    return bb, hh, ww, pmask
+
+
+@triton.jit
+def _dw_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
+             sxb, sxc, sxh, sxw, HAS_DWB: tl.constexpr):
+    """fp32 [BLOCK_P, BLOCK_C] tile of dwconv3x3(x) (+ folded-BN bias); zero padding 1."""
+    acc = tl.zeros((bb.shape[0], cc.shape[0]), dtype=tl.float32)
+    cofs = cc.to(tl.int64) * sxc
+    for ky in tl.static_range(3):
+        ih = hh + (ky - 1)
+        for kx in tl.static_range(3):
+            iw = ww + (kx - 1)
+            m = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            off = bb * sxb + ih * sxh + iw * sxw
+            v = tl.load(x_ptr + off[:, None] + cofs[None, :],
+                        mask=m[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+            wt = tl.load(dww_ptr + cc * 9 + (ky * 3 + kx), mask=cmask, other=0.0).to(tl.float32)
+            acc += v * wt[None, :]
+    if HAS_DWB:
+        acc += tl.load(dwb_ptr + cc, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def _gelu(h):
+    return 0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _dwconv_bn_fwd_kernel(
+    x_ptr, dww_ptr, dwb_ptr, out_ptr,
+    P, C, H, W,
+    sxb, sxc, sxh, sxw, sob, soc, soh, sow,
+    HAS_DWB: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """out = dwconv3x3(x) + b over a [BLOCK_P pixels, BLOCK_C channels] tile. Grid (P/BP, C/BC)."""
+    bb, hh, ww, pmask = _pixel_coords(tl.program_id(0), P, H, W, BLOCK_P)
+    cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cc < C
+    z = _dw_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
+                 sxb, sxc, sxh, sxw, HAS_DWB)
+    off = bb * sob + hh * soh + ww * sow
+    tl.store(out_ptr + off[:, None] + cc.to(tl.int64)[None, :] * soc,
+             z.to(out_ptr.dtype.element_ty), mask=pmask[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _dwconv_bn_stats_kernel(
+    x_ptr, dww_ptr, dwb_ptr, ws_ptr,
+    P, C, H, W,
+    sxb, sxc, sxh, sxw,
+    HAS_DWB: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Per-program (count, mean, M2) of dwconv3x3(x) per channel into ws[pid0, 0:3, C]; merged with
+    Chan's formula on the host side (two-pass within a tile: no E[z^2]-E[z]^2 cancellation)."""
+    pid = tl.program_id(0)
+    bb, hh, ww, pmask = _pixel_coords(pid, P, H, W, BLOCK_P)
+    cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cc < C
+    z = _dw_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
+                 sxb, sxc, sxh, sxw, HAS_DWB)
+    z = tl.where(pmask[:, None], z, 0.0)  # masked pixels hold the bias: drop them
+    n = tl.sum(pmask.to(tl.float32), axis=0)
+    mean = tl.sum(z, axis=0) / n
+    d = tl.where(pmask[:, None], z - mean[None, :], 0.0)
+    m2 = tl.sum(d * d, axis=0)
+    base = ws_ptr + pid.to(tl.int64) * 3 * C
+    tl.store(base + cc, tl.zeros((BLOCK_C,), dtype=tl.float32) + n, mask=cmask)
+    tl.store(base + C + cc, mean, mask=cmask)
+    tl.store(base + 2 * C + cc, m2, mask=cmask)
+
+
+@triton.jit
+def _dwconv_bn_wgrad_kernel(
+    g_ptr, x_ptr, ws_ptr,
+    P, C, H, W,
+    sgb, sgc, sgh, sgw, sxb, sxc, sxh, sxw,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Partial dw weight / bias gradients of one pixel tile: ws[pid0, 0:9, C] = sum_p g * x_shift,
+    ws[pid0, 9, C] = sum_p g. Summed over pid0 on the host (deterministic, no atomics)."""
+    pid = tl.program_id(0)
+    bb, hh, ww, pmask = _pixel_coords(pid, P, H, W, BLOCK_P)
+    cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cc < C
+    c64 = cc.to(tl.int64)
+    goff = bb * sgb + hh * sgh + ww * sgw
+    g = tl.load(g_ptr + goff[:, None] + c64[None, :] * sgc,
+                mask=pmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+    base = ws_ptr + pid.to(tl.int64) * 10 * C
+    for ky in tl.static_range(3):
+        ih = hh + (ky - 1)
+        for kx in tl.static_range(3):
+            iw = ww + (kx - 1)
+            m = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            off = bb * sxb + ih * sxh + iw * sxw
+            v = tl.load(x_ptr + off[:, None] + c64[None, :] * sxc,
+                        mask=m[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+            tl.store(base + (ky * 3 + kx) * C + cc, tl.sum(g * v, axis=0), mask=cmask)
+    tl.store(base + 9 * C + cc, tl.sum(g, axis=0), mask=cmask)
+
+
+@triton.jit
+def _fused_mlp_fwd_kernel(
+    x_ptr, dww_ptr, dwb_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, ls_ptr, res_ptr, out_ptr,
+    scale_ptr, shift_ptr,
+    P, H, W, C_IN, HID, C_OUT,
+    sxb, sxc, sxh, sxw, srb, src, srh, srw, sob, soc, soh, sow,
+    HAS_DW: tl.constexpr, HAS_DWB: tl.constexpr, HAS_AFFINE: tl.constexpr,
+    HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, HAS_LS: tl.constexpr, HAS_RES: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
+    BLOCK_H: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
+):
+    """res + ls * W2 GELU(W1 z + b1) + b2 with z = dwconv(x) (HAS_DW) or x, optionally followed by
+    a per-channel affine z*scale+shift (train-form BN with batch statistics). One program owns
+    BLOCK_P pixels and all channels; the hidden activation never leaves registers."""
+    bb, hh, ww, pmask = _pixel_coords(tl.program_id(0), P, H, W, BLOCK_P)
+    ci = tl.arange(0, BLOCK_CI)
+    cimask = ci < C_IN
+    if HAS_DW:
+        z = _dw_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, ci, cimask, H, W,
+                     sxb, sxc, sxh, sxw, HAS_DWB)
+    else:
+        xoff = bb * sxb + hh * sxh + ww * sxw
+        z = tl.load(x_ptr + xoff[:, None] + ci.to(tl.int64)[None, :] * sxc,
+                    mask=pmask[:, None] & cimask[None, :], other=0.0).to(tl.float32)
+    if HAS_AFFINE:
+        sc = tl.load(scale_ptr + ci, mask=cimask, other=0.0)
+        sh = tl.load(shift_ptr + ci, mask=cimask, other=0.0)
+        z = z * sc[None, :] + sh[None, :]
+    zd = z.to(DOT_DT)
+    co = tl.arange(0, BLOCK_CO)
+    comask = co < C_OUT
+    acc = tl.zeros((BLOCK_P, BLOCK_CO), dtype=tl.float32)
+    for h0 in range(0, HID, BLOCK_H):
+        hidx = h0 + tl.arange(0, BLOCK_H)
+        hmask = hidx < HID
+        w1 = tl.load(w1_ptr + hidx[None, :] * C_IN + ci[:, None],
+                     mask=cimask[:, None] & hmask[None, :], other=0.0).to(tl.float32)
+        h = tl.dot(zd, w1.to(DOT_DT), input_precision=INPUT_PREC, out_dtype=tl.float32)
+        if HAS_B1:
+            h += tl.load(b1_ptr + hidx, mask=hmask, other=0.0).to(tl.float32)[None, :]
+        h = _gelu(h)
+        w2 = tl.load(w2_ptr + co[None, :] * HID + hidx[:, None],
+                     mask=hmask[:, None] & comask[None, :], other=0.0).to(tl.float32)
+        acc = tl.dot(h.to(DOT_DT), w2.to(DOT_DT), acc, input_precision=INPUT_PREC,
+                     out_dtype=tl.float32)
+    if HAS_B2:
+        acc += tl.load(b2_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
+    if HAS_LS:
+        acc *= tl.load(ls_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
+    omask = pmask[:, None] & comask[None, :]
+    co64 = co.to(tl.int64)
+    if HAS_RES:
+        roff = bb * srb + hh * srh + ww * srw
+        acc += tl.load(res_ptr + roff[:, None] + co64[None, :] * src, mask=omask,
+                       other=0.0).to(tl.float32)
+    ooff = bb * sob + hh * soh + ww * sow
+    tl.store(out_ptr + ooff[:, None] + co64[None, :] * soc, acc.to(out_ptr.dtype.element_ty),
+             mask=omask)
+
+
+# --------------------------------------------------------------------------------------------
+# Configs (every one is tested in the interpreter and AOT-compiled for sm_80/sm_90)
+# --------------------------------------------------------------------------------------------
+# dwconv tiles: a pixel tile of 64 x 64 channels keeps 9 taps' loads in flight without spills.
+DW_CONFIGS = {"default": dict(BLOCK_P=64, BLOCK_C=64, num_warps=4)}
+
+# Fused MLP tiles by the padded channel width max(BLOCK_CI, BLOCK_CO). The fp32 accumulator is
+# BLOCK_P x BLOCK_CO; BLOCK_P shrinks as channels grow so it stays <= 64 KB of registers.
+MLP_CONFIGS = {
+    64: dict(BLOCK_P=64, BLOCK_H=64, num_warps=4),
+    128: dict(BLOCK_P=64, BLOCK_H=32, num_warps=4),
+    256: dict(BLOCK_P=32, BLOCK_H=32, num_warps=8),
+    512: dict(BLOCK_P=16, BLOCK_H=32, num_warps=8),
+}
+
+
+def _pad_c(c: int) -> int:
+    return max(16, triton.next_power_of_2(c))
+
+
+def mlp_config_key(c_in: int, c_out: int) -> int:
+    w = max(_pad_c(c_in), _pad_c(c_out))
+    for k in sorted(MLP_CONFIGS):
+        if w <= k:
+            return k
+    raise Unsupported(f"channels {max(c_in, c_out)} > {max(MLP_CONFIGS)} (no fused config)")
+
+
+def dot_dtype(dtype: torch.dtype):
+    if dtype == torch.float16:
+        return tl.float16
+    # bf16 tl.dot is wrong in the interpreter (operands held as uint16): emulate it in fp32 there.
+    if dtype == torch.bfloat16 and not INTERPRET:
+        return tl.bfloat16
+    return tl.float32
+
+
+def _input_prec(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers (signatures of swiftkern/ops/reference.py)
+# --------------------------------------------------------------------------------------------
+def _layout(t: torch.Tensor) -> torch.memory_format:
+    # Same rule as swiftkern.ops._define.layout_of, so the op wrapper never copies our output.
+    if t.dim() != 4 or t.is_contiguous():
+        return torch.contiguous_format
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    s = t.stride()
+    return torch.channels_last if t.shape[1] > 1 and s[1] < min(s[2], s[3]) else \
+        torch.contiguous_format
+
+
+def _check(x: torch.Tensor) -> None:
+    if x.dtype not in SUPPORTED:
+        raise Unsupported(f"dtype {x.dtype}")
+    if x.device.type != "cuda" and not INTERPRET:
+        raise Unsupported("Triton kernels run on CUDA tensors (or CPU under TRITON_INTERPRET=1)")
+
+
+def _c(t):
+    return None if t is None else t.contiguous()
+
+
+def _empty_like_x(x: torch.Tensor, c_out: int | None = None) -> torch.Tensor:
+    b, c, h, w = x.shape
+    return torch.empty((b, c if c_out is None else c_out, h, w), device=x.device, dtype=x.dtype,
+                       memory_format=_layout(x))
+
+
+def _s4(t: torch.Tensor):
+    s = t.stride()
+    return s[0], s[1], s[2], s[3]
+
+
+def dwconv_bn(x, dw_w, dw_b, config: str = "default"):
+    _check(x)
+    b, c, h, w = x.shape
+    out = _empty_like_x(x)
+    p = b * h * w
+    if out.numel() == 0:
+        return out
+    cfg = DW_CONFIGS[config]
+    grid = (triton.cdiv(p, cfg["BLOCK_P"]), triton.cdiv(c, cfg["BLOCK_C"]))
+    dww = dw_w.contiguous()
+    _dwconv_bn_fwd_kernel[grid](
+        x, dww, dww if dw_b is None else dw_b.contiguous(), out, p, c, h, w, *_s4(x), *_s4(out),
+        HAS_DWB=dw_b is not None, BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"],
+        num_warps=cfg["num_warps"],
+    )
+    return out
+
+
+def _fused(x, dw_w, dw_b, scale, shift, w1, b1, w2, b2, ls, residual, config=None):
+    _check(x)
+    b, c_in, h, w = x.shape
+    hid, c_out = w1.shape[0], w2.shape[0]
+    key = mlp_config_key(c_in, c_out) if config is None else config
+    cfg = MLP_CONFIGS[key]
+    if max(_pad_c(c_in), _pad_c(c_out)) > key:
+        raise ValueError(f"config {key} too narrow for channels {c_in}->{c_out}")
+    out = _empty_like_x(x, c_out)
+    p = b * h * w
+    if out.numel() == 0:
+        return out
+    w1c, w2c = w1.contiguous(), w2.contiguous()
+    dummy = w1c
+    res = residual if residual is not None else out
+    grid = (triton.cdiv(p, cfg["BLOCK_P"]),)
+    _fused_mlp_fwd_kernel[grid](
+        x, dummy if dw_w is None else dw_w.contiguous(), dummy if dw_b is None else _c(dw_b),
+        w1c, dummy if b1 is None else _c(b1), w2c, dummy if b2 is None else _c(b2),
+        dummy if ls is None else _c(ls), res, out,
+        dummy if scale is None else scale, dummy if shift is None else shift,
+        p, h, w, c_in, hid, c_out, *_s4(x), *_s4(res), *_s4(out),
+        HAS_DW=dw_w is not None, HAS_DWB=dw_b is not None, HAS_AFFINE=scale is not None,
+        HAS_B1=b1 is not None, HAS_B2=b2 is not None, HAS_LS=ls is not None,
+        HAS_RES=residual is not None,
+        BLOCK_P=cfg["BLOCK_P"], BLOCK_CI=_pad_c(c_in), BLOCK_CO=_pad_c(c_out),
+        BLOCK_H=cfg["BLOCK_H"], DOT_DT=dot_dtype(x.dtype), INPUT_PREC=_input_prec(x.dtype),
+        num_warps=cfg["num_warps"],
+    )
+    return out
+
+
+def mlp(x, fc1_w, fc1_b, fc2_w, fc2_b, ls, residual, config=None):
+    return _fused(x, None, None, None, None, fc1_w, fc1_b, fc2_w, fc2_b, ls, residual, config)
+
+
+def conv_block(x, dw_w, dw_b, pw1_w, pw1_b, pw2_w, pw2_b, ls, config=None):
+    return _fused(x, dw_w, dw_b, None, None, pw1_w, pw1_b, pw2_w, pw2_b, ls, x, config)
+
+
+# --- train forms: batch statistics pass, then the same fused kernels with a folded affine ------
+def _batch_stats(x, dw_w, dw_b, config="default"):
+    """(mean, biased var) per channel of dwconv(x) (dw_w given) or of x (dw_w None: identity tap)."""
+    b, c, h, w = x.shape
+    p = b * h * w
+    cfg = DW_CONFIGS[config]
+    if dw_w is None:
+        # identity 3x3 kernel: centre tap 1 -> the same stats kernel reads x itself.
+        dw_w = torch.zeros((c, 1, 3, 3), device=x.device, dtype=torch.float32)
+        dw_w[:, 0, 1, 1] = 1.0
+        dw_b = None
+    nprog = triton.cdiv(p, cfg["BLOCK_P"])
+    ws = torch.empty((nprog, 3, c), device=x.device, dtype=torch.float32)
+    dww = dw_w.contiguous()
+    _dwconv_bn_stats_kernel[(nprog, triton.cdiv(c, cfg["BLOCK_C"]))](
+        x, dww, dww if dw_b is None else dw_b.contiguous(), ws, p, c, h, w, *_s4(x),
+        HAS_DWB=dw_b is not None, BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"],
+        num_warps=cfg["num_warps"],
+    )
+    n, m, m2 = ws[:, 0], ws[:, 1], ws[:, 2]
+    mean = (n * m).sum(0) / p
+    var = (m2.sum(0) + (n * (m - mean) ** 2).sum(0)) / p
+    return mean, var
+
+
+def _bn_affine(mean, var, bn_w, bn_b, eps):
+    inv = torch.rsqrt(var + eps)
+    scale = inv if bn_w is None else bn_w.float() * inv
+    shift = -mean * scale
+    if bn_b is not None:
+        shift = shift + bn_b.float()
+    return scale.contiguous(), shift.contiguous()
+
+
+def _stats_out(mean, var, x):
+    return mean.to(x.dtype), var.to(x.dtype)
+
+
+def dwconv_bn_train(x, dw_w, dw_b, bn_weight, bn_bias, eps):
+    _check(x)
+    if x.numel() == 0:
+        raise Unsupported("empty input")
+    mean, var = _batch_stats(x, dw_w, dw_b)
+    scale, shift = _bn_affine(mean, var, bn_weight, bn_bias, eps)
+    # BN folded into the dwconv: w' = w*scale, b' = b*scale + shift (fp32, exact enough: one FMA).
+    w_f = dw_w.float() * scale.reshape(-1, 1, 1, 1)
+    b_f = shift if dw_b is None else dw_b.float() * scale + shift
+    y = dwconv_bn(x, w_f, b_f)  # fp32 params: the kernel converts every load to fp32
+    return (y, *_stats_out(mean, var, x))
+
+
+def mlp_train(x, bn_weight, bn_bias, eps, fc1_w, fc1_b, fc2_w, fc2_b, ls, residual):
+    _check(x)
+    if x.numel() == 0:
+        raise Unsupported("empty input")
+    mean, var = _batch_stats(x, None, None)
+    scale, shift = _bn_affine(mean, var, bn_weight, bn_bias, eps)
+    y = _fused(x, None, None, scale, shift, fc1_w, fc1_b, fc2_w, fc2_b, ls, residual)
+    return (y, *_stats_out(mean, var, x))
+
+
+def conv_block_train(x, dw_w, dw_b, bn_weight, bn_bias, eps, pw1_w, pw1_b, pw2_w, pw2_b, ls):
+    _check(x)
+    if x.numel() == 0:
+        raise Unsupported("empty input")
+    mean, var = _batch_stats(x, dw_w, dw_b)
+    scale, shift = _bn_affine(mean, var, bn_weight, bn_bias, eps)
+    y = _fused(x, dw_w, dw_b, scale, shift, pw1_w, pw1_b, pw2_w, pw2_b, ls, x)
+    return (y, *_stats_out(mean, var, x))
+
+
+# --- backward ----------------------------------------------------------------------------------
+def dwconv_bn_backward(grad, x, dw_w, dw_b, grad_mask):
+    """Gradients of dwconv_bn: dx is the same depthwise conv of grad with the 180-degree-rotated
+    kernel (stride 1, pad 1 is self-adjoint up to the flip); dw, db are per-tile partial sums."""
+    _check(x)
+    b, c, h, w = x.shape
+    p = b * h * w
+    need_x, need_w, need_b = (list(grad_mask) + [False] * 3)[:3]
+    empty = grad.new_empty(0)
+    gx = empty
+    if need_x:
+        gx = dwconv_bn(grad, dw_w.flip(2, 3), None)
+        if _layout(gx) != _layout(x):
+            gx = gx.contiguous(memory_format=_layout(x))
+    gw = gb = empty
+    if (need_w or (need_b and dw_b is not None)) and p > 0:
+        cfg = DW_CONFIGS["default"]
+        nprog = triton.cdiv(p, cfg["BLOCK_P"])
+        ws = torch.empty((nprog, 10, c), device=x.device, dtype=torch.float32)
+        _dwconv_bn_wgrad_kernel[(nprog, triton.cdiv(c, cfg["BLOCK_C"]))](
+            grad, x, ws, p, c, h, w, *_s4(grad), *_s4(x),
+            BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"],
+        )
+        tot = ws.sum(0)
+        if need_w:
+            gw = tot[:9].t().reshape(c, 1, 3, 3).to(dw_w.dtype)
+        if need_b and dw_b is not None:
+            gb = tot[9].to(dw_b.dtype)
+    elif need_w:
+        gw = torch.zeros_like(dw_w)
+    if need_b and dw_b is not None and gb.numel() == 0:
+        gb = torch.zeros_like(dw_b)
+    return [gx, gw, gb]

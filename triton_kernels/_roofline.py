@@ -1,0 +1,132 @@
+"""Performance on paper: DRAM bytes and FLOPs of each Triton kernel vs. the minimum and vs. the
+eager PyTorch sequence, turned into a predicted H100 time. No Triton or GPU needed.
+
+Model (stated, not measured on a GPU here):
+  * DRAM bandwidth 3.0 TB/s (device-to-device copy measured on this workplace's H100).
+  * Tensor-core GEMM 790 TFLOP/s for fp16/bf16 (measured bf16 matmul on the same H100). fp32
+    GEMMs run with input_precision="ieee" (no TF32) on the FMA units: 60 TFLOP/s assumed (H100 SXM
+    peak fp32 is ~67). Elementwise work (dwconv taps, GELU, normalize) also at the fp32 FMA rate.
+  * A kernel is limited by the slower of memory and compute: t = max(bytes/BW, flops/rate), plus
+    3 us per kernel launch (a small-kernel launch + tail on H100, typical not measured).
+  * "bytes_moved" counts DRAM traffic: every tensor read or written once per kernel that touches
+    it. Halo re-reads of the 3x3 dwconv and the per-program re-reads of the (small) weights are
+    assumed to hit L2 (50 MB) and are not counted; they are listed separately as l2_bytes.
+  * "bytes_min": read every input and write every output exactly once (weights included).
+  * "eager_bytes": the unfused module in PyTorch eager (one kernel per layer, BN folded in eval).
+shapes: dict with B, C, H, W (conv ops; optional "hidden" (default 4C), "c_out", "dtype_bytes"
+(2 = fp16/bf16, 4 = fp32)) or B, N, D (attention ops; optional "T" for the final layer).
+"""
+
+from __future__ import annotations
+
+BW = 3.0e12
+TC_FLOPS = 790e12
+FP32_FLOPS = 60e12
+LAUNCH_US = 3.0
+
+
+def _conv(op: str, s: dict) -> dict:
+    b, c, h, w = s["B"], s["C"], s["H"], s["W"]
+    e = s.get("dtype_bytes", 2)
+    hid = s.get("hidden", 4 * c if op.startswith("conv_block") or op.startswith("mlp") else 0)
+    c_out = s.get("c_out", c)
+    p = b * h * w
+    act_in, act_out = p * c * e, p * c_out * e
+    has_dw = op.startswith("dwconv") or op.startswith("conv_block")
+    w_bytes = (10 * c if has_dw else 0) * e + (c * hid + hid + hid * c_out + 2 * c_out) * e
+    gemm = 2.0 * p * (c * hid + hid * c_out)
+    elem = (18.0 * p * c if has_dw else 0.0) + 20.0 * p * hid  # GELU(erf) ~20 flops
+    train = op.endswith("_train")
+    has_res = op.startswith("conv_block") or s.get("residual", op.startswith("mlp"))
+    bytes_min = act_in + act_out + w_bytes + (act_out if has_res and not has_dw else 0)
+    if op.startswith("dwconv"):
+        bytes_min = act_in + act_out + w_bytes
+        gemm, elem = 0.0, 18.0 * p * c
+    moved = bytes_min
+    launches = 1
+    if train:  # batch-statistics pass re-reads the input (the data does not fit in L2)
+        nprog = -(-p // 64)
+        moved += act_in + nprog * 3 * c * 4 * 2
+        launches += 1
+    # eager: one kernel per layer, each reads its input and writes its output
+    eager = 0
+    if has_dw:
+        eager += act_in + act_in  # dwconv (BN folded)
+        if train:
+            eager += 3 * act_in  # BN stats read + normalize read/write
+    if op.startswith("dwconv"):
+        pass
+    else:
+        if train and not has_dw:
+            eager += 3 * act_in
+        eager += act_in + p * hid * e  # pw1
+        eager += 2 * p * hid * e  # GELU
+        eager += p * hid * e + act_out  # pw2
+        eager += 2 * act_out  # ls
+        if has_res:
+            eager += 3 * act_out  # residual add
+    eager += w_bytes
+    flops = gemm + elem
+    rate = TC_FLOPS if e == 2 else FP32_FLOPS
+    t = max(moved / BW, gemm / rate + elem / FP32_FLOPS) * 1e6 + LAUNCH_US * launches
+    return dict(bytes_min=bytes_min, bytes_moved=moved, eager_bytes=eager, flops=flops,
+                l2_bytes=(w_bytes * -(-p // 32)) + (2 * act_in if has_dw else 0),
+                launches=launches, predicted_h100_us=t,
+                eager_predicted_h100_us=max(eager / BW, gemm / rate + elem / FP32_FLOPS) * 1e6
+                + LAUNCH_US * (7 + (2 if train else 0)))
+
+
+def _attention(op: str, s: dict) -> dict:
+    b, n, d = s["B"], s["N"], s["D"]
+    t_out = s.get("T", d)
+    e = s.get("dtype_bytes", 2)
+    tok = b * n * d * e
+    splits = min(32, max(1, -(-528 // b)))
+    ws = b * splits * (d + 2) * 4 * 2
+    elem = 12.0 * b * n * d  # two normalizes, score dot, pooling, G*k
+    if op == "additive_attention_core":
+        bytes_min = 4 * tok + d * e
+        moved = bytes_min + ws
+        eager = 2 * (2 * tok) + 2 * tok + 2 * tok + 3 * tok  # normalize x2, score, pool, G*k
+        gemm = 0.0
+        launches, eager_launches = 2, 8
+    else:
+        w_bytes = (2 * d * d + 2 * d + d + d * d + d + t_out * d + t_out) * e
+        out = b * n * t_out * e
+        bytes_min = tok + out + w_bytes
+        gemm = 2.0 * b * n * (2 * d * d + d * d + d * t_out)
+        # qk GEMM (write 2 tok), core (read 2, write 2), proj baddbmm (read 2, write 1),
+        # bias add (read 1 write 1), final (read 1 write out)
+        moved = tok + 2 * tok + (4 * tok + ws) + 3 * tok + 2 * tok + (tok + out) + w_bytes
+        eager = tok + 2 * tok + 2 * (2 * tok) + 2 * tok + 2 * tok + 3 * tok + 3 * tok \
+            + 3 * tok + (tok + out) + w_bytes
+        launches, eager_launches = 6, 12
+    rate = TC_FLOPS if e == 2 else FP32_FLOPS
+    t = max(moved / BW, gemm / rate + elem / FP32_FLOPS) * 1e6 + LAUNCH_US * launches
+    return dict(bytes_min=bytes_min, bytes_moved=moved, eager_bytes=eager, flops=gemm + elem,
+                l2_bytes=0, launches=launches, predicted_h100_us=t,
+                eager_predicted_h100_us=max(eager / BW, gemm / rate + elem / FP32_FLOPS) * 1e6
+                + LAUNCH_US * eager_launches)
+
+
+def roofline(op: str, shapes: dict) -> dict:
+    """Bytes / FLOPs / predicted H100 microseconds of the Triton implementation of `op`.
+
+    Returns dict(bytes_min, bytes_moved, eager_bytes, flops, l2_bytes, launches,
+    predicted_h100_us, eager_predicted_h100_us). See the module docstring for the model.
+    """
+    if op.startswith("additive_attention"):
+        return _attention(op, shapes)
+    if op.split("_backward")[0] in ("dwconv_bn", "dwconv_bn_train", "mlp", "mlp_train",
+                                    "conv_block", "conv_block_train"):
+        return _conv(op, shapes)
+    raise ValueError(f"no roofline model for {op!r}")
+
+
+# SwiftFormer-XS at 224x224 (embed dims 48/56/112/220, stage resolutions 56/28/14/7).
+SWIFTFORMER_XS_SHAPES = {
+    "stage1": dict(C=48, H=56, W=56),
+    "stage2": dict(C=56, H=28, W=28),
+    "stage3": dict(C=112, H=14, W=14),
+    "stage4": dict(C=220, H=7, W=7),
+}
