@@ -1,0 +1,472 @@
+// CUDA implementations of the swiftkern_C ops: input validation, cuBLAS GEMMs through ATen, and
+// launches of the torch-free kernels of csrc/cuda/*.cu on the current stream. The only translation
+// unit of csrc/cuda that includes torch headers (it alone costs ~80 s of compile time).
+//
+// Served: additive_attention (+ backward), additive_attention_core (+ backward), dwconv_bn,
+// conv_block, mlp (eval forms, forward). Ops and inputs not served here raise NotImplementedError
+// (TORCH_CHECK_NOT_IMPLEMENTED) or have no CUDA kernel, so backend "auto" falls back.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "swiftkern/cuda_kernels.h"
+
+namespace {
+
+namespace skc = swiftkern::cuda;
+using at::Tensor;
+using OptT = std::optional<Tensor>;
+
+#define SK_LAUNCH(op, expr)                                                                  \
+  do {                                                                                       \
+    const cudaError_t sk_err_ = (expr);                                                      \
+    TORCH_CHECK(sk_err_ == cudaSuccess, op, ": CUDA kernel launch failed: ",                 \
+                cudaGetErrorString(sk_err_));                                                \
+  } while (0)
+
+skc::Dtype dtype_of(const Tensor& x, const char* op) {
+  switch (x.scalar_type()) {
+    case at::kFloat:
+      return skc::Dtype::kFloat32;
+    case at::kHalf:
+      return skc::Dtype::kFloat16;
+    case at::kBFloat16:
+      return skc::Dtype::kBFloat16;
+    default:
+      TORCH_CHECK_NOT_IMPLEMENTED(false, op, ": the CUDA kernel serves float32, float16 and bfloat16, got ",
+                                  x.scalar_type());
+  }
+}
+
+// x must be a CUDA tensor of a served dtype; every other tensor argument lives with x.
+skc::Dtype check_x(const Tensor& x, const char* op, int64_t dim) {
+  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor, got device ", x.device());
+  TORCH_CHECK(x.dim() == dim, op, ": x must be ", dim, "-D, got shape ", x.sizes());
+  return dtype_of(x, op);
+}
+
+void check_like(const Tensor& t, const char* name, const Tensor& x, const char* op) {
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ",
+              x.device());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
+              " but x has dtype ", x.scalar_type());
+}
+
+// A parameter checked against x and made contiguous with `numel` elements (shape-agnostic view).
+Tensor vec(const Tensor& t, const char* name, int64_t numel, const Tensor& x, const char* op) {
+  check_like(t, name, x, op);
+  TORCH_CHECK(t.numel() == numel, op, ": ", name, " must have ", numel, " elements, got shape ",
+              t.sizes());
+  return t.reshape({numel}).contiguous();
+}
+
+OptT opt_vec(const OptT& t, const char* name, int64_t numel, const Tensor& x, const char* op) {
+  if (!t.has_value()) return std::nullopt;
+  return vec(*t, name, numel, x, op);
+}
+
+Tensor mat(const Tensor& t, const char* name, int64_t rows, int64_t cols, const Tensor& x,
+           const char* op) {
+  check_like(t, name, x, op);
+  TORCH_CHECK(t.numel() == rows * cols && t.dim() >= 2 && t.size(0) == rows, op, ": ", name,
+              " must have shape [", rows, ", ", cols, "], got ", t.sizes());
+  return t.reshape({rows, cols});
+}
+
+const void* ptr_or_null(const OptT& t) { return t.has_value() ? t->data_ptr() : nullptr; }
+
+skc::Pool pool_of(c10::string_view pool, const char* op) {
+  if (pool == "sum") return skc::Pool::kSum;
+  if (pool == "l2") return skc::Pool::kL2;
+  if (pool == "softmax") return skc::Pool::kSoftmax;
+  TORCH_CHECK(false, op, ": pool must be one of 'sum', 'l2', 'softmax', got '", std::string(pool),
+              "'");
+}
+
+bool mask_at(const c10::List<bool>& mask, size_t i) { return i < mask.size() && mask.get(i); }
+
+Tensor empty_grad(const Tensor& like) { return at::empty({0}, like.options()); }
+
+int num_sms() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
+
+// ------------------------------------------------------------------------------------------------
+// Additive attention
+// ------------------------------------------------------------------------------------------------
+struct CoreFwd {
+  Tensor gk, res, g, stats;
+};
+
+// q, k: [B, N, D] views with unit stride over D. want_out: write gk and res (else only G, stats).
+CoreFwd core_forward(const Tensor& q, const Tensor& k, const Tensor& w_g, const OptT& bias,
+                     double scale, skc::Pool pool, skc::Dtype dt, bool want_out) {
+  const int64_t B = q.size(0), N = q.size(1);
+  const int D = static_cast<int>(q.size(2));
+  const auto f32 = q.options().dtype(at::kFloat);
+  CoreFwd out;
+  out.g = at::empty({B, D}, f32);
+  out.stats = at::empty({B, 2}, f32);
+  if (want_out) {
+    out.gk = at::empty({B, N, D}, q.options());
+    out.res = at::empty({B, N, D}, q.options());
+  }
+  const int splits = skc::attn_splits(B, N, num_sms());
+  const size_t ws_n = skc::attn_fwd_workspace_floats(B, splits, D);
+  Tensor ws = at::empty({static_cast<int64_t>(ws_n)}, f32);
+  skc::AttnFwdParams p{};
+  p.dtype = dt;
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.q_sb = q.stride(0);
+  p.q_sn = q.stride(1);
+  p.k_sb = k.stride(0);
+  p.k_sn = k.stride(1);
+  p.w_g = w_g.data_ptr();
+  p.bias = ptr_or_null(bias);
+  p.scale = static_cast<float>(scale);
+  p.pool = pool;
+  p.B = B;
+  p.N = N;
+  p.D = D;
+  p.gk = want_out ? out.gk.data_ptr() : nullptr;
+  p.res = want_out ? out.res.data_ptr() : nullptr;
+  p.g_out = out.g.data_ptr<float>();
+  p.stats_out = out.stats.data_ptr<float>();
+  p.workspace = ws_n ? ws.data_ptr<float>() : nullptr;
+  p.splits = splits;
+  SK_LAUNCH("additive_attention", skc::attn_fwd(p, at::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
+// Gradients of the core w.r.t. q, k (written into dq, dk: [B, N, D] views, unit stride over D) and
+// w_g (returned as fp32 [D], undefined when not wanted). dgk, dres: contiguous [B, N, D].
+Tensor core_backward(const Tensor& q, const Tensor& k, const Tensor& w_g, double scale,
+                     skc::Pool pool, skc::Dtype dt, const CoreFwd& fwd, const Tensor& dgk,
+                     const OptT& dres, Tensor& dq, Tensor& dk, bool want_dwg) {
+  const int64_t B = q.size(0), N = q.size(1);
+  const int D = static_cast<int>(q.size(2));
+  const auto f32 = q.options().dtype(at::kFloat);
+  const int splits = skc::attn_splits(B, N, num_sms());
+  Tensor ws = at::empty({static_cast<int64_t>(skc::attn_bwd_workspace_floats(B, splits, D))}, f32);
+  const bool dwg_kernel = want_dwg && pool != skc::Pool::kSum;
+  Tensor dwg_part = dwg_kernel ? at::empty({B * splits, D}, f32) : Tensor();
+  skc::AttnBwdParams p{};
+  p.dtype = dt;
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.q_sb = q.stride(0);
+  p.q_sn = q.stride(1);
+  p.k_sb = k.stride(0);
+  p.k_sn = k.stride(1);
+  p.w_g = w_g.data_ptr();
+  p.scale = static_cast<float>(scale);
+  p.pool = pool;
+  p.B = B;
+  p.N = N;
+  p.D = D;
+  p.g = fwd.g.data_ptr<float>();
+  p.stats = fwd.stats.data_ptr<float>();
+  p.dgk = dgk.data_ptr();
+  p.dres = ptr_or_null(dres);
+  p.dq = dq.data_ptr();
+  p.dk = dk.data_ptr();
+  p.dq_sb = dq.stride(0);
+  p.dq_sn = dq.stride(1);
+  p.dk_sb = dk.stride(0);
+  p.dk_sn = dk.stride(1);
+  p.dwg_partial = dwg_kernel ? dwg_part.data_ptr<float>() : nullptr;
+  p.workspace = ws.data_ptr<float>();
+  p.splits = splits;
+  SK_LAUNCH("additive_attention_backward", skc::attn_bwd(p, at::cuda::getCurrentCUDAStream()));
+  if (!want_dwg) return Tensor();
+  return dwg_kernel ? dwg_part.sum(0) : at::zeros({D}, f32);
+}
+
+// Unit stride over the last dim (any batch / token strides are served in place).
+Tensor last_dim_dense(const Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
+
+struct AttnArgs {
+  int64_t B, N, D, T;
+  skc::Dtype dt;
+  skc::Pool pool;
+  Tensor x2d, w_qk, w_g, w_proj;
+  OptT b_qk, b_proj, w_final, b_final;
+};
+
+AttnArgs attn_args(const Tensor& x, const Tensor& w_qk, const OptT& b_qk, const Tensor& w_g,
+                   const Tensor& w_proj, const OptT& b_proj, const OptT& w_final,
+                   const OptT& b_final, c10::string_view pool, const char* op) {
+  AttnArgs a;
+  a.dt = check_x(x, op, 3);
+  a.pool = pool_of(pool, op);
+  a.B = x.size(0);
+  a.N = x.size(1);
+  a.D = x.size(2);
+  TORCH_CHECK_NOT_IMPLEMENTED(a.D >= 1 && a.D <= skc::kAttnMaxDim, op,
+                              ": the CUDA kernel serves 1 <= D <= ", skc::kAttnMaxDim, ", got ",
+                              a.D);
+  TORCH_CHECK_NOT_IMPLEMENTED(a.B * a.N > 0, op, ": empty input (B * N == 0)");
+  a.x2d = x.reshape({a.B * a.N, a.D});
+  a.w_qk = mat(w_qk, "w_qk", 2 * a.D, a.D, x, op);
+  a.b_qk = opt_vec(b_qk, "b_qk", 2 * a.D, x, op);
+  a.w_g = vec(w_g, "w_g", a.D, x, op);
+  a.w_proj = mat(w_proj, "w_proj", a.D, a.D, x, op);
+  a.b_proj = opt_vec(b_proj, "b_proj", a.D, x, op);
+  TORCH_CHECK(w_final.has_value() || !b_final.has_value(), op, ": b_final given without w_final");
+  a.T = a.D;
+  if (w_final.has_value()) {
+    TORCH_CHECK(w_final->dim() == 2 && w_final->size(1) == a.D, op,
+                ": w_final must have shape [T, ", a.D, "], got ", w_final->sizes());
+    a.T = w_final->size(0);
+    a.w_final = mat(*w_final, "w_final", a.T, a.D, x, op);
+    a.b_final = opt_vec(b_final, "b_final", a.T, x, op);
+  }
+  return a;
+}
+
+Tensor linear2d(const Tensor& x2d, const Tensor& w, const OptT& b) {
+  return b.has_value() ? at::addmm(*b, x2d, w.t()) : at::mm(x2d, w.t());
+}
+
+Tensor additive_attention_cuda(const Tensor& x, const Tensor& w_qk, const OptT& b_qk,
+                               const Tensor& w_g, double scale, const Tensor& w_proj,
+                               const OptT& b_proj, const OptT& w_final, const OptT& b_final,
+                               c10::string_view pool) {
+  const char* op = "swiftkern_C::additive_attention";
+  const c10::cuda::CUDAGuard guard(x.device());
+  AttnArgs a = attn_args(x, w_qk, b_qk, w_g, w_proj, b_proj, w_final, b_final, pool, op);
+  const Tensor qk = linear2d(a.x2d, a.w_qk, a.b_qk).view({a.B, a.N, 2 * a.D});
+  const Tensor q = qk.narrow(2, 0, a.D), k = qk.narrow(2, a.D, a.D);
+  CoreFwd f = core_forward(q, k, a.w_g, a.b_proj, scale, a.pool, a.dt, true);
+  // res = qn + b_proj; cuBLAS accumulates the projection onto it (beta = 1): residual for free.
+  Tensor out = f.res.view({a.B * a.N, a.D});
+  out.addmm_(f.gk.view({a.B * a.N, a.D}), a.w_proj.t());
+  if (a.w_final.has_value()) out = linear2d(out, *a.w_final, a.b_final);
+  return out.view({a.B, a.N, a.T});
+}
+
+std::vector<Tensor> additive_attention_backward_cuda(
+    const Tensor& grad, const Tensor& x, const Tensor& w_qk, const OptT& b_qk, const Tensor& w_g,
+    double scale, const Tensor& w_proj, const OptT& b_proj, const OptT& w_final,
+    const OptT& b_final, c10::string_view pool, c10::List<bool> grad_mask) {
+  const char* op = "swiftkern_C::additive_attention_backward";
+  const c10::cuda::CUDAGuard guard(x.device());
+  AttnArgs a = attn_args(x, w_qk, b_qk, w_g, w_proj, b_proj, w_final, b_final, pool, op);
+  check_like(grad, "grad", x, op);
+  TORCH_CHECK(grad.numel() == a.B * a.N * a.T, op, ": grad must have shape [", a.B, ", ", a.N,
+              ", ", a.T, "], got ", grad.sizes());
+  // Order of the Tensor arguments: x, w_qk, b_qk, w_g, w_proj, b_proj, w_final, b_final.
+  std::vector<Tensor> out(8);
+  for (auto& t : out) t = empty_grad(x);
+  auto want = [&](size_t i, const OptT& t) { return mask_at(grad_mask, i) && t.has_value(); };
+  const bool need_up = mask_at(grad_mask, 0) || mask_at(grad_mask, 1) || want(2, b_qk) ||
+                       mask_at(grad_mask, 3);
+  const int64_t M = a.B * a.N;
+
+  const Tensor qk = linear2d(a.x2d, a.w_qk, a.b_qk).view({a.B, a.N, 2 * a.D});
+  const Tensor q = qk.narrow(2, 0, a.D), k = qk.narrow(2, a.D, a.D);
+  CoreFwd f = core_forward(q, k, a.w_g, a.b_proj, scale, a.pool, a.dt, true);
+  const Tensor gk2d = f.gk.view({M, a.D});
+  const Tensor gy = grad.reshape({M, a.T});
+  Tensor g1 = gy;  // gradient w.r.t. the attention output before `final`
+  if (a.w_final.has_value()) {
+    if (mask_at(grad_mask, 6)) {
+      const Tensor out1 = at::addmm(f.res.view({M, a.D}), gk2d, a.w_proj.t());
+      out[6] = gy.t().mm(out1).view(w_final->sizes());
+    }
+    if (want(7, b_final)) out[7] = gy.sum(0).view(b_final->sizes());
+    g1 = gy.mm(*a.w_final);
+  }
+  g1 = g1.contiguous();
+  if (mask_at(grad_mask, 4)) out[4] = g1.t().mm(gk2d).view(w_proj.sizes());
+  if (want(5, b_proj)) out[5] = g1.sum(0).view(b_proj->sizes());
+  if (!need_up) return out;
+
+  const Tensor dgk = g1.mm(a.w_proj).view({a.B, a.N, a.D});
+  Tensor dqk = at::empty({a.B, a.N, 2 * a.D}, x.options());
+  Tensor dq = dqk.narrow(2, 0, a.D), dk = dqk.narrow(2, a.D, a.D);
+  const Tensor dwg = core_backward(q, k, a.w_g, scale, a.pool, a.dt, f, dgk,
+                                   OptT(g1.view({a.B, a.N, a.D})), dq, dk, mask_at(grad_mask, 3));
+  const Tensor dqk2d = dqk.view({M, 2 * a.D});
+  if (mask_at(grad_mask, 0)) out[0] = dqk2d.mm(a.w_qk).view(x.sizes());
+  if (mask_at(grad_mask, 1)) out[1] = dqk2d.t().mm(a.x2d).view(w_qk.sizes());
+  if (want(2, b_qk)) out[2] = dqk2d.sum(0).view(b_qk->sizes());
+  if (mask_at(grad_mask, 3)) out[3] = dwg.to(x.scalar_type()).view(w_g.sizes());
+  return out;
+}
+
+struct CoreArgs {
+  skc::Dtype dt;
+  skc::Pool pool;
+  Tensor q, k, w_g;
+};
+
+CoreArgs core_args(const Tensor& q, const Tensor& k, const Tensor& w_g, c10::string_view pool,
+                   const char* op) {
+  CoreArgs a;
+  a.dt = check_x(q, op, 3);
+  a.pool = pool_of(pool, op);
+  check_like(k, "k", q, op);
+  TORCH_CHECK(k.sizes() == q.sizes(), op, ": k must have the shape of q ", q.sizes(), ", got ",
+              k.sizes());
+  const int64_t D = q.size(2);
+  TORCH_CHECK_NOT_IMPLEMENTED(D >= 1 && D <= skc::kAttnMaxDim, op,
+                              ": the CUDA kernel serves 1 <= D <= ", skc::kAttnMaxDim, ", got ", D);
+  TORCH_CHECK_NOT_IMPLEMENTED(q.size(0) * q.size(1) > 0, op, ": empty input (B * N == 0)");
+  a.q = last_dim_dense(q);
+  a.k = last_dim_dense(k);
+  a.w_g = vec(w_g, "w_g", D, q, op);
+  return a;
+}
+
+std::tuple<Tensor, Tensor> additive_attention_core_cuda(const Tensor& q, const Tensor& k,
+                                                        const Tensor& w_g, double scale,
+                                                        c10::string_view pool) {
+  const char* op = "swiftkern_C::additive_attention_core";
+  const c10::cuda::CUDAGuard guard(q.device());
+  CoreArgs a = core_args(q, k, w_g, pool, op);
+  CoreFwd f = core_forward(a.q, a.k, a.w_g, std::nullopt, scale, a.pool, a.dt, true);
+  return {f.gk, f.res};
+}
+
+std::vector<Tensor> additive_attention_core_backward_cuda(const Tensor& grad, const Tensor& q,
+                                                          const Tensor& k, const Tensor& w_g,
+                                                          double scale, c10::string_view pool,
+                                                          c10::List<bool> grad_mask) {
+  const char* op = "swiftkern_C::additive_attention_core_backward";
+  const c10::cuda::CUDAGuard guard(q.device());
+  CoreArgs a = core_args(q, k, w_g, pool, op);
+  check_like(grad, "grad", q, op);
+  TORCH_CHECK(grad.sizes() == q.sizes(), op, ": grad must have the shape of q ", q.sizes(),
+              ", got ", grad.sizes());
+  std::vector<Tensor> out{empty_grad(q), empty_grad(q), empty_grad(q)};
+  if (!mask_at(grad_mask, 0) && !mask_at(grad_mask, 1) && !mask_at(grad_mask, 2)) return out;
+  CoreFwd f = core_forward(a.q, a.k, a.w_g, std::nullopt, scale, a.pool, a.dt, false);
+  Tensor dq = at::empty(q.sizes(), q.options());
+  Tensor dk = at::empty(q.sizes(), q.options());
+  const Tensor dwg = core_backward(a.q, a.k, a.w_g, scale, a.pool, a.dt, f, grad.contiguous(),
+                                   std::nullopt, dq, dk, mask_at(grad_mask, 2));
+  if (mask_at(grad_mask, 0)) out[0] = dq;
+  if (mask_at(grad_mask, 1)) out[1] = dk;
+  if (mask_at(grad_mask, 2)) out[2] = dwg.to(q.scalar_type()).view(w_g.sizes());
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Conv blocks (eval forms)
+// ------------------------------------------------------------------------------------------------
+struct Layout {
+  bool channels_last;
+  at::MemoryFormat fmt;
+};
+
+Layout layout_of(const Tensor& x) {
+  const at::MemoryFormat fmt = x.suggest_memory_format();
+  return {fmt == at::MemoryFormat::ChannelsLast, fmt};
+}
+
+// Channel index divisor of a dense 4-D tensor in this layout (see cuda_kernels.h).
+int64_t inner_of(const Layout& l, const Tensor& t) {
+  return l.channels_last ? 1 : t.size(2) * t.size(3);
+}
+
+Tensor dwconv_run(const Tensor& xc, const Tensor& dw_w, const OptT& dw_b, const Layout& l,
+                  skc::Dtype dt, const char* op) {
+  const int64_t C = xc.size(1);
+  const Tensor w = vec(dw_w, "dw_w", C * 9, xc, op);
+  TORCH_CHECK(dw_w.dim() == 4 && dw_w.size(1) == 1 && dw_w.size(2) == 3 && dw_w.size(3) == 3, op,
+              ": dw_w must have shape [", C, ", 1, 3, 3], got ", dw_w.sizes());
+  const OptT b = opt_vec(dw_b, "dw_b", C, xc, op);
+  Tensor y = at::empty(xc.sizes(), xc.options().memory_format(l.fmt));
+  SK_LAUNCH(op, skc::dwconv3x3(dt, xc.data_ptr(), w.data_ptr(), ptr_or_null(b), y.data_ptr(),
+                               xc.size(0), C, xc.size(2), xc.size(3), l.channels_last,
+                               at::cuda::getCurrentCUDAStream()));
+  return y;
+}
+
+// 1x1 conv without bias as one cuBLAS GEMM, output dense in the same layout as the input.
+Tensor pointwise(const Tensor& z, const Tensor& w2d, const Layout& l) {
+  const int64_t B = z.size(0), C = z.size(1), H = z.size(2), W = z.size(3), Co = w2d.size(0);
+  if (l.channels_last) {
+    const Tensor z2d = z.permute({0, 2, 3, 1}).reshape({B * H * W, C});
+    return z2d.mm(w2d.t()).view({B, H, W, Co}).permute({0, 3, 1, 2});
+  }
+  return at::matmul(w2d, z.view({B, C, H * W})).view({B, Co, H, W});
+}
+
+// y = residual + ls * (pw2(GELU(pw1(z) + b1)) + b2), all in z's layout.
+Tensor pw_mlp(const Tensor& z, const Tensor& w1, const OptT& b1, const Tensor& w2, const OptT& b2,
+              const OptT& ls, const OptT& residual, const Layout& l, skc::Dtype dt, const char* op) {
+  const int64_t C = z.size(1);
+  TORCH_CHECK(w1.dim() >= 2 && w1.numel() == w1.size(0) * C, op,
+              ": the first pointwise weight must have shape [hidden, ", C, "], got ", w1.sizes());
+  const int64_t Hd = w1.size(0);
+  TORCH_CHECK(w2.dim() >= 2 && w2.numel() == w2.size(0) * Hd, op,
+              ": the second pointwise weight must have shape [C_out, ", Hd, "], got ", w2.sizes());
+  const int64_t Co = w2.size(0);
+  const Tensor w1m = mat(w1, "pw1_w", Hd, C, z, op), w2m = mat(w2, "pw2_w", Co, Hd, z, op);
+  const OptT b1v = opt_vec(b1, "pw1_b", Hd, z, op), b2v = opt_vec(b2, "pw2_b", Co, z, op);
+  const OptT lsv = opt_vec(ls, "ls", Co, z, op);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  Tensor h = pointwise(z, w1m, l);
+  SK_LAUNCH(op, skc::bias_gelu(dt, h.data_ptr(), ptr_or_null(b1v), h.numel(), Hd, inner_of(l, h),
+                               stream));
+  Tensor y = pointwise(h, w2m, l);
+  OptT res;
+  if (residual.has_value()) {
+    check_like(*residual, "residual", z, op);
+    TORCH_CHECK(residual->sizes() == y.sizes(), op, ": residual must have shape ", y.sizes(),
+                ", got ", residual->sizes());
+    res = residual->contiguous(l.fmt);
+  }
+  SK_LAUNCH(op, skc::bias_scale_residual(dt, y.data_ptr(), y.data_ptr(), ptr_or_null(b2v),
+                                         ptr_or_null(lsv), ptr_or_null(res), y.numel(), Co,
+                                         inner_of(l, y), stream));
+  return y;
+}
+
+Tensor dwconv_bn_cuda(const Tensor& x, const Tensor& dw_w, const OptT& dw_b) {
+  const char* op = "swiftkern_C::dwconv_bn";
+  const c10::cuda::CUDAGuard guard(x.device());
+  const skc::Dtype dt = check_x(x, op, 4);
+  const Layout l = layout_of(x);
+  return dwconv_run(x.contiguous(l.fmt), dw_w, dw_b, l, dt, op);
+}
+
+Tensor conv_block_cuda(const Tensor& x, const Tensor& dw_w, const OptT& dw_b, const Tensor& pw1_w,
+                       const OptT& pw1_b, const Tensor& pw2_w, const OptT& pw2_b, const OptT& ls) {
+  const char* op = "swiftkern_C::conv_block";
+  const c10::cuda::CUDAGuard guard(x.device());
+  const skc::Dtype dt = check_x(x, op, 4);
+  const Layout l = layout_of(x);
+  const Tensor xc = x.contiguous(l.fmt);
+  const Tensor z = dwconv_run(xc, dw_w, dw_b, l, dt, op);
+  TORCH_CHECK(pw2_w.size(0) == x.size(1), op, ": pw2_w must map back to C = ", x.size(1),
+              " channels, got ", pw2_w.sizes());
+  return pw_mlp(z, pw1_w, pw1_b, pw2_w, pw2_b, ls, OptT(xc), l, dt, op);
+}
+
+Tensor mlp_cuda(const Tensor& x, const Tensor& fc1_w, const OptT& fc1_b, const Tensor& fc2_w,
+                const OptT& fc2_b, const OptT& ls, const OptT& residual) {
+  const char* op = "swiftkern_C::mlp";
+  const c10::cuda::CUDAGuard guard(x.device());
+  const skc::Dtype dt = check_x(x, op, 4);
+  const Layout l = layout_of(x);
+  return pw_mlp(x.contiguous(l.fmt), fc1_w, fc1_b, fc2_w, fc2_b, ls, residual, l, dt, op);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(swiftkern_C, CUDA, m) {
+  m.impl("additive_attention", &additive_attention_cuda);
+  m.impl("additive_attention_backward", &additive_attention_backward_cuda);
+  m.impl("additive_attention_core", &additive_attention_core_cuda);
+  m.impl("additive_attention_core_backward", &additive_attention_core_backward_cuda);
+  m.impl("dwconv_bn", &dwconv_bn_cuda);
+  m.impl("conv_block", &conv_block_cuda);
+  m.impl("mlp", &mlp_cuda);
+}
