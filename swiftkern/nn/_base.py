@@ -34,6 +34,10 @@ class FusedModule(nn.Module):
         for name, b in original._buffers.items():
             self._buffers[name] = b
         self._non_persistent_buffers_set = set(original._non_persistent_buffers_set)
+        # Plain attributes (use_layer_scale, scale_factor, ...) that the original forward reads.
+        for k, v in original.__dict__.items():
+            if not k.startswith("_") and k != "training" and not hasattr(type(self), k):
+                self.__dict__[k] = v
         self.original_cls = type(original)
         self.backend = backend
         self._cache: dict[str, tuple] = {}

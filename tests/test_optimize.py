@@ -1,0 +1,225 @@
+"""End to end: optimize() on real HF / timm SwiftFormer models (random weights, no downloads)."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from models import hf_model, logits, timm_model
+from tolerances import MODEL_RTOL, assert_close
+
+import swiftkern
+from swiftkern.nn._base import FusedModule
+
+BUILDERS = {
+    "hf-tiny": lambda: hf_model("tiny"),
+    "hf-xs": lambda: hf_model("xs"),
+    "timm-xs": lambda: timm_model("swiftformer_xs"),
+}
+
+
+def _run(model, x):
+    with torch.no_grad():
+        return logits(model(x))
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_eval_logits_match_eager(name, backend):
+    model = BUILDERS[name]()
+    size = 64 if name == "hf-tiny" else 224
+    x = torch.randn(2 if name == "hf-tiny" else 1, 3, size, size)
+    ref = _run(model, x)
+    opt, report = swiftkern.optimize(model, backend=backend, inplace=False, return_report=True)
+    assert_close(_run(opt, x), ref, torch.float32, MODEL_RTOL, what=f"{name} logits")
+    assert_close(_run(opt, x.contiguous(memory_format=torch.channels_last)), ref, torch.float32,
+                 MODEL_RTOL, what=f"{name} channels_last logits")
+    if backend == "reference":
+        kinds = {e.fused for e in report.swapped}
+        assert {"FusedConvBlock", "FusedAdditiveAttention", "FusedMlp", "FusedEncoderBlock",
+                "FusedConvBN"} <= kinds, str(report)
+
+
+def _train_steps(model, steps, seed=0, size=32, channels_last=False):
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        x = torch.randn(2, 3, size, size, generator=g)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (2,), generator=g)
+        loss = F.cross_entropy(logits(model(x)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("family", ["hf", "timm"])
+def test_train_mode_tracks_eager_over_steps(family):
+    """Losses, parameters and BN running statistics track eager over SGD steps (20 for the tiny
+    HF model; 3 for timm XS, which is 10x larger)."""
+    if family == "hf":
+        base = hf_model("tiny", drop_path_rate=0.0)
+    else:
+        base = timm_model("swiftformer_xs", num_classes=10)
+    steps = 20 if family == "hf" else 3
+    ref, ref_cl = copy.deepcopy(base), copy.deepcopy(base)
+    opt = swiftkern.optimize(copy.deepcopy(base), backend="reference")
+    la = _train_steps(ref, steps)
+    lb = _train_steps(opt, steps)
+    # An equally valid eager run (channels_last input: other conv algorithms, other rounding)
+    # measures how far fp32 rounding alone drifts over these steps.
+    lc = _train_steps(ref_cl, steps, channels_last=True)
+    # Step 0 is one forward: per-block tolerance. Later steps: end-to-end tolerance, or twice the
+    # drift of the eager variant where the trajectory amplifies rounding more than that.
+    assert abs(la[0] - lb[0]) <= 1e-4 * max(1.0, abs(la[0]))
+    for i, (a, b, c) in enumerate(zip(la, lb, lc)):
+        bound = max(MODEL_RTOL[torch.float32] * max(1.0, abs(a)), 2 * abs(c - a))
+        assert abs(a - b) <= bound, f"step {i}: loss {b} vs eager {a} (eager-cl {c})"
+    sa, sb, sc = ref.state_dict(), opt.state_dict(), ref_cl.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        if sa[k].is_floating_point():
+            err = (sb[k] - sa[k]).abs().max().item()
+            drift = (sc[k] - sa[k]).abs().max().item()
+            bound = max(MODEL_RTOL[torch.float32] * max(1.0, sa[k].abs().max().item()), 2 * drift)
+            assert err <= bound, f"{k}: {err:.3e} > {bound:.3e} (eager drift {drift:.3e})"
+        else:
+            assert torch.equal(sa[k], sb[k]), k
+    # back to eval: no stale folded weights
+    ref.eval()
+    opt.eval()
+    x = torch.randn(2, 3, 32, 32)
+    y_ref = _run(ref, x)
+    drift = (_run(ref_cl.eval(), x) - y_ref).abs().max().item()
+    err = (_run(opt, x) - y_ref).abs().max().item()
+    assert err <= max(MODEL_RTOL[torch.float32] * max(1.0, y_ref.abs().max().item()), 2 * drift)
+
+
+def test_idempotent_and_state_dict_round_trip():
+    model = hf_model("tiny")
+    keys = list(model.state_dict().keys())
+    x = torch.randn(1, 3, 64, 64)
+    opt, r1 = swiftkern.optimize(model, backend="reference", return_report=True)
+    y1 = _run(opt, x)
+    opt2, r2 = swiftkern.optimize(opt, backend="reference", return_report=True)
+    assert opt2 is opt and not r2.swapped and len(r1.swapped) > 0
+    assert torch.equal(_run(opt2, x), y1)
+    assert list(opt.state_dict().keys()) == keys
+    fresh = hf_model("tiny", seed=5)
+    fresh.load_state_dict(opt.state_dict())
+    assert_close(_run(fresh, x), y1, torch.float32, MODEL_RTOL, what="state_dict -> original")
+    other = swiftkern.optimize(hf_model("tiny", seed=7), backend="reference")
+    other.load_state_dict(fresh.state_dict())
+    assert_close(_run(other, x), y1, torch.float32, MODEL_RTOL, what="state_dict -> optimized")
+
+
+def test_deepcopy_and_pickle():
+    opt = swiftkern.optimize(hf_model("tiny"), backend="reference")
+    x = torch.randn(1, 3, 64, 64)
+    y = _run(opt, x)
+    assert torch.equal(_run(copy.deepcopy(opt), x), y)
+    buf = io.BytesIO()
+    pickle.dump(opt, buf)
+    assert torch.equal(_run(pickle.loads(buf.getvalue()), x), y)
+
+
+def test_hidden_states_stay_correct():
+    model = hf_model("tiny")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x, output_hidden_states=True).hidden_states
+        got = swiftkern.optimize(model, inplace=False, backend="reference")(
+            x, output_hidden_states=True).hidden_states
+    assert len(ref) == len(got)
+    for a, b in zip(ref, got):
+        assert_close(b, a, torch.float32, MODEL_RTOL, what="hidden state")
+
+
+def test_subclass_with_changed_forward_is_not_swapped():
+    from transformers.models.swiftformer import modeling_swiftformer as hf
+
+    class Doubled(hf.SwiftFormerConvEncoder):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = hf_model("tiny")
+    blk = model.swiftformer.encoder.network[4].blocks[0]
+    sub = Doubled(model.config, blk.depth_wise_conv.in_channels)
+    model.swiftformer.encoder.network[4].blocks[0] = sub
+    _, report = swiftkern.optimize(model, backend="reference", return_report=True)
+    assert model.swiftformer.encoder.network[4].blocks[0] is sub
+    skipped = {e.path: e.reason for e in report.skipped}
+    assert "own forward" in skipped["swiftformer.encoder.network.4.blocks.0"]
+
+
+def test_unknown_models_stay_bit_identical():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(4)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    ref = _run(model, x)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt, report = swiftkern.optimize(model, return_report=True)
+    assert not report.swapped
+    assert torch.equal(_run(opt, x), ref)
+    assert all(torch.equal(before[k], v) for k, v in opt.state_dict().items())
+
+
+def test_verify_failure_raises_and_leaves_model_unchanged(monkeypatch):
+    from swiftkern.nn.attention import FusedAdditiveAttention
+
+    model = hf_model("tiny")
+    mods_before = dict(model.named_modules())
+    orig = FusedAdditiveAttention.forward_tokens
+    monkeypatch.setattr(FusedAdditiveAttention, "forward_tokens",
+                        lambda self, t: orig(self, t) + 1.0)
+    with pytest.raises(ValueError, match="Per swapped layer"):
+        swiftkern.optimize(model, backend="reference", verify=torch.randn(1, 3, 64, 64))
+    assert dict(model.named_modules()) == mods_before
+    assert not any(isinstance(m, FusedModule) for m in model.modules())
+
+
+def test_verify_passes_on_a_correct_model():
+    model = hf_model("tiny")
+    opt = swiftkern.optimize(model, backend="reference", verify=torch.randn(1, 3, 64, 64))
+    assert any(isinstance(m, FusedModule) for m in opt.modules())
+
+
+def test_bf16_logits_cosine():
+    model = hf_model("tiny")
+    x = torch.randn(2, 3, 64, 64)
+    ref = _run(model, x)
+    opt = swiftkern.optimize(model, dtype=torch.bfloat16, inplace=False)
+    out = _run(opt, x)
+    assert out.dtype == torch.bfloat16
+    cos = F.cosine_similarity(out.float().flatten(), ref.flatten(), dim=0).item()
+    assert cos >= 0.999, cos
+
+
+def test_bad_arguments():
+    model = hf_model("tiny")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        swiftkern.optimize(model, backend="gpu")
+    with pytest.raises(ValueError, match="needs a model on a CUDA device"):
+        swiftkern.optimize(model, backend="triton")
+    with pytest.raises(TypeError, match="nn.Module"):
+        swiftkern.optimize(lambda x: x)
+    assert not any(isinstance(m, FusedModule) for m in model.modules())
+
+
+def test_compile_fullgraph_of_optimized_model():
+    model = swiftkern.optimize(hf_model("tiny"), backend="reference")
+    x = torch.randn(1, 3, 64, 64)
+    ref = _run(model, x)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    assert_close(_run(compiled, x), ref, torch.float32, MODEL_RTOL, what="compiled logits")
