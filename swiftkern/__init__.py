@@ -1,7 +1,7 @@
 """swiftkern: fused kernels for efficient vision transformers.
 
-    import swiftkern
-    model = swiftkern.optimize(model)
+import swiftkern
+model = swiftkern.optimize(model)
 """
 
 from __future__ import annotations

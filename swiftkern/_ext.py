@@ -23,8 +23,10 @@ ISAS = ("avx512", "avx2")
 
 
 def _find(stem: str) -> str | None:
-    hits = sorted(glob.glob(os.path.join(_HERE, f"{stem}.*.so")) + glob.glob(
-        os.path.join(_HERE, f"{stem}.so")))
+    hits = sorted(
+        glob.glob(os.path.join(_HERE, f"{stem}.*.so"))
+        + glob.glob(os.path.join(_HERE, f"{stem}.so"))
+    )
     return hits[0] if hits else None
 
 
@@ -98,13 +100,16 @@ def load(op_names) -> None:
         return
     forced = os.environ.get("SWIFTKERN_CPU_ISA", "").lower() or None
     if forced is not None and forced not in ISAS:
-        warnings.warn(f"swiftkern: SWIFTKERN_CPU_ISA={forced!r} is not one of {ISAS}; ignored",
-                      stacklevel=3)
+        warnings.warn(
+            f"swiftkern: SWIFTKERN_CPU_ISA={forced!r} is not one of {ISAS}; ignored", stacklevel=3
+        )
         forced = None
     isa = forced or machine_isa()
     if isa == "avx512" and machine_isa() != "avx512":
-        warnings.warn("swiftkern: SWIFTKERN_CPU_ISA=avx512 but this CPU lacks AVX-512; using avx2",
-                      stacklevel=3)
+        warnings.warn(
+            "swiftkern: SWIFTKERN_CPU_ISA=avx512 but this CPU lacks AVX-512; using avx2",
+            stacklevel=3,
+        )
         isa = "avx2"
     if isa is not None and _load(f"_C_cpu_{isa}"):
         CPU_ISA = isa

@@ -28,10 +28,17 @@ def serving_table(device: str = "cpu") -> list[tuple[str, str, dict[str, str]]]:
     rows = []
     for op in OP_NAMES:
         for direction, name in (("forward", op), ("backward", op + "_backward")):
-            rows.append((op, direction, {
-                str(dt).replace("torch.", ""): _registry.resolve(name, "auto", dev, dt) or "-"
-                for dt in DTYPES
-            }))
+            rows.append(
+                (
+                    op,
+                    direction,
+                    {
+                        str(dt).replace("torch.", ""): _registry.resolve(name, "auto", dev, dt)
+                        or "-"
+                        for dt in DTYPES
+                    },
+                )
+            )
     return rows
 
 
@@ -55,7 +62,7 @@ def report() -> str:
         for op, direction, cells in rows:
             lines.append(f"  {op:<26}{direction:<10}" + "".join(f"{cells[d]:<11}" for d in dts))
     by_op: dict[str, list[str]] = {}
-    for (op, backend) in _registry.table():
+    for op, backend in _registry.table():
         by_op.setdefault(op, []).append(backend)
     lines.append("")
     lines.append("all backends registered per op (any device):")

@@ -44,11 +44,20 @@ class OptimizeReport:
     def __str__(self) -> str:
         rows = [("module", "original", "status", "fused / reason", "backend")]
         for e in self.entries:
-            rows.append((e.path or "<root>", e.original, e.status,
-                         e.fused if e.status == "swapped" else e.reason, e.backend))
+            rows.append(
+                (
+                    e.path or "<root>",
+                    e.original,
+                    e.status,
+                    e.fused if e.status == "swapped" else e.reason,
+                    e.backend,
+                )
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
-        lines = [f"swiftkern.optimize: {len(self.swapped)} swapped, {len(self.skipped)} skipped "
-                 f"(backend={self.backend}, dtype={self.dtype})"]
+        lines = [
+            f"swiftkern.optimize: {len(self.swapped)} swapped, {len(self.skipped)} skipped "
+            f"(backend={self.backend}, dtype={self.dtype})"
+        ]
         for i, r in enumerate(rows):
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
             if i == 0:
@@ -68,8 +77,10 @@ def _check_backend(backend: str, device: torch.device) -> None:
     if backend == "cpu" and device.type != "cpu":
         raise ValueError(f"backend='cpu' needs a model on the CPU, the model is on {device}")
     if backend in ("cuda", "triton") and device.type != "cuda":
-        raise ValueError(f"backend={backend!r} needs a model on a CUDA device, the model is on "
-                         f"{device}; move it with model.cuda() first or use backend='auto'")
+        raise ValueError(
+            f"backend={backend!r} needs a model on a CUDA device, the model is on "
+            f"{device}; move it with model.cuda() first or use backend='auto'"
+        )
 
 
 def _serving(rule: Rule, backend: str, device, dtype) -> tuple[str | None, str]:
@@ -80,8 +91,10 @@ def _serving(rule: Rule, backend: str, device, dtype) -> tuple[str | None, str]:
         if name is None:
             return None, f"no backend serves {op} for {device.type}/{dtype}"
         if backend == "auto" and name == "reference":
-            return None, (f"no fused kernel for {op} on {device.type}/{dtype} (the reference "
-                          "would not be faster than the original)")
+            return None, (
+                f"no fused kernel for {op} on {device.type}/{dtype} (the reference "
+                "would not be faster than the original)"
+            )
         names.append(name)
     return ("+".join(sorted(set(names))) or "torch"), ""
 
@@ -107,11 +120,19 @@ def _walk(model: nn.Module, table, backend, device, dtype, report: OptimizeRepor
             base = _known_base(module, table)
             if base is not None:
                 overrides = cls.forward is not base.forward
-                report.entries.append(Entry(
-                    path, cls.__qualname__, "skipped",
-                    reason=(f"subclass of {base.__qualname__} with its own forward: math unknown"
-                            if overrides else f"subclass of {base.__qualname__}: not swapped "
-                            "(only exact classes are)")))
+                report.entries.append(
+                    Entry(
+                        path,
+                        cls.__qualname__,
+                        "skipped",
+                        reason=(
+                            f"subclass of {base.__qualname__} with its own forward: math unknown"
+                            if overrides
+                            else f"subclass of {base.__qualname__}: not swapped "
+                            "(only exact classes are)"
+                        ),
+                    )
+                )
             return
         reason = rule.check(module)
         serving = ""
@@ -125,8 +146,9 @@ def _walk(model: nn.Module, table, backend, device, dtype, report: OptimizeRepor
         fused = rule.build(module, backend)
         parent._modules[name] = fused
         log.append((parent, name, module))
-        report.entries.append(Entry(path, cls.__qualname__, "swapped", type(fused).__name__,
-                                    serving))
+        report.entries.append(
+            Entry(path, cls.__qualname__, "swapped", type(fused).__name__, serving)
+        )
 
     visit(None, "", model, "")
 
@@ -172,10 +194,12 @@ def _verify(original: nn.Module, optimized: nn.Module, example, paths: list[str]
     for tag, m in (("orig", original), ("opt", optimized)):
         mods = dict(m.named_modules())
         for p in paths:
+
             def rec(_m, _i, o, tag=tag, p=p):
                 t = _first_tensor(o)
                 if t is not None:
                     outs[tag][p] = t.detach().float()
+
             handles.append(mods[p].register_forward_hook(rec))
     try:
         ref = _first_tensor(_call(original, example))
@@ -190,8 +214,10 @@ def _verify(original: nn.Module, optimized: nn.Module, example, paths: list[str]
     bound = tol * max(1.0, ref.float().abs().max().item())
     if ref.shape == got.shape and diff <= bound:
         return
-    lines = [f"swiftkern.optimize(verify=...): outputs differ, max |diff| = {diff:.3e} > "
-             f"{bound:.3e} ({got.dtype}). Per swapped layer (max |diff|, max |ref|):"]
+    lines = [
+        f"swiftkern.optimize(verify=...): outputs differ, max |diff| = {diff:.3e} > "
+        f"{bound:.3e} ({got.dtype}). Per swapped layer (max |diff|, max |ref|):"
+    ]
     for p in paths:
         a, b = outs["orig"].get(p), outs["opt"].get(p)
         if a is None or b is None or a.shape != b.shape:

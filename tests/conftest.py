@@ -12,8 +12,11 @@ from swiftkern import _registry  # noqa: E402
 
 def live_backends(op: str, device: str = "cpu") -> list[str]:
     """Non-reference backends that have a kernel for `op` on `device` in this process."""
-    return sorted(b for (o, b), k in _registry.table().items()
-                  if o == op and b != "reference" and device in k.devices)
+    return sorted(
+        b
+        for (o, b), k in _registry.table().items()
+        if o == op and b != "reference" and device in k.devices
+    )
 
 
 @pytest.fixture(autouse=True)

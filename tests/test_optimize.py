@@ -36,12 +36,22 @@ def test_eval_logits_match_eager(name, backend):
     ref = _run(model, x)
     opt, report = swiftkern.optimize(model, backend=backend, inplace=False, return_report=True)
     assert_close(_run(opt, x), ref, torch.float32, MODEL_RTOL, what=f"{name} logits")
-    assert_close(_run(opt, x.contiguous(memory_format=torch.channels_last)), ref, torch.float32,
-                 MODEL_RTOL, what=f"{name} channels_last logits")
+    assert_close(
+        _run(opt, x.contiguous(memory_format=torch.channels_last)),
+        ref,
+        torch.float32,
+        MODEL_RTOL,
+        what=f"{name} channels_last logits",
+    )
     if backend == "reference":
         kinds = {e.fused for e in report.swapped}
-        assert {"FusedConvBlock", "FusedAdditiveAttention", "FusedMlp", "FusedEncoderBlock",
-                "FusedConvBN"} <= kinds, str(report)
+        assert {
+            "FusedConvBlock",
+            "FusedAdditiveAttention",
+            "FusedMlp",
+            "FusedEncoderBlock",
+            "FusedConvBN",
+        } <= kinds, str(report)
 
 
 def _train_steps(model, steps, seed=0, size=32, channels_last=False):
@@ -138,7 +148,8 @@ def test_hidden_states_stay_correct():
     with torch.no_grad():
         ref = model(x, output_hidden_states=True).hidden_states
         got = swiftkern.optimize(model, inplace=False, backend="reference")(
-            x, output_hidden_states=True).hidden_states
+            x, output_hidden_states=True
+        ).hidden_states
     assert len(ref) == len(got)
     for a, b in zip(ref, got):
         assert_close(b, a, torch.float32, MODEL_RTOL, what="hidden state")
@@ -163,8 +174,9 @@ def test_subclass_with_changed_forward_is_not_swapped():
 
 def test_unknown_models_stay_bit_identical():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-                                torch.nn.LazyLinear(4)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(4)
+    ).eval()
     x = torch.randn(2, 3, 8, 8)
     ref = _run(model, x)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -180,8 +192,9 @@ def test_verify_failure_raises_and_leaves_model_unchanged(monkeypatch):
     model = hf_model("tiny")
     mods_before = dict(model.named_modules())
     orig = FusedAdditiveAttention.forward_tokens
-    monkeypatch.setattr(FusedAdditiveAttention, "forward_tokens",
-                        lambda self, t: orig(self, t) + 1.0)
+    monkeypatch.setattr(
+        FusedAdditiveAttention, "forward_tokens", lambda self, t: orig(self, t) + 1.0
+    )
     with pytest.raises(ValueError, match="Per swapped layer"):
         swiftkern.optimize(model, backend="reference", verify=torch.randn(1, 3, 64, 64))
     assert dict(model.named_modules()) == mods_before

@@ -18,8 +18,13 @@ def bound(ref: torch.Tensor, dtype: torch.dtype, table=RTOL) -> float:
     return table[dtype] * max(1.0, ref.abs().max().item() if ref.numel() else 0.0)
 
 
-def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype | None = None,
-                 table=RTOL, what: str = "") -> None:
+def assert_close(
+    out: torch.Tensor,
+    ref: torch.Tensor,
+    dtype: torch.dtype | None = None,
+    table=RTOL,
+    what: str = "",
+) -> None:
     dtype = dtype or out.dtype
     assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
     err = (out.double() - ref.double()).abs().max().item() if out.numel() else 0.0
@@ -27,13 +32,16 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype | None
     assert err <= b, f"{what}: max|out-ref| = {err:.3e} > {b:.3e} ({dtype})"
 
 
-def assert_close_half(out: torch.Tensor, ref32: torch.Tensor, torch_half: torch.Tensor,
-                      what: str = "") -> None:
+def assert_close_half(
+    out: torch.Tensor, ref32: torch.Tensor, torch_half: torch.Tensor, what: str = ""
+) -> None:
     """out, torch_half: results at a half dtype; ref32: the fp32 reference."""
     assert out.shape == ref32.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref32.shape)}"
     base = (torch_half.double() - ref32.double()).abs().max().item()
     err = (out.double() - ref32.double()).abs().max().item()
     floor = HALF_FLOOR[out.dtype] * max(1.0, ref32.abs().max().item())
     b = HALF_FACTOR * base + floor
-    assert err <= b, (f"{what}: {out.dtype} error {err:.3e} > {HALF_FACTOR} x plain-PyTorch error "
-                      f"{base:.3e} + floor {floor:.3e}")
+    assert err <= b, (
+        f"{what}: {out.dtype} error {err:.3e} > {HALF_FACTOR} x plain-PyTorch error "
+        f"{base:.3e} + floor {floor:.3e}"
+    )

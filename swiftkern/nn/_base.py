@@ -47,8 +47,10 @@ class FusedModule(nn.Module):
         return self.original_cls.forward(self, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"replaces={self.original_cls.__module__}.{self.original_cls.__qualname__}, " \
-               f"backend={self.backend!r}"
+        return (
+            f"replaces={self.original_cls.__module__}.{self.original_cls.__qualname__}, "
+            f"backend={self.backend!r}"
+        )
 
     def cached(self, key: str, tensors: list, build):
         """`build()` memoized on the identity and version counter of `tensors`.
@@ -62,8 +64,9 @@ class FusedModule(nn.Module):
         )
         if needs_graph or torch.compiler.is_compiling():
             return build()
-        sig = tuple((id(t), t._version, t.dtype, t.device) if t is not None else None
-                    for t in tensors)
+        sig = tuple(
+            (id(t), t._version, t.dtype, t.device) if t is not None else None for t in tensors
+        )
         hit = self._cache.get(key)
         if hit is not None and hit[0] == sig:
             return hit[1]
@@ -99,8 +102,9 @@ def bn_after_forward(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, 
         if bn.momentum is None:
             momentum = 1.0 / float(bn.num_batches_tracked)
     if bn.running_mean is not None:
-        ref.update_running_stats(bn.running_mean, bn.running_var, mean.detach(), var.detach(),
-                                 count, momentum)
+        ref.update_running_stats(
+            bn.running_mean, bn.running_var, mean.detach(), var.detach(), count, momentum
+        )
 
 
 def fold_conv_bn(conv_w, conv_b, bn: nn.BatchNorm2d):

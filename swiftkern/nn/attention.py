@@ -39,8 +39,17 @@ class FusedAdditiveAttention(FusedModule):
         w_qk, b_qk = self._qk()
         final = self.final
         return ops.additive_attention(
-            t, w_qk, b_qk, self.w_g, self.scale_factor, self.proj.weight, self.proj.bias,
-            final.weight, final.bias, self.pool, backend=self.backend,
+            t,
+            w_qk,
+            b_qk,
+            self.w_g,
+            self.scale_factor,
+            self.proj.weight,
+            self.proj.bias,
+            final.weight,
+            final.bias,
+            self.pool,
+            backend=self.backend,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

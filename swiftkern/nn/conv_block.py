@@ -57,13 +57,24 @@ class FusedConvBlock(FusedModule):
         ls = self._ls()
         if bn_uses_batch_stats(bn):
             y, mean, var = ops.conv_block_train(
-                x, dw.weight, dw.bias, bn.weight, bn.bias, bn.eps, w1, pw1.bias, w2, pw2.bias, ls,
+                x,
+                dw.weight,
+                dw.bias,
+                bn.weight,
+                bn.bias,
+                bn.eps,
+                w1,
+                pw1.bias,
+                w2,
+                pw2.bias,
+                ls,
                 backend=self.backend,
             )
             bn_after_forward(bn, mean, var, x.shape[0] * x.shape[2] * x.shape[3])
             return y
         dw_w, dw_b = self.cached(
-            "dw", [dw.weight, dw.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var],
+            "dw",
+            [dw.weight, dw.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var],
             lambda: fold_conv_bn(dw.weight, dw.bias, bn),
         )
         return ops.conv_block(x, dw_w, dw_b, w1, pw1.bias, w2, pw2.bias, ls, backend=self.backend)

@@ -22,7 +22,9 @@ class FusedConvBN(FusedModule):
         conv, bn = (getattr(self, n) for n in self.names)
         if bn_uses_batch_stats(bn):
             return bn(conv(x))
-        w, b = self.cached("conv", [conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean,
-                                    bn.running_var], lambda: fold_conv_bn(conv.weight, conv.bias, bn))
+        w, b = self.cached(
+            "conv",
+            [conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var],
+            lambda: fold_conv_bn(conv.weight, conv.bias, bn),
+        )
         return F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
-

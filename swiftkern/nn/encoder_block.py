@@ -19,8 +19,9 @@ class FusedEncoderBlock(FusedModule):
     timm) or None when the block has no layer scale.
     """
 
-    def __init__(self, original: nn.Module, ls1: str | None, ls2: str | None,
-                 backend: str = "auto"):
+    def __init__(
+        self, original: nn.Module, ls1: str | None, ls2: str | None, backend: str = "auto"
+    ):
         super().__init__(original, backend)
         self.ls_paths = (ls1, ls2)
 
@@ -35,8 +36,11 @@ class FusedEncoderBlock(FusedModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         attn, mlp = self.attn, self.linear
-        if (drop_active(getattr(self, "drop_path", None), self.training)
-                or not isinstance(attn, FusedAdditiveAttention) or not isinstance(mlp, FusedMlp)):
+        if (
+            drop_active(getattr(self, "drop_path", None), self.training)
+            or not isinstance(attn, FusedAdditiveAttention)
+            or not isinstance(mlp, FusedMlp)
+        ):
             return self.original_forward(x)
         x = self.local_representation(x)
         b, c, h, w = x.shape

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .. import ops
 from ..ops import reference as ref
@@ -17,7 +16,9 @@ class FusedMlp(FusedModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_fused(x)
 
-    def forward_fused(self, x, ls: torch.Tensor | None = None, residual: torch.Tensor | None = None):
+    def forward_fused(
+        self, x, ls: torch.Tensor | None = None, residual: torch.Tensor | None = None
+    ):
         """residual + ls * Mlp(x); without ls and residual this is the module's own forward."""
         if drop_active(self.drop, self.training):
             y = self.original_forward(x)
@@ -28,14 +29,32 @@ class FusedMlp(FusedModule):
         w2 = fc2.weight.reshape(fc2.weight.shape[0], -1)
         if bn_uses_batch_stats(bn):
             w1 = fc1.weight.reshape(fc1.weight.shape[0], -1)
-            y, mean, var = ops.mlp_train(x, bn.weight, bn.bias, bn.eps, w1, fc1.bias, w2, fc2.bias,
-                                         ls, residual, backend=self.backend)
+            y, mean, var = ops.mlp_train(
+                x,
+                bn.weight,
+                bn.bias,
+                bn.eps,
+                w1,
+                fc1.bias,
+                w2,
+                fc2.bias,
+                ls,
+                residual,
+                backend=self.backend,
+            )
             bn_after_forward(bn, mean, var, x.shape[0] * x.shape[2] * x.shape[3])
             return y
         w1, b1 = self.cached(
-            "fc1", [fc1.weight, fc1.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var],
-            lambda: ref.fold_bn_into_next(fc1.weight.reshape(fc1.weight.shape[0], -1), fc1.bias,
-                                          bn.weight, bn.bias, bn.running_mean, bn.running_var,
-                                          bn.eps),
+            "fc1",
+            [fc1.weight, fc1.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var],
+            lambda: ref.fold_bn_into_next(
+                fc1.weight.reshape(fc1.weight.shape[0], -1),
+                fc1.bias,
+                bn.weight,
+                bn.bias,
+                bn.running_mean,
+                bn.running_var,
+                bn.eps,
+            ),
         )
         return ops.mlp(x, w1, b1, w2, fc2.bias, ls, residual, backend=self.backend)

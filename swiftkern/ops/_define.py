@@ -33,8 +33,11 @@ def layout_of(t: torch.Tensor) -> torch.memory_format:
     if t.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     s = t.stride()
-    return torch.channels_last if t.shape[1] > 1 and s[1] < min(s[2], s[3]) else \
-        torch.contiguous_format
+    return (
+        torch.channels_last
+        if t.shape[1] > 1 and s[1] < min(s[2], s[3])
+        else torch.contiguous_format
+    )
 
 
 def like_layout(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -116,7 +119,7 @@ def define_op(
     tensor_args = tuple(i for i, (t, _) in enumerate(parsed) if re.fullmatch(r"Tensor\??", t))
     n_outputs = 1 if returns == "Tensor" else returns.count("Tensor")
     fwd_args = ", ".join(f"{t} {n}" for t, n in parsed)
-    LIB.define(f"{name}({fwd_args}, str backend=\"auto\") -> {returns}")
+    LIB.define(f'{name}({fwd_args}, str backend="auto") -> {returns}')
     LIB.define(
         f"{name}_backward(Tensor grad, {fwd_args}, str backend, bool[] grad_mask) -> Tensor[]"
     )
@@ -148,7 +151,9 @@ def define_op(
         grads = _registry.dispatch(
             name + "_backward", backend, x.device, x.dtype, grad, *fargs, grad_mask
         )
-        return [g if g.numel() == 0 else like_layout(g, fargs[i]) for g, i in zip(grads, tensor_args)]
+        return [
+            g if g.numel() == 0 else like_layout(g, fargs[i]) for g, i in zip(grads, tensor_args)
+        ]
 
     def bwd_fake(grad, *a):
         *fargs, backend, grad_mask = a

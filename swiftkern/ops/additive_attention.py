@@ -85,7 +85,16 @@ def additive_attention(
         [B, N, T] contiguous, dtype of x. Differentiable in x and every weight.
     """
     return torch.ops.swiftkern.additive_attention(
-        x, w_qk, b_qk, w_g.reshape(-1), float(scale), w_proj, b_proj, w_final, b_final, pool,
+        x,
+        w_qk,
+        b_qk,
+        w_g.reshape(-1),
+        float(scale),
+        w_proj,
+        b_proj,
+        w_final,
+        b_final,
+        pool,
         backend,
     )
 

@@ -23,8 +23,13 @@ def _validate_train(x, dw_w, dw_b, bn_w, bn_b, eps, pw1_w, pw1_b, pw2_w, pw2_b, 
 
 
 _ARGS = "Tensor pw1_w, Tensor? pw1_b, Tensor pw2_w, Tensor? pw2_b, Tensor? ls"
-CONV_BLOCK = define_op("conv_block", f"Tensor x, Tensor dw_w, Tensor? dw_b, {_ARGS}", "Tensor",
-                       conv_block_ref, _validate)
+CONV_BLOCK = define_op(
+    "conv_block",
+    f"Tensor x, Tensor dw_w, Tensor? dw_b, {_ARGS}",
+    "Tensor",
+    conv_block_ref,
+    _validate,
+)
 CONV_BLOCK_TRAIN = define_op(
     "conv_block_train",
     f"Tensor x, Tensor dw_w, Tensor? dw_b, Tensor? bn_weight, Tensor? bn_bias, float eps, {_ARGS}",

@@ -19,8 +19,9 @@ def _validate_train(x, w, b, bn_w, bn_b, eps):
     check_bn(x, x.shape[1], bn_w, bn_b, eps)
 
 
-DWCONV_BN = define_op("dwconv_bn", "Tensor x, Tensor dw_w, Tensor? dw_b", "Tensor",
-                      dwconv_bn_ref, _validate)
+DWCONV_BN = define_op(
+    "dwconv_bn", "Tensor x, Tensor dw_w, Tensor? dw_b", "Tensor", dwconv_bn_ref, _validate
+)
 DWCONV_BN_TRAIN = define_op(
     "dwconv_bn_train",
     "Tensor x, Tensor dw_w, Tensor? dw_b, Tensor? bn_weight, Tensor? bn_bias, float eps",
@@ -55,5 +56,6 @@ def dwconv_bn_train(
     Returns ``(y, batch_mean, batch_var)``; batch_var is biased (as used to normalize). Update
     running statistics with ``ops.update_running_stats`` (what nn.BatchNorm2d does).
     """
-    return torch.ops.swiftkern.dwconv_bn_train(x, dw_w, dw_b, bn_weight, bn_bias, float(eps),
-                                               backend)
+    return torch.ops.swiftkern.dwconv_bn_train(
+        x, dw_w, dw_b, bn_weight, bn_bias, float(eps), backend
+    )

@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import sys
 
-from ..nn import (ConvBlockRoles, FusedAdditiveAttention, FusedConvBlock, FusedConvBN,
-                  FusedEncoderBlock, FusedMlp)
+from ..nn import (
+    ConvBlockRoles,
+    FusedAdditiveAttention,
+    FusedConvBlock,
+    FusedConvBN,
+    FusedEncoderBlock,
+    FusedMlp,
+)
 from . import Rule
-from ._checks import attention_reason, conv_bn_reason, conv_block_reason, mlp_reason
+from ._checks import attention_reason, conv_block_reason, conv_bn_reason, mlp_reason
 
 FAMILY = "hf-swiftformer"
-ROLES = ConvBlockRoles(dw="depth_wise_conv", bn="norm", pw1="point_wise_conv1",
-                       pw2="point_wise_conv2", ls="layer_scale", drop_path="drop_path")
-_CONV_CHECK = (lambda m: conv_block_reason(m, ROLES.dw, ROLES.bn, ROLES.pw1, ROLES.pw2,
-                                           ROLES.drop_path))
+ROLES = ConvBlockRoles(
+    dw="depth_wise_conv",
+    bn="norm",
+    pw1="point_wise_conv1",
+    pw2="point_wise_conv2",
+    ls="layer_scale",
+    drop_path="drop_path",
+)
+_CONV_CHECK = lambda m: conv_block_reason(
+    m, ROLES.dw, ROLES.bn, ROLES.pw1, ROLES.pw2, ROLES.drop_path
+)
 
 
 def _block_reason(m) -> str | None:
@@ -33,16 +46,24 @@ def rules() -> dict:
     except ImportError:
         return {}
     return {
-        hf.SwiftFormerConvEncoder: Rule(FAMILY, _CONV_CHECK,
-                                        lambda m, b: FusedConvBlock(m, ROLES, b), ("conv_block",)),
+        hf.SwiftFormerConvEncoder: Rule(
+            FAMILY, _CONV_CHECK, lambda m, b: FusedConvBlock(m, ROLES, b), ("conv_block",)
+        ),
         hf.SwiftFormerLocalRepresentation: Rule(
-            FAMILY, _CONV_CHECK, lambda m, b: FusedConvBlock(m, ROLES, b), ("conv_block",)),
+            FAMILY, _CONV_CHECK, lambda m, b: FusedConvBlock(m, ROLES, b), ("conv_block",)
+        ),
         hf.SwiftFormerEfficientAdditiveAttention: Rule(
-            FAMILY, attention_reason,
+            FAMILY,
+            attention_reason,
             lambda m, b: FusedAdditiveAttention(m, pool="sum", layout="tokens", backend=b),
-            ("additive_attention",)),
+            ("additive_attention",),
+        ),
         hf.SwiftFormerMlp: Rule(FAMILY, mlp_reason, lambda m, b: FusedMlp(m, b), ("mlp",)),
         hf.SwiftFormerEncoderBlock: Rule(FAMILY, _block_reason, _block, ()),
-        hf.SwiftFormerEmbeddings: Rule(FAMILY, lambda m: conv_bn_reason(m, "proj", "norm"),
-                                       lambda m, b: FusedConvBN(m, "proj", "norm", b), ()),
+        hf.SwiftFormerEmbeddings: Rule(
+            FAMILY,
+            lambda m: conv_bn_reason(m, "proj", "norm"),
+            lambda m, b: FusedConvBN(m, "proj", "norm", b),
+            (),
+        ),
     }

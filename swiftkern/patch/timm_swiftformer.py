@@ -6,14 +6,26 @@ import sys
 
 from torch import nn
 
-from ..nn import (ConvBlockRoles, FusedAdditiveAttention, FusedConvBlock, FusedConvBN,
-                  FusedEncoderBlock, FusedMlp)
+from ..nn import (
+    ConvBlockRoles,
+    FusedAdditiveAttention,
+    FusedConvBlock,
+    FusedConvBN,
+    FusedEncoderBlock,
+    FusedMlp,
+)
 from . import Rule
-from ._checks import attention_reason, conv_bn_reason, conv_block_reason, mlp_reason
+from ._checks import attention_reason, conv_block_reason, conv_bn_reason, mlp_reason
 
 FAMILY = "timm-swiftformer"
-ROLES = ConvBlockRoles(dw="dwconv", bn="norm", pw1="pwconv1", pw2="pwconv2",
-                       ls="layer_scale.gamma", drop_path="drop_path")
+ROLES = ConvBlockRoles(
+    dw="dwconv",
+    bn="norm",
+    pw1="pwconv1",
+    pw2="pwconv2",
+    ls="layer_scale.gamma",
+    drop_path="drop_path",
+)
 
 
 def _conv_check(m) -> str | None:
@@ -27,8 +39,9 @@ def _ls_path(m, name: str) -> str | None:
 
 
 def _block(m, backend):
-    return FusedEncoderBlock(m, _ls_path(m, "layer_scale_1"), _ls_path(m, "layer_scale_2"),
-                             backend=backend)
+    return FusedEncoderBlock(
+        m, _ls_path(m, "layer_scale_1"), _ls_path(m, "layer_scale_2"), backend=backend
+    )
 
 
 def _embedding_reason(m) -> str | None:
@@ -45,16 +58,21 @@ def rules() -> dict:
     except ImportError:
         return {}
     return {
-        tm.ConvEncoder: Rule(FAMILY, _conv_check, lambda m, b: FusedConvBlock(m, ROLES, b),
-                             ("conv_block",)),
-        tm.LocalRepresentation: Rule(FAMILY, _conv_check,
-                                     lambda m, b: FusedConvBlock(m, ROLES, b), ("conv_block",)),
+        tm.ConvEncoder: Rule(
+            FAMILY, _conv_check, lambda m, b: FusedConvBlock(m, ROLES, b), ("conv_block",)
+        ),
+        tm.LocalRepresentation: Rule(
+            FAMILY, _conv_check, lambda m, b: FusedConvBlock(m, ROLES, b), ("conv_block",)
+        ),
         tm.EfficientAdditiveAttention: Rule(
-            FAMILY, attention_reason,
+            FAMILY,
+            attention_reason,
             lambda m, b: FusedAdditiveAttention(m, pool="l2", layout="nchw", backend=b),
-            ("additive_attention",)),
+            ("additive_attention",),
+        ),
         tm.Mlp: Rule(FAMILY, mlp_reason, lambda m, b: FusedMlp(m, b), ("mlp",)),
         tm.Block: Rule(FAMILY, lambda m: None, _block, ()),
-        tm.Embedding: Rule(FAMILY, _embedding_reason,
-                           lambda m, b: FusedConvBN(m, "proj", "norm", b), ()),
+        tm.Embedding: Rule(
+            FAMILY, _embedding_reason, lambda m, b: FusedConvBN(m, "proj", "norm", b), ()
+        ),
     }

@@ -34,8 +34,11 @@ def _modules():
             (f"hf-convenc-{c}", hf.SwiftFormerConvEncoder(cfg, c), x),
             (f"hf-localrep-{c}", hf.SwiftFormerLocalRepresentation(cfg, c), x),
             (f"hf-mlp-{c}", hf.SwiftFormerMlp(cfg, c), x),
-            (f"hf-attn-{c}", hf.SwiftFormerEfficientAdditiveAttention(cfg, c),
-             torch.randn(2, hw * (hw + 2), c)),
+            (
+                f"hf-attn-{c}",
+                hf.SwiftFormerEfficientAdditiveAttention(cfg, c),
+                torch.randn(2, hw * (hw + 2), c),
+            ),
             (f"hf-block-{c}", hf.SwiftFormerEncoderBlock(cfg, c), x),
             (f"timm-convenc-{c}", tm.ConvEncoder(c, 4 * c), x),
             (f"timm-localrep-{c}", tm.LocalRepresentation(c), x),
@@ -67,8 +70,9 @@ def test_fused_module_matches_original_eval(idx, layout, backend):
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         ref = module(x)
-        holder, report = optimize(Holder(copy.deepcopy(module)), backend=backend,
-                                  return_report=True)
+        holder, report = optimize(
+            Holder(copy.deepcopy(module)), backend=backend, return_report=True
+        )
         out = holder(x)
     if backend == "reference":
         assert report.swapped and report.swapped[-1].path == "m", str(report)
@@ -80,8 +84,11 @@ def test_attention_variant_follows_family(family):
     from timm.models import swiftformer as tm
 
     cfg, hf = _hf()
-    m = hf.SwiftFormerEfficientAdditiveAttention(cfg, 16) if family == "hf" else \
-        tm.EfficientAdditiveAttention(16, 16)
+    m = (
+        hf.SwiftFormerEfficientAdditiveAttention(cfg, 16)
+        if family == "hf"
+        else tm.EfficientAdditiveAttention(16, 16)
+    )
     holder = optimize(Holder(m), backend="reference")
     assert isinstance(holder.m, FusedAdditiveAttention)
     assert holder.m.pool == {"hf": "sum", "timm": "l2"}[family]

@@ -61,8 +61,8 @@ def conv_args(op: str, shape, dtype=torch.float32, layout="nchw", seed=0) -> Cas
     dw_w, dw_b = r(c, 1, 3, 3, scale=0.3), r(c, scale=0.2)
     bn_w, bn_b = r(c, scale=0.2, shift=1.0), r(c, scale=0.2)
     c_in = c
-    w1, b1 = r(hid, c_in, scale=c_in ** -0.5), r(hid, scale=0.1)
-    w2, b2 = r(c, hid, scale=hid ** -0.5), r(c, scale=0.1)
+    w1, b1 = r(hid, c_in, scale=c_in**-0.5), r(hid, scale=0.1)
+    w2, b2 = r(c, hid, scale=hid**-0.5), r(c, scale=0.1)
     ls = u(c)
     res = _layout(r(b, c, h, w), layout)
     eps = 1e-5
@@ -77,8 +77,9 @@ def conv_args(op: str, shape, dtype=torch.float32, layout="nchw", seed=0) -> Cas
     return Case(op, args, layout)
 
 
-def attn_args(op: str, shape, pool: str, dtype=torch.float32, layout="contiguous", seed=0,
-              final: bool = True) -> Case:
+def attn_args(
+    op: str, shape, pool: str, dtype=torch.float32, layout="contiguous", seed=0, final: bool = True
+) -> Case:
     g = torch.Generator().manual_seed(seed)
     b, n, d = shape
 
@@ -88,7 +89,7 @@ def attn_args(op: str, shape, pool: str, dtype=torch.float32, layout="contiguous
     x = r(b, n, d)
     if layout == "strided":  # tokens viewed from an NCHW tensor: [B, C, N] -> [B, N, C]
         x = x.transpose(1, 2).contiguous().transpose(1, 2)
-    s = d ** -0.5
+    s = d**-0.5
     if op == "additive_attention_core":
         q, k = r(b, n, d), r(b, n, d)
         if layout == "strided":
@@ -96,8 +97,22 @@ def attn_args(op: str, shape, pool: str, dtype=torch.float32, layout="contiguous
         return Case(op, [q, k, r(d), s, pool], layout)
     w_final = r(d, d, scale=s) if final else None
     b_final = r(d, scale=0.1) if final else None
-    return Case(op, [x, r(2 * d, d, scale=s), r(2 * d, scale=0.1), r(d), s, r(d, d, scale=s),
-                     r(d, scale=0.1), w_final, b_final, pool], layout)
+    return Case(
+        op,
+        [
+            x,
+            r(2 * d, d, scale=s),
+            r(2 * d, scale=0.1),
+            r(d),
+            s,
+            r(d, d, scale=s),
+            r(d, scale=0.1),
+            w_final,
+            b_final,
+            pool,
+        ],
+        layout,
+    )
 
 
 def cast(args, dtype):

@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import ATTN_SHAPES, CONV_SHAPES, POOLS, SMALL_ATTN, SMALL_CONV, attn_args, cast, \
-    conv_args
+from cases import (
+    ATTN_SHAPES,
+    CONV_SHAPES,
+    POOLS,
+    SMALL_ATTN,
+    SMALL_CONV,
+    attn_args,
+    cast,
+    conv_args,
+)
 from conftest import live_backends
 from tolerances import assert_close, assert_close_half
 
@@ -52,7 +60,9 @@ def make(op, shape_name, layout, pool, dtype=torch.float32, seed=0):
     return attn_args(op, ATTN_SHAPES[shape_name], pool, dtype, layout, seed).args
 
 
-FWD_CASES = [c for op in ALL_OPS for c in _cases(op, CONV_SHAPES if op in CONV_OPS else ATTN_SHAPES)]
+FWD_CASES = [
+    c for op in ALL_OPS for c in _cases(op, CONV_SHAPES if op in CONV_OPS else ATTN_SHAPES)
+]
 
 
 @pytest.mark.parametrize("op,shape,layout,pool", FWD_CASES)
@@ -71,8 +81,9 @@ def test_forward_fp32_matches_reference(op, shape, layout, pool):
             assert out[0].is_contiguous()
 
 
-HALF_CASES = [c for op in ALL_OPS for c in _cases(op, None, small_only=True)
-              if "strided" not in c.id]
+HALF_CASES = [
+    c for op in ALL_OPS for c in _cases(op, None, small_only=True) if "strided" not in c.id
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
@@ -89,8 +100,9 @@ def test_forward_half_precision(op, shape, layout, pool, dtype):
 
 
 def _grads(fn, args, grad_seed=1):
-    args = [a.detach().clone().requires_grad_(True) if isinstance(a, torch.Tensor) else a
-            for a in args]
+    args = [
+        a.detach().clone().requires_grad_(True) if isinstance(a, torch.Tensor) else a for a in args
+    ]
     y = _tuple(fn(*args))[0]
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=y.dtype)
     y.backward(g)
@@ -124,8 +136,10 @@ def test_sum_pool_gives_w_g_zero_gradient():
 def test_pool_variants_differ():
     # With randomized inputs the three POOL variants must give different results (SPEC.md 1);
     # a kernel that ignored `pool` would fail the per-variant reference comparisons above.
-    outs = [R.additive_attention_ref(*make("additive_attention", "odd_d33", "contiguous", p))
-            for p in POOLS]
+    outs = [
+        R.additive_attention_ref(*make("additive_attention", "odd_d33", "contiguous", p))
+        for p in POOLS
+    ]
     for i in range(3):
         for j in range(i + 1, 3):
             assert (outs[i] - outs[j]).abs().max().item() > 1e-3
@@ -142,13 +156,14 @@ def tiny(op, dtype, layout=None, pool="l2"):
 
 
 OPCHECK_CASES = [(op, pool) for op in CONV_OPS for pool in [None]] + [
-    (op, pool) for op in ATTN_OPS for pool in POOLS]
+    (op, pool) for op in ATTN_OPS for pool in POOLS
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("op,pool", OPCHECK_CASES)
 def test_opcheck(op, pool, dtype):
-    for layout in ((None, "channels_last") if op in CONV_OPS else (None, "strided")):
+    for layout in (None, "channels_last") if op in CONV_OPS else (None, "strided"):
         args = tiny(op, dtype, layout, pool or "l2")
         args = [a.requires_grad_(True) if isinstance(a, torch.Tensor) else a for a in args]
         torch.library.opcheck(_op(op).default, (*args, "auto"))
@@ -159,6 +174,7 @@ def test_gradcheck_fp64(op, pool):
     args = tiny(op, torch.float64, None, pool or "l2")
     idx = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
     for backend in _backends(op):
+
         def f(*ts, backend=backend):
             full = list(args)
             for i, t in zip(idx, ts):
@@ -205,13 +221,16 @@ def test_explicit_backend_without_kernel_raises():
         _op("conv_block")(*args, "cuda")  # CPU tensors: the CUDA backend cannot serve them
 
 
-@pytest.mark.parametrize("bad,match", [
-    (lambda a: [a[0].to(torch.int32), *a[1:]], "floating"),
-    (lambda a: [a[0][0], *a[1:]], "4-D"),
-    (lambda a: [a[0], a[1][:, :, :2, :2], *a[2:]], "3x3"),
-    (lambda a: [a[0], a[1], a[2], a[3][:, :3], *a[4:]], "pw1_w"),
-    (lambda a: [a[0], a[1].double(), *a[2:]], "dtype"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (lambda a: [a[0].to(torch.int32), *a[1:]], "floating"),
+        (lambda a: [a[0][0], *a[1:]], "4-D"),
+        (lambda a: [a[0], a[1][:, :, :2, :2], *a[2:]], "3x3"),
+        (lambda a: [a[0], a[1], a[2], a[3][:, :3], *a[4:]], "pw1_w"),
+        (lambda a: [a[0], a[1].double(), *a[2:]], "dtype"),
+    ],
+)
 def test_bad_inputs_name_the_argument(bad, match):
     args = tiny("conv_block", torch.float32)
     with pytest.raises((ValueError, TypeError), match=match):
