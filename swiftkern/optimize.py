@@ -241,7 +241,7 @@ def optimize(
     Args:
         model: any nn.Module; modules it does not recognize are left untouched.
         backend: "auto" (fastest available per device; a module is only swapped where a fused
-            kernel serves it), "cpu", "cuda", "triton" or "reference" (plain PyTorch, for debugging).
+            kernel serves it), "cpu", "cuda", "triton" or "reference" (plain PyTorch, debugging).
         dtype: cast the model (and floating inputs, by a forward pre-hook) to this dtype first.
         inplace: modify `model` (default) or a deep copy of it.
         verify: an example input (tensor, tuple of args or dict of kwargs): run the original and

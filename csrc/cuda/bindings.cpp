@@ -2,9 +2,9 @@
 // launches of the torch-free kernels of csrc/cuda/*.cu on the current stream. The only translation
 // unit of csrc/cuda that includes torch headers (it alone costs ~80 s of compile time).
 //
-// Served: additive_attention (+ backward), additive_attention_core (+ backward), dwconv_bn,
-// conv_block, mlp (eval forms, forward). Ops and inputs not served here raise NotImplementedError
-// (TORCH_CHECK_NOT_IMPLEMENTED) or have no CUDA kernel, so backend "auto" falls back.
+// Served: every swiftkern_C op except the backwards of the train forms (dwconv_bn_train,
+// conv_block_train, mlp_train), which have no CUDA kernel. Inputs not served (fp64, D > 1024,
+// empty) raise NotImplementedError (TORCH_CHECK_NOT_IMPLEMENTED), so backend "auto" falls back.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -459,6 +459,269 @@ Tensor mlp_cuda(const Tensor& x, const Tensor& fc1_w, const OptT& fc1_b, const T
   return pw_mlp(x.contiguous(l.fmt), fc1_w, fc1_b, fc2_w, fc2_b, ls, residual, l, dt, op);
 }
 
+
+// ------------------------------------------------------------------------------------------------
+// Train forms: BatchNorm with batch statistics (biased variance, as nn.BatchNorm2d normalizes)
+// ------------------------------------------------------------------------------------------------
+std::tuple<Tensor, Tensor, Tensor> bn_train(const Tensor& z, const OptT& bn_weight,
+                                            const OptT& bn_bias, double eps, const Layout& l,
+                                            skc::Dtype dt, const char* op) {
+  const int64_t B = z.size(0), C = z.size(1), HW = z.size(2) * z.size(3);
+  TORCH_CHECK_NOT_IMPLEMENTED(B * HW > 0 && C > 0, op, ": empty input");
+  const OptT gamma = opt_vec(bn_weight, "bn_weight", C, z, op);
+  const OptT beta = opt_vec(bn_bias, "bn_bias", C, z, op);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto f32 = z.options().dtype(at::kFloat);
+  const int splits = skc::channel_splits(B, C, HW, num_sms());
+  Tensor part = at::empty({splits, C}, f32);
+  const double count = static_cast<double>(B * HW);
+  SK_LAUNCH(op, skc::channel_sums(dt, z.data_ptr(), nullptr, part.data_ptr<float>(), B, C, HW,
+                                  l.channels_last, splits, stream));
+  const Tensor mean = part.sum(0).div_(count);
+  // Second pass over squared deviations (stream-ordered after the sum above consumed `part`).
+  SK_LAUNCH(op, skc::channel_sums(dt, z.data_ptr(), mean.data_ptr<float>(), part.data_ptr<float>(),
+                                  B, C, HW, l.channels_last, splits, stream));
+  const Tensor var = part.sum(0).div_(count);
+  Tensor scale = var.add(eps).rsqrt_();
+  if (gamma.has_value()) scale.mul_(gamma->to(at::kFloat));
+  Tensor shift = mean.neg().mul_(scale);
+  if (beta.has_value()) shift.add_(beta->to(at::kFloat));
+  Tensor y = at::empty(z.sizes(), z.options().memory_format(l.fmt));
+  SK_LAUNCH(op, skc::channel_affine(dt, y.data_ptr(), z.data_ptr(), scale.data_ptr<float>(),
+                                    shift.data_ptr<float>(), y.numel(), C, inner_of(l, y), stream));
+  return {y, mean.to(z.scalar_type()), var.to(z.scalar_type())};
+}
+
+std::tuple<Tensor, Tensor, Tensor> dwconv_bn_train_cuda(const Tensor& x, const Tensor& dw_w,
+                                                        const OptT& dw_b, const OptT& bn_weight,
+                                                        const OptT& bn_bias, double eps) {
+  const char* op = "swiftkern_C::dwconv_bn_train";
+  const c10::cuda::CUDAGuard guard(x.device());
+  const skc::Dtype dt = check_x(x, op, 4);
+  const Layout l = layout_of(x);
+  const Tensor z = dwconv_run(x.contiguous(l.fmt), dw_w, dw_b, l, dt, op);
+  return bn_train(z, bn_weight, bn_bias, eps, l, dt, op);
+}
+
+std::tuple<Tensor, Tensor, Tensor> conv_block_train_cuda(
+    const Tensor& x, const Tensor& dw_w, const OptT& dw_b, const OptT& bn_weight,
+    const OptT& bn_bias, double eps, const Tensor& pw1_w, const OptT& pw1_b, const Tensor& pw2_w,
+    const OptT& pw2_b, const OptT& ls) {
+  const char* op = "swiftkern_C::conv_block_train";
+  const c10::cuda::CUDAGuard guard(x.device());
+  const skc::Dtype dt = check_x(x, op, 4);
+  const Layout l = layout_of(x);
+  const Tensor xc = x.contiguous(l.fmt);
+  const Tensor z = dwconv_run(xc, dw_w, dw_b, l, dt, op);
+  auto [zn, mean, var] = bn_train(z, bn_weight, bn_bias, eps, l, dt, op);
+  TORCH_CHECK(pw2_w.size(0) == x.size(1), op, ": pw2_w must map back to C = ", x.size(1),
+              " channels, got ", pw2_w.sizes());
+  Tensor y = pw_mlp(zn, pw1_w, pw1_b, pw2_w, pw2_b, ls, OptT(xc), l, dt, op);
+  return {y, mean, var};
+}
+
+std::tuple<Tensor, Tensor, Tensor> mlp_train_cuda(const Tensor& x, const OptT& bn_weight,
+                                                  const OptT& bn_bias, double eps,
+                                                  const Tensor& fc1_w, const OptT& fc1_b,
+                                                  const Tensor& fc2_w, const OptT& fc2_b,
+                                                  const OptT& ls, const OptT& residual) {
+  const char* op = "swiftkern_C::mlp_train";
+  const c10::cuda::CUDAGuard guard(x.device());
+  const skc::Dtype dt = check_x(x, op, 4);
+  const Layout l = layout_of(x);
+  auto [zn, mean, var] = bn_train(x.contiguous(l.fmt), bn_weight, bn_bias, eps, l, dt, op);
+  Tensor y = pw_mlp(zn, fc1_w, fc1_b, fc2_w, fc2_b, ls, residual, l, dt, op);
+  return {y, mean, var};
+}
+
+// ------------------------------------------------------------------------------------------------
+// Backwards of the eval forms
+// ------------------------------------------------------------------------------------------------
+Tensor channel_sum(const Tensor& t) { return t.sum(at::IntArrayRef{0, 2, 3}); }
+
+// dW [Co, Ci] = sum over positions of dy (x) z, for 1x1 convs in layout l.
+Tensor pw_weight_grad(const Tensor& dy, const Tensor& z, const Layout& l) {
+  const int64_t Co = dy.size(1), Ci = z.size(1);
+  if (l.channels_last) {
+    return dy.permute({0, 2, 3, 1}).reshape({-1, Co}).t().mm(z.permute({0, 2, 3, 1}).reshape({-1, Ci}));
+  }
+  return dy.transpose(0, 1).reshape({Co, -1}).mm(z.transpose(0, 1).reshape({Ci, -1}).t());
+}
+
+struct DwGrads {
+  Tensor dx, dw, db;
+};
+
+// Backward of the depthwise 3x3 (stride 1, padding 1): dx is the correlation of g with the
+// flipped kernel; weight and bias gradients are per-channel reductions (conv_grad.cu).
+DwGrads dw_backward(const Tensor& g, const Tensor& xc, const Tensor& dw_w, bool want_dx,
+                    bool want_w, bool want_b, const Layout& l, skc::Dtype dt, const char* op) {
+  const int64_t B = xc.size(0), C = xc.size(1), H = xc.size(2), W = xc.size(3);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  DwGrads r;
+  if (want_dx) {
+    const Tensor wflip = vec(dw_w, "dw_w", C * 9, xc, op).view({C, 3, 3}).flip({1, 2}).contiguous();
+    r.dx = at::empty(xc.sizes(), xc.options().memory_format(l.fmt));
+    SK_LAUNCH(op, skc::dwconv3x3(dt, g.data_ptr(), wflip.data_ptr(), nullptr, r.dx.data_ptr(), B,
+                                 C, H, W, l.channels_last, stream));
+  }
+  if (want_w || want_b) {
+    const int splits = skc::channel_splits(B, C, H * W, num_sms());
+    Tensor part = at::empty({splits, C, 10}, xc.options().dtype(at::kFloat));
+    SK_LAUNCH(op, skc::dwconv3x3_weight_grad(dt, g.data_ptr(), xc.data_ptr(),
+                                             part.data_ptr<float>(), B, C, H, W, l.channels_last,
+                                             splits, stream));
+    const Tensor tot = part.sum(0);
+    if (want_w) r.dw = tot.narrow(1, 0, 9).to(xc.scalar_type()).reshape(dw_w.sizes());
+    if (want_b) r.db = tot.select(1, 9).to(xc.scalar_type());
+  }
+  return r;
+}
+
+struct MlpGrads {
+  Tensor dz, dw1, db1, dw2, db2, dls;
+};
+
+// Backward of y = [residual +] ls * (pw2(GELU(pw1(z) + b1)) + b2) w.r.t. everything but the
+// residual (whose gradient is g itself). g and z dense in layout l.
+MlpGrads mlp_backward(const Tensor& g, const Tensor& z, const Tensor& w1, const OptT& b1,
+                      const Tensor& w2, const OptT& b2, const OptT& ls, bool want_dz,
+                      bool want_w1, bool want_b1, bool want_w2, bool want_b2, bool want_ls,
+                      const Layout& l, skc::Dtype dt, const char* op) {
+  const int64_t C = z.size(1);
+  TORCH_CHECK(w1.dim() >= 2 && w1.numel() == w1.size(0) * C, op,
+              ": the first pointwise weight must have shape [hidden, ", C, "], got ", w1.sizes());
+  const int64_t Hd = w1.size(0);
+  TORCH_CHECK(w2.dim() >= 2 && w2.numel() == w2.size(0) * Hd, op,
+              ": the second pointwise weight must have shape [C_out, ", Hd, "], got ", w2.sizes());
+  const int64_t Co = w2.size(0);
+  const Tensor w1m = mat(w1, "pw1_w", Hd, C, z, op), w2m = mat(w2, "pw2_w", Co, Hd, z, op);
+  const OptT b1v = opt_vec(b1, "pw1_b", Hd, z, op), b2v = opt_vec(b2, "pw2_b", Co, z, op);
+  const OptT lsv = opt_vec(ls, "ls", Co, z, op);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  MlpGrads r;
+  // Recompute u = pw1(z) + b1 (pre-activation) and h = GELU(u).
+  Tensor u = pointwise(z, w1m, l);
+  if (b1v.has_value()) {
+    SK_LAUNCH(op, skc::bias_scale_residual(dt, u.data_ptr(), u.data_ptr(), b1v->data_ptr(), nullptr,
+                                           nullptr, u.numel(), Hd, inner_of(l, u), stream));
+  }
+  Tensor h = u.clone();
+  SK_LAUNCH(op, skc::bias_gelu(dt, h.data_ptr(), nullptr, h.numel(), Hd, inner_of(l, h), stream));
+  TORCH_CHECK(g.numel() == z.size(0) * Co * z.size(2) * z.size(3), op,
+              ": grad must have shape [", z.size(0), ", ", Co, ", ", z.size(2), ", ", z.size(3),
+              "], got ", g.sizes());
+  if (want_ls && lsv.has_value()) {
+    Tensor v = pointwise(h, w2m, l);
+    if (b2v.has_value()) {
+      SK_LAUNCH(op, skc::bias_scale_residual(dt, v.data_ptr(), v.data_ptr(), b2v->data_ptr(),
+                                             nullptr, nullptr, v.numel(), Co, inner_of(l, v),
+                                             stream));
+    }
+    r.dls = channel_sum(g.to(at::kFloat).mul_(v)).to(z.scalar_type());
+  }
+  Tensor dv = g;
+  if (lsv.has_value()) {
+    dv = at::empty(g.sizes(), g.options().memory_format(l.fmt));
+    SK_LAUNCH(op, skc::bias_scale_residual(dt, dv.data_ptr(), g.data_ptr(), nullptr, lsv->data_ptr(),
+                                           nullptr, g.numel(), Co, inner_of(l, g), stream));
+  }
+  if (want_b2) r.db2 = channel_sum(dv);
+  if (want_w2) r.dw2 = pw_weight_grad(dv, h, l);
+  if (!(want_dz || want_w1 || want_b1)) return r;
+  Tensor du = pointwise(dv, w2m.t(), l);
+  SK_LAUNCH(op, skc::gelu_backward(dt, du.data_ptr(), du.data_ptr(), u.data_ptr(), du.numel(),
+                                   stream));
+  if (want_b1) r.db1 = channel_sum(du);
+  if (want_w1) r.dw1 = pw_weight_grad(du, z, l);
+  if (want_dz) r.dz = pointwise(du, w1m.t(), l);
+  return r;
+}
+
+Tensor or_empty(const Tensor& t, const Tensor& like, at::IntArrayRef sizes) {
+  return t.defined() ? t.reshape(sizes) : empty_grad(like);
+}
+
+std::vector<Tensor> dwconv_bn_backward_cuda(const Tensor& grad, const Tensor& x, const Tensor& dw_w,
+                                            const OptT& dw_b, c10::List<bool> grad_mask) {
+  const char* op = "swiftkern_C::dwconv_bn_backward";
+  const c10::cuda::CUDAGuard guard(x.device());
+  const skc::Dtype dt = check_x(x, op, 4);
+  check_like(grad, "grad", x, op);
+  TORCH_CHECK(grad.sizes() == x.sizes(), op, ": grad must have the shape of x ", x.sizes(),
+              ", got ", grad.sizes());
+  const Layout l = layout_of(x);
+  const Tensor xc = x.contiguous(l.fmt);
+  DwGrads d = dw_backward(grad.contiguous(l.fmt), xc, dw_w, mask_at(grad_mask, 0),
+                          mask_at(grad_mask, 1), mask_at(grad_mask, 2) && dw_b.has_value(), l, dt,
+                          op);
+  return {d.dx.defined() ? d.dx : empty_grad(x), or_empty(d.dw, x, dw_w.sizes()),
+          d.db.defined() ? d.db.reshape(dw_b->sizes()) : empty_grad(x)};
+}
+
+std::vector<Tensor> mlp_backward_cuda(const Tensor& grad, const Tensor& x, const Tensor& fc1_w,
+                                      const OptT& fc1_b, const Tensor& fc2_w, const OptT& fc2_b,
+                                      const OptT& ls, const OptT& residual,
+                                      c10::List<bool> grad_mask) {
+  const char* op = "swiftkern_C::mlp_backward";
+  const c10::cuda::CUDAGuard guard(x.device());
+  const skc::Dtype dt = check_x(x, op, 4);
+  check_like(grad, "grad", x, op);
+  const Layout l = layout_of(x);
+  auto want = [&](size_t i, const OptT& t) { return mask_at(grad_mask, i) && t.has_value(); };
+  MlpGrads m = mlp_backward(grad.contiguous(l.fmt), x.contiguous(l.fmt), fc1_w, fc1_b, fc2_w,
+                            fc2_b, ls, mask_at(grad_mask, 0), mask_at(grad_mask, 1),
+                            want(2, fc1_b), mask_at(grad_mask, 3), want(4, fc2_b), want(5, ls), l,
+                            dt, op);
+  std::vector<Tensor> out(7);
+  out[0] = m.dz.defined() ? m.dz : empty_grad(x);
+  out[1] = or_empty(m.dw1, x, fc1_w.sizes());
+  out[2] = m.db1.defined() ? m.db1.reshape(fc1_b->sizes()) : empty_grad(x);
+  out[3] = or_empty(m.dw2, x, fc2_w.sizes());
+  out[4] = m.db2.defined() ? m.db2.reshape(fc2_b->sizes()) : empty_grad(x);
+  out[5] = m.dls.defined() ? m.dls.reshape(ls->sizes()) : empty_grad(x);
+  out[6] = want(6, residual) ? grad.reshape(residual->sizes()).clone() : empty_grad(x);
+  return out;
+}
+
+std::vector<Tensor> conv_block_backward_cuda(const Tensor& grad, const Tensor& x,
+                                             const Tensor& dw_w, const OptT& dw_b,
+                                             const Tensor& pw1_w, const OptT& pw1_b,
+                                             const Tensor& pw2_w, const OptT& pw2_b,
+                                             const OptT& ls, c10::List<bool> grad_mask) {
+  const char* op = "swiftkern_C::conv_block_backward";
+  const c10::cuda::CUDAGuard guard(x.device());
+  const skc::Dtype dt = check_x(x, op, 4);
+  check_like(grad, "grad", x, op);
+  TORCH_CHECK(grad.sizes() == x.sizes(), op, ": grad must have the shape of x ", x.sizes(),
+              ", got ", grad.sizes());
+  const Layout l = layout_of(x);
+  const Tensor xc = x.contiguous(l.fmt);
+  const Tensor gc = grad.contiguous(l.fmt);
+  auto want = [&](size_t i, const OptT& t) { return mask_at(grad_mask, i) && t.has_value(); };
+  const bool want_dx = mask_at(grad_mask, 0), want_dw = mask_at(grad_mask, 1);
+  const bool want_db = want(2, dw_b);
+  const bool want_dz = want_dx || want_dw || want_db;
+  const Tensor z = dwconv_run(xc, dw_w, dw_b, l, dt, op);
+  MlpGrads m = mlp_backward(gc, z, pw1_w, pw1_b, pw2_w, pw2_b, ls, want_dz, mask_at(grad_mask, 3),
+                            want(4, pw1_b), mask_at(grad_mask, 5), want(6, pw2_b), want(7, ls), l,
+                            dt, op);
+  std::vector<Tensor> out(8);
+  for (auto& t : out) t = empty_grad(x);
+  if (want_dz) {
+    DwGrads d = dw_backward(m.dz, xc, dw_w, want_dx, want_dw, want_db, l, dt, op);
+    if (want_dx) out[0] = d.dx.add_(gc);  // + the block's residual path
+    if (want_dw) out[1] = d.dw.reshape(dw_w.sizes());
+    if (want_db) out[2] = d.db.reshape(dw_b->sizes());
+  }
+  out[3] = or_empty(m.dw1, x, pw1_w.sizes());
+  if (m.db1.defined()) out[4] = m.db1.reshape(pw1_b->sizes());
+  out[5] = or_empty(m.dw2, x, pw2_w.sizes());
+  if (m.db2.defined()) out[6] = m.db2.reshape(pw2_b->sizes());
+  if (m.dls.defined()) out[7] = m.dls.reshape(ls->sizes());
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(swiftkern_C, CUDA, m) {
@@ -469,4 +732,10 @@ TORCH_LIBRARY_IMPL(swiftkern_C, CUDA, m) {
   m.impl("dwconv_bn", &dwconv_bn_cuda);
   m.impl("conv_block", &conv_block_cuda);
   m.impl("mlp", &mlp_cuda);
+  m.impl("dwconv_bn_train", &dwconv_bn_train_cuda);
+  m.impl("conv_block_train", &conv_block_train_cuda);
+  m.impl("mlp_train", &mlp_train_cuda);
+  m.impl("dwconv_bn_backward", &dwconv_bn_backward_cuda);
+  m.impl("conv_block_backward", &conv_block_backward_cuda);
+  m.impl("mlp_backward", &mlp_backward_cuda);
 }

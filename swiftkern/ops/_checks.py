@@ -32,5 +32,5 @@ def check_shape(t, name: str, shape: tuple, x: torch.Tensor, optional: bool = Fa
 
 
 def check_vector(t, name: str, n: int, x: torch.Tensor) -> None:
-    """A per-channel parameter: [n] (also accepted: [n,1,1] or [n,1] views are reshaped by callers)."""
+    """A per-channel parameter of shape [n] (callers flatten [n,1,1] layer scales first)."""
     check_shape(t, name, (n,), x, optional=True)

@@ -100,7 +100,7 @@ def fold_bn(
     running_var: torch.Tensor,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fold an eval-mode BatchNorm that FOLLOWS a conv into that conv's weight [C_out, ...] and bias.
+    """Fold an eval-mode BatchNorm that FOLLOWS a conv into its weight [C_out, ...] and bias.
 
     Differentiable: gradients flow to the conv and BN affine parameters.
     """
@@ -174,7 +174,7 @@ def _pointwise(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torc
 
 
 def dwconv_bn_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Eval form: depthwise 3x3 conv (stride 1, padding 1) with BN folded into weight [C,1,3,3]/bias."""
+    """Eval form: depthwise 3x3 conv (stride 1, pad 1), BN folded into weight [C,1,3,3] / bias."""
     return F.conv2d(x, weight, bias, padding=1, groups=x.shape[1])
 
 

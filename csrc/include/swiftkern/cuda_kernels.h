@@ -101,5 +101,27 @@ cudaError_t bias_scale_residual(Dtype dtype, void* out, const void* y, const voi
                                 const void* ls, const void* residual, int64_t numel, int64_t C,
                                 int64_t inner, cudaStream_t stream);
 
+// ---- BatchNorm with batch statistics (train forms) and conv-block backwards ----
+// Per-channel partial sums over the B*H*W elements of channel c of a dense tensor z (layout as
+// dwconv3x3): partial[s * C + c] = sum over split s of (z - mean[c])^2 when `mean` is given,
+// else of z. The caller sums the `splits` rows (fp32). splits from channel_splits().
+int channel_splits(int64_t B, int64_t C, int64_t HW, int num_sms);
+cudaError_t channel_sums(Dtype dtype, const void* z, const float* mean, float* partial, int64_t B,
+                         int64_t C, int64_t HW, bool channels_last, int splits,
+                         cudaStream_t stream);
+// out = z * scale[c] + shift[c] (fp32 per-channel affine; out may alias z).
+cudaError_t channel_affine(Dtype dtype, void* out, const void* z, const float* scale,
+                           const float* shift, int64_t numel, int64_t C, int64_t inner,
+                           cudaStream_t stream);
+// dx = grad * GELU'(u) (exact erf GELU; dx may alias grad).
+cudaError_t gelu_backward(Dtype dtype, void* dx, const void* grad, const void* u, int64_t numel,
+                          cudaStream_t stream);
+// Depthwise 3x3 weight and bias gradients: partial[(s * C + c) * 10 + t] for tap t < 9
+// (row-major 3x3) and t = 9 the bias, summed by the caller over the `splits` rows.
+// g and x dense in the same layout. splits from channel_splits().
+cudaError_t dwconv3x3_weight_grad(Dtype dtype, const void* g, const void* x, float* partial,
+                                  int64_t B, int64_t C, int64_t H, int64_t W, bool channels_last,
+                                  int splits, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace swiftkern
