@@ -14,8 +14,8 @@ CSV_FIELDS = (
     "family", "provider_dtype", "backend", "median_ms", "q1_ms", "q3_ms", "iqr_ms", "rounds",
     "inner", "speedup_vs_eager", "speedup_vs_eager_q1", "speedup_vs_eager_q3", "best_peer",
     "speedup_vs_best_peer", "speedup_vs_best_peer_q1", "speedup_vs_best_peer_q3",
-    "max_abs_diff", "grad_max_abs_diff", "tol", "check", "gflop", "mbytes", "roofline_frac",
-    "predicted_ms", "kernel_op", "note",
+    "max_abs_diff", "grad_max_abs_diff", "tol", "ref_absmax", "check", "gflop", "mbytes",
+    "roofline_frac", "predicted_ms", "kernel_op", "note",
 )
 
 

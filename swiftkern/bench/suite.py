@@ -167,6 +167,7 @@ def _check_all(cands: list[Candidate], ref_out: torch.Tensor, ref_grad: torch.Te
             tol, ok = None, None
         c.checks["tol"] = tol
         c.checks["ok"] = ok
+        c.checks["ref_absmax"] = ref_absmax
         c.out = None  # free memory before timing
 
 
@@ -193,7 +194,8 @@ def _time_and_rows(meta: dict, cands: list[Candidate], s: Settings, flops: int |
                    note=c.note)
         row.update(max_abs_diff=c.checks.get("max_abs_diff"),
                    grad_max_abs_diff=c.checks.get("grad_max_abs_diff"),
-                   tol=c.checks.get("tol"), check=_check_word(c))
+                   tol=c.checks.get("tol"), ref_absmax=c.checks.get("ref_absmax"),
+                   check=_check_word(c))
         row.update(gflop=flops / 1e9 if flops else None,
                    mbytes=nbytes / 1e6 if nbytes else None)
         if timings is not None and c.name in timings.samples:

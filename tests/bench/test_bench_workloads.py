@@ -1,0 +1,103 @@
+"""Op workloads: the swiftkern side computes what the eager module computes (provider output
+checks), and a wrong provider is caught by the check that runs before timing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from swiftkern.bench import check, suite
+from swiftkern.bench.workloads import MODES, OPS, make_workload
+
+# Odd shapes (SPEC.md section 3): C not a multiple of 8, H != W, B = 1 / 2.
+SHAPES = [(2, 33, 5, 3), (1, 20, 1, 4)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("op", OPS)
+def test_swiftkern_reference_matches_eager_module(op, mode, shape):
+    w = make_workload(op, shape, mode, "fp32", seed=1)
+    eager = w.runner(w.module, w.eager_params())()
+    sk = w.runner(lambda x: w.sk(x, "reference"), w.sk_params)()
+    ye, ys = (eager[0], sk[0]) if mode == "fwd+bwd" else (eager, sk)
+    assert ye.shape == ys.shape
+    tol = check.tolerance(check.abs_max(ye), "fp32", "block", None)
+    assert check.max_abs_diff(ys, ye) <= tol
+    if mode == "fwd+bwd":
+        gx_e, gx_s = eager[1][0], sk[1][0]
+        assert check.max_abs_diff(gx_s, gx_e) <= check.tolerance(check.abs_max(gx_e), "fp32",
+                                                                 "block", None)
+        assert len(sk[1]) == 1 + len(w.sk_params)
+        assert all(g is not None for g in sk[1][1:] if op != "additive_attention_sum")
+
+
+def test_workload_is_not_near_identity():
+    # Randomized layer scales and BN: the block output differs from its input substantially.
+    w = make_workload("conv_block", (1, 16, 6, 6), "fwd", "fp32")
+    with torch.no_grad():
+        assert float((w.module(w.x) - w.x).abs().max()) > 0.1
+
+
+def test_bf16_workload_dtypes():
+    w = make_workload("mlp", (1, 12, 3, 3), "fwd", "bf16")
+    assert w.x.dtype == torch.bfloat16 and all(p.dtype == torch.bfloat16 for p in w.sk_params)
+    assert next(w.module.parameters()).dtype == torch.bfloat16
+    assert next(w.ref_module.parameters()).dtype == torch.float32
+
+
+def _settings():
+    return suite.Settings(threads=1, rounds=2, warmup_s=0.0, min_sample_s=0.0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_run_op_case_rows(mode):
+    rows = suite.run_op_case("dwconv_bn", (1, 8, 4, 4), mode, "fp32", _settings(),
+                             ["eager", "swiftkern"])
+    by = {r["provider"]: r for r in rows}
+    assert by["eager"]["max_abs_diff"] == 0.0 and by["eager"]["check"] == "ok"
+    ref = by["swiftkern[reference]"]
+    assert ref["check"] == "ok" and ref["rounds"] == 2 and ref["median_ms"] > 0
+    assert ref["gflop"] > 0 and ref["mbytes"] > 0
+    assert ref["kernel_op"] == ("dwconv_bn" if mode == "fwd" else "dwconv_bn_train")
+    if mode == "fwd+bwd":
+        assert ref["grad_max_abs_diff"] is not None
+
+
+def test_bf16_check_is_relative_to_eager_bf16():
+    rows = suite.run_op_case("mlp", (1, 12, 3, 3), "fwd", "bf16", _settings(),
+                             ["eager", "swiftkern"])
+    by = {r["provider"]: r for r in rows}
+    e = by["eager"]["max_abs_diff"]
+    assert e > 0  # bf16 eager itself differs from the fp32 ground truth
+    sk = by["swiftkern[reference]"]
+    assert sk["tol"] == pytest.approx(check.tolerance(sk["ref_absmax"], "bf16", "block", e))
+    assert sk["tol"] == pytest.approx(2 * e + check.LOWP_FLOOR_REL * max(1.0, sk["ref_absmax"]))
+
+
+def test_wrong_provider_fails_check():
+    ref = torch.ones(4)
+    good = suite.Candidate("eager", "eager", "fp32", fn=lambda: ref.clone())
+    bad = suite.Candidate("broken", "swiftkern", "fp32", fn=lambda: ref + 1e-2)
+    boom = suite.Candidate("boom", "peer", "fp32", fn=lambda: 1 / 0)
+    suite._check_all([good, bad, boom], ref, None, "block", _settings())
+    assert good.checks["ok"] is True
+    assert bad.checks["ok"] is False and bad.checks["max_abs_diff"] == pytest.approx(1e-2)
+    assert boom.error.startswith("ZeroDivisionError") and boom.fn is None
+    assert suite._check_word(bad) == "FAIL" and suite._check_word(boom) == "error"
+
+
+def test_predict_gpu_uses_triton_roofline_when_present(monkeypatch):
+    from swiftkern import triton_kernels
+
+    seen = {}
+
+    def fake_roofline(op, shape, dtype, backward=False):
+        seen.update(op=op, shape=shape, dtype=dtype, backward=backward)
+        return 2.5e-5
+
+    monkeypatch.setattr(triton_kernels, "roofline", fake_roofline, raising=False)
+    assert suite.predict_gpu_s("conv_block", (1, 8, 4, 4), "bf16", "fwd+bwd") == 2.5e-5
+    assert seen == dict(op="conv_block", shape=(1, 8, 4, 4), dtype=torch.bfloat16, backward=True)
+    monkeypatch.delattr(triton_kernels, "roofline")
+    assert suite.predict_gpu_s("conv_block", (1, 8, 4, 4), "fp32", "fwd") is None
