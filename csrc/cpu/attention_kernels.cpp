@@ -1,0 +1,230 @@
+// CPU kernels of efficient additive attention (SPEC.md section 1): the whole module
+// (additive_attention) and its core (additive_attention_core), forward and backward.
+//
+// Forward of the whole module:
+//   qk = x @ w_qk^T + b_qk                    one GEMM for both projections ([B*N, 2D])
+//   one pass per token row: q, k normalized in place, s = (qn . w_g) * scale, r = qn + b_proj
+//   a = POOL(s) per batch; G = sum_n a_n qn_n
+//   r += kn @ (diag(G) W_proj^T)              proj(G * kn) as one batched GEMM with G folded in
+//   out = final(r)
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu_common.h"
+
+namespace swiftkern::cpu {
+namespace {
+
+enum class Pool { kSum, kL2, kSoftmax };
+
+Pool parse_pool(const std::string& pool) {
+  if (pool == "sum") return Pool::kSum;
+  if (pool == "l2") return Pool::kL2;
+  TORCH_CHECK(pool == "softmax", "pool must be one of sum, l2, softmax, got ", pool);
+  return Pool::kSoftmax;
+}
+
+template <typename T>
+T dot(const T* a, const T* b, int64_t n) {
+  return at::vec::map2_reduce_all<T>([](Vec<T> x, Vec<T> y) { return x * y; },
+                                     [](Vec<T> x, Vec<T> y) { return x + y; }, a, b, n);
+}
+
+template <typename T>
+T sumsq(const T* a, int64_t n) {
+  return at::vec::map_reduce_all<T>([](Vec<T> x) { return x * x; },
+                                    [](Vec<T> x, Vec<T> y) { return x + y; }, a, n);
+}
+
+template <typename T>
+void scale_to(const T* src, T s, T* dst, int64_t n) {
+  at::vec::map<T>([s](Vec<T> x) { return x * Vec<T>(s); }, dst, src, n);
+}
+
+// s[0..N) -> a[0..N) in place, per POOL (reference.pool_weights).
+template <typename T>
+void pool_weights(T* s, int64_t N, Pool pool) {
+  if (pool == Pool::kSum) {
+    // softmax over a size-1 dim: exactly 1 for finite s, NaN otherwise (as torch.softmax).
+    for (int64_t n = 0; n < N; ++n)
+      s[n] = std::isfinite(s[n]) ? T(1) : std::numeric_limits<T>::quiet_NaN();
+  } else if (pool == Pool::kL2) {
+    const T inv = swiftkern::math::l2_inv_norm(sumsq<T>(s, N));
+    for (int64_t n = 0; n < N; ++n) s[n] *= inv;
+  } else {
+    T m = -std::numeric_limits<T>::infinity();
+    for (int64_t n = 0; n < N; ++n) m = std::max(m, s[n]);
+    T tot = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      s[n] = std::exp(s[n] - m);
+      tot += s[n];
+    }
+    const T inv = T(1) / tot;
+    for (int64_t n = 0; n < N; ++n) s[n] *= inv;
+  }
+}
+
+// G[b] = sum_n a[b, n] * qn[b, n, :] with qn rows of stride ldq.
+template <typename T>
+void global_query(const T* qn, int64_t ldq, const T* a, int64_t B, int64_t N, int64_t D, T* G) {
+  constexpr int64_t VS = Vec<T>::size();
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      T* g = G + b * D;
+      std::fill(g, g + D, T(0));
+      for (int64_t n = 0; n < N; ++n) {
+        const T* q = qn + (b * N + n) * ldq;
+        const Vec<T> av(a[b * N + n]);
+        for (int64_t d = 0; d < D; d += VS) {
+          const int c = static_cast<int>(std::min<int64_t>(VS, D - d));
+          at::vec::fmadd(av, Vec<T>::loadu(q + d, c), Vec<T>::loadu(g + d, c)).store(g + d, c);
+        }
+      }
+    }
+  });
+}
+
+// Normalizes q rows (stride ldq) and k rows (stride ldk) in place or into qn_out/kn_out, and
+// computes s = (qn . w_g) * scale. Returns nothing; rows are independent.
+template <typename T>
+void normalize_rows(int64_t rows, int64_t D, const T* q, int64_t ldq, const T* k, int64_t ldk,
+                    T* qn, int64_t ldqn, T* kn, int64_t ldkn, const T* w_g, T scale, T* s,
+                    const T* b_res, T* res, int64_t ldres) {
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const T* qi = q + i * ldq;
+      const T* ki = k + i * ldk;
+      T* qo = qn + i * ldqn;
+      T* ko = kn + i * ldkn;
+      const T iq = swiftkern::math::l2_inv_norm(sumsq<T>(qi, D));
+      const T ik = swiftkern::math::l2_inv_norm(sumsq<T>(ki, D));
+      scale_to<T>(qi, iq, qo, D);
+      scale_to<T>(ki, ik, ko, D);
+      s[i] = dot<T>(qo, w_g, D) * scale;
+      if (res) {
+        T* r = res + i * ldres;
+        if (b_res)
+          at::vec::map2<T>([](Vec<T> x, Vec<T> y) { return x + y; }, r, qo, b_res, D);
+        else
+          std::memcpy(r, qo, D * sizeof(T));
+      }
+    }
+  });
+}
+
+template <typename T>
+Tensor additive_attention_impl(const Tensor& x_in, const Tensor& w_qk, const OptTensor& b_qk,
+                               const Tensor& w_g_in, double scale, const Tensor& w_proj,
+                               const OptTensor& b_proj, const OptTensor& w_final,
+                               const OptTensor& b_final, Pool pool) {
+  const Tensor x = x_in.contiguous();
+  const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
+  const Tensor x2 = x.view({B * N, D});
+  Tensor qk = has(b_qk) ? at::addmm(*b_qk, x2, w_qk.t()) : at::mm(x2, w_qk.t());  // [B*N, 2D]
+  if (!qk.is_contiguous()) qk = qk.contiguous();
+  Tensor r = at::empty({B, N, D}, x.options());
+  Tensor s = at::empty({B, N}, x.options());
+  const Tensor w_g = w_g_in.reshape({D}).contiguous();
+  const OptTensor bp = contig(b_proj);
+  T* qkp = qk.data_ptr<T>();
+  if (B * N > 0) {
+    normalize_rows<T>(B * N, D, qkp, 2 * D, qkp + D, 2 * D, qkp, 2 * D, qkp + D, 2 * D,
+                      w_g.data_ptr<T>(), static_cast<T>(scale), s.data_ptr<T>(),
+                      ptr_or_null<T>(bp), r.data_ptr<T>(), D);
+    T* sp = s.data_ptr<T>();
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) pool_weights<T>(sp + b * N, N, pool);
+    });
+  }
+  Tensor G = at::empty({B, D}, x.options());
+  global_query<T>(qkp, 2 * D, s.data_ptr<T>(), B, N, D, G.data_ptr<T>());
+  // Wg[b, o, i] = Wp[o, i] * G[b, i]; r += kn @ Wg^T
+  const Tensor wg = w_proj.unsqueeze(0) * G.unsqueeze(1);
+  const Tensor kn = qk.view({B, N, 2 * D}).narrow(2, D, D);
+  r.baddbmm_(kn, wg.transpose(1, 2));
+  if (!has(w_final)) return r;
+  const Tensor r2 = r.view({B * N, D});
+  const int64_t Tdim = w_final->size(0);
+  Tensor out = has(b_final) ? at::addmm(*b_final, r2, w_final->t()) : at::mm(r2, w_final->t());
+  return out.view({B, N, Tdim});
+}
+
+template <typename T>
+std::tuple<Tensor, Tensor> additive_attention_core_impl(const Tensor& q_in, const Tensor& k_in,
+                                                        const Tensor& w_g_in, double scale,
+                                                        Pool pool) {
+  const Tensor q = q_in.contiguous(), k = k_in.contiguous();
+  const int64_t B = q.size(0), N = q.size(1), D = q.size(2);
+  Tensor qn = at::empty({B, N, D}, q.options());
+  Tensor gk = at::empty({B, N, D}, q.options());
+  Tensor s = at::empty({B, N}, q.options());
+  const Tensor w_g = w_g_in.reshape({D}).contiguous();
+  if (B * N == 0) return {gk, qn};
+  T* qnp = qn.data_ptr<T>();
+  T* gkp = gk.data_ptr<T>();
+  T* sp = s.data_ptr<T>();
+  normalize_rows<T>(B * N, D, q.data_ptr<T>(), D, k.data_ptr<T>(), D, qnp, D, gkp, D,
+                    w_g.data_ptr<T>(), static_cast<T>(scale), sp, nullptr, nullptr, 0);
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) pool_weights<T>(sp + b * N, N, pool);
+  });
+  std::vector<T> G(B * D);
+  global_query<T>(qnp, D, sp, B, N, D, G.data());
+  at::parallel_for(0, B * N, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      T* row = gkp + i * D;
+      at::vec::map2<T>([](Vec<T> x, Vec<T> g) { return x * g; }, row, row, G.data() + (i / N) * D,
+                       D);
+    }
+  });
+  return {gk, qn};
+}
+
+Tensor additive_attention(const Tensor& x, const Tensor& w_qk, const OptTensor& b_qk,
+                          const Tensor& w_g, double scale, const Tensor& w_proj,
+                          const OptTensor& b_proj, const OptTensor& w_final,
+                          const OptTensor& b_final, c10::string_view pool_s) {
+  const Pool pool = parse_pool(std::string(pool_s));
+  switch (route_dtype(x, "additive_attention")) {
+    case DtypeRoute::kFloat:
+      return additive_attention_impl<float>(x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final,
+                                            b_final, pool);
+    case DtypeRoute::kDouble:
+      return additive_attention_impl<double>(x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final,
+                                             b_final, pool);
+    default:
+      return additive_attention_impl<float>(to_float(x), to_float(w_qk), to_float(b_qk),
+                                            to_float(w_g), scale, to_float(w_proj),
+                                            to_float(b_proj), to_float(w_final), to_float(b_final),
+                                            pool)
+          .to(x.scalar_type());
+  }
+}
+
+std::tuple<Tensor, Tensor> additive_attention_core(const Tensor& q, const Tensor& k,
+                                                   const Tensor& w_g, double scale,
+                                                   c10::string_view pool_s) {
+  const Pool pool = parse_pool(std::string(pool_s));
+  switch (route_dtype(q, "additive_attention_core")) {
+    case DtypeRoute::kFloat:
+      return additive_attention_core_impl<float>(q, k, w_g, scale, pool);
+    case DtypeRoute::kDouble:
+      return additive_attention_core_impl<double>(q, k, w_g, scale, pool);
+    default: {
+      auto [gk, qn] = additive_attention_core_impl<float>(to_float(q), to_float(k), to_float(w_g),
+                                                          scale, pool);
+      return {gk.to(q.scalar_type()), qn.to(q.scalar_type())};
+    }
+  }
+}
+
+}  // namespace
+}  // namespace swiftkern::cpu
+
+TORCH_LIBRARY_IMPL(swiftkern_C, CPU, m) {
+  m.impl("additive_attention", &swiftkern::cpu::additive_attention);
+  m.impl("additive_attention_core", &swiftkern::cpu::additive_attention_core);
+}

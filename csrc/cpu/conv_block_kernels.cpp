@@ -1,0 +1,690 @@
+// CPU kernels of the conv-style ops: dwconv_bn, conv_block, mlp (eval forms) and their train forms
+// and backwards. See SPEC.md section 2 and swiftkern/ops/reference.py for the math.
+//
+// Layouts: x arrives NCHW or channels_last; the output keeps it. Nothing is transposed: a
+// channels_last tile is pixel-major [T, C] and a GEMM computes tile @ W^T; an NCHW tile is
+// channel-major [C, T] (rows strided by H*W) and a GEMM computes W @ tile.
+//
+// Fused forward ("tile" strategy): per tile of whole image rows, dwconv -> pw1 -> +bias, GELU ->
+// pw2 -> +bias, *ls, +residual, all in per-thread buffers; the hidden activation never leaves
+// cache. Tiles run in parallel with single-threaded GEMMs (ATen mm_out on the tile). When there
+// are too few tiles to feed every thread (small images at batch 1), the "unfused" strategy runs
+// one multi-threaded GEMM per pointwise layer with the same fused epilogues instead.
+// SWIFTKERN_CPU_CONV_STRATEGY=tile|unfused forces one (benchmarks).
+#include <torch/library.h>
+
+#include <vector>
+
+#include "cpu_common.h"
+
+namespace swiftkern::cpu {
+namespace {
+
+using swiftkern::math::gelu;
+
+// ------------------------------------------------------------------------------------------
+// Depthwise 3x3, stride 1, padding 1
+// ------------------------------------------------------------------------------------------
+
+// channels_last: x is one image [H, W, C]; w9 is tap-major [9, C]; rows [h0, h1) are written
+// pixel-major to out (row stride ldo >= C).
+template <typename T>
+void dw_rows_nhwc(const T* x, const T* w9, const T* bias, int64_t H, int64_t W, int64_t C,
+                  int64_t h0, int64_t h1, T* out, int64_t ldo) {
+  constexpr int64_t VS = Vec<T>::size();
+  for (int64_t h = h0; h < h1; ++h) {
+    const int64_t dh_lo = h == 0 ? 0 : -1, dh_hi = h == H - 1 ? 0 : 1;
+    for (int64_t w = 0; w < W; ++w) {
+      const int64_t dw_lo = w == 0 ? 0 : -1, dw_hi = w == W - 1 ? 0 : 1;
+      T* o = out + ((h - h0) * W + w) * ldo;
+      for (int64_t c0 = 0; c0 < C; c0 += VS) {
+        const int n = static_cast<int>(std::min<int64_t>(VS, C - c0));
+        Vec<T> acc = bias ? Vec<T>::loadu(bias + c0, n) : Vec<T>(T(0));
+        for (int64_t dh = dh_lo; dh <= dh_hi; ++dh) {
+          for (int64_t dw = dw_lo; dw <= dw_hi; ++dw) {
+            const int64_t tap = (dh + 1) * 3 + (dw + 1);
+            acc = at::vec::fmadd(Vec<T>::loadu(w9 + tap * C + c0, n),
+                                 Vec<T>::loadu(x + ((h + dh) * W + (w + dw)) * C + c0, n), acc);
+          }
+        }
+        acc.store(o + c0, n);
+      }
+    }
+  }
+}
+
+// NCHW: xc is one plane [H, W]; rows [h0, h1) are written contiguously to out.
+template <typename T>
+void dw_rows_plane(const T* xc, const T* w9, T bias, int64_t H, int64_t W, int64_t h0, int64_t h1,
+                   T* out) {
+  constexpr int64_t VS = Vec<T>::size();
+  for (int64_t h = h0; h < h1; ++h) {
+    T* o = out + (h - h0) * W;
+    for (int64_t w = 0; w < W; ++w) o[w] = bias;
+    for (int64_t dh = -1; dh <= 1; ++dh) {
+      const int64_t hh = h + dh;
+      if (hh < 0 || hh >= H) continue;
+      const T* r = xc + hh * W;
+      const T wl = w9[(dh + 1) * 3], wc = w9[(dh + 1) * 3 + 1], wr = w9[(dh + 1) * 3 + 2];
+      if (W == 1) {
+        o[0] += wc * r[0];
+        continue;
+      }
+      o[0] += wc * r[0] + wr * r[1];
+      const Vec<T> vl(wl), vc(wc), vr(wr);
+      for (int64_t w = 1; w < W - 1; w += VS) {
+        const int n = static_cast<int>(std::min<int64_t>(VS, W - 1 - w));
+        Vec<T> acc = Vec<T>::loadu(o + w, n);
+        acc = at::vec::fmadd(vl, Vec<T>::loadu(r + w - 1, n), acc);
+        acc = at::vec::fmadd(vc, Vec<T>::loadu(r + w, n), acc);
+        acc = at::vec::fmadd(vr, Vec<T>::loadu(r + w + 1, n), acc);
+        acc.store(o + w, n);
+      }
+      o[W - 1] += wl * r[W - 2] + wc * r[W - 1];
+    }
+  }
+}
+
+// Depthwise weights in the order the layout's loop wants: [9, C] for channels_last, [C, 9] else.
+inline Tensor dw_weight_for(const Tensor& dw_w, bool cl) {
+  const int64_t C = dw_w.size(0);
+  Tensor w = dw_w.reshape({C, 9});
+  return cl ? w.t().contiguous() : w.contiguous();
+}
+
+// Full dwconv of x (already contiguous in its layout) into out (same layout).
+template <typename T>
+void dwconv_full(const Tensor& x, const Tensor& w9t, const T* bias, bool cl, Tensor& out) {
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
+  const T* xp = x.data_ptr<T>();
+  const T* w9 = w9t.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  if (cl) {
+    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t b = i / H, h = i % H;
+        dw_rows_nhwc<T>(xp + b * HW * C, w9, bias, H, W, C, h, h + 1, op + (b * HW + h * W) * C,
+                        C);
+      }
+    });
+  } else {
+    at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t c = i % C;
+        dw_rows_plane<T>(xp + i * HW, w9 + c * 9, bias ? bias[c] : T(0), H, W, 0, H, op + i * HW);
+      }
+    });
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Epilogues
+// ------------------------------------------------------------------------------------------
+
+// h[r, :] = GELU(h[r, :] + bias) with bias along columns (pixel-major hidden [T, Hd]).
+template <typename T>
+void bias_gelu_cols(T* h, int64_t rows, int64_t cols, const T* bias) {
+  constexpr int64_t VS = Vec<T>::size();
+  for (int64_t r = 0; r < rows; ++r) {
+    T* p = h + r * cols;
+    for (int64_t c = 0; c < cols; c += VS) {
+      const int n = static_cast<int>(std::min<int64_t>(VS, cols - c));
+      Vec<T> v = Vec<T>::loadu(p + c, n);
+      if (bias) v = v + Vec<T>::loadu(bias + c, n);
+      gelu_vec<T>(v).store(p + c, n);
+    }
+  }
+}
+
+// h[r, :] = GELU(h[r, :] + bias[r]) (channel-major hidden [Hd, T]).
+template <typename T>
+void bias_gelu_rows(T* h, int64_t rows, int64_t cols, const T* bias) {
+  constexpr int64_t VS = Vec<T>::size();
+  for (int64_t r = 0; r < rows; ++r) {
+    T* p = h + r * cols;
+    const Vec<T> bv(bias ? bias[r] : T(0));
+    for (int64_t c = 0; c < cols; c += VS) {
+      const int n = static_cast<int>(std::min<int64_t>(VS, cols - c));
+      gelu_vec<T>(Vec<T>::loadu(p + c, n) + bv).store(p + c, n);
+    }
+  }
+}
+
+// out[t, c] = res[t, c] + ls[c] * (y[t, c] + b[c]) for a pixel-major tile (rows contiguous).
+template <typename T>
+void out_epilogue_pixels(const T* y, int64_t rows, int64_t C, const T* b, const T* ls,
+                         const T* res, T* out) {
+  constexpr int64_t VS = Vec<T>::size();
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* yr = y + r * C;
+    T* orow = out + r * C;
+    const T* rr = res ? res + r * C : nullptr;
+    for (int64_t c = 0; c < C; c += VS) {
+      const int n = static_cast<int>(std::min<int64_t>(VS, C - c));
+      Vec<T> v = Vec<T>::loadu(yr + c, n);
+      if (b) v = v + Vec<T>::loadu(b + c, n);
+      if (ls) v = v * Vec<T>::loadu(ls + c, n);
+      if (rr) v = v + Vec<T>::loadu(rr + c, n);
+      v.store(orow + c, n);
+    }
+  }
+}
+
+// Channel-major tile: y is [C, cols] (ld cols); out/res rows have stride ld_out.
+template <typename T>
+void out_epilogue_channels(const T* y, int64_t C, int64_t cols, const T* b, const T* ls,
+                           const T* res, T* out, int64_t ld_out) {
+  constexpr int64_t VS = Vec<T>::size();
+  for (int64_t c = 0; c < C; ++c) {
+    const T* yr = y + c * cols;
+    T* orow = out + c * ld_out;
+    const T* rr = res ? res + c * ld_out : nullptr;
+    const Vec<T> bv(b ? b[c] : T(0)), lv(ls ? ls[c] : T(1));
+    for (int64_t t = 0; t < cols; t += VS) {
+      const int n = static_cast<int>(std::min<int64_t>(VS, cols - t));
+      Vec<T> v = (Vec<T>::loadu(yr + t, n) + bv) * lv;
+      if (rr) v = v + Vec<T>::loadu(rr + t, n);
+      v.store(orow + t, n);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Pointwise part: y = res + ls * (W2 GELU(W1 d + b1) + b2)
+// ------------------------------------------------------------------------------------------
+
+struct PwArgs {
+  Tensor w1, w2;  // [Hd, C], [Co, Hd], contiguous
+  OptTensor b1, b2, ls;
+};
+
+// Rows of the image per tile: the hidden tile (rows * W * Hd values) should stay in L2 (512 KiB
+// per core on the Zen3 this was tuned on; 64K floats = 256 KiB leaves room for the other tiles).
+inline int64_t rows_per_tile(int64_t H, int64_t W, int64_t Hd, int64_t elem) {
+  const int64_t budget = (256 * 1024) / elem;
+  const int64_t px = std::max<int64_t>(budget / std::max<int64_t>(Hd, 1), 1);
+  return std::clamp<int64_t>(px / std::max<int64_t>(W, 1), 1, H);
+}
+
+enum class Strategy { kTile, kUnfused };
+
+inline Strategy pick_strategy(int64_t n_tiles) {
+  const std::string s = env_str("SWIFTKERN_CPU_CONV_STRATEGY");
+  if (s == "tile") return Strategy::kTile;
+  if (s == "unfused") return Strategy::kUnfused;
+  // Tiles run one per thread with single-threaded GEMMs; with fewer tiles than ~2 per thread
+  // the multi-threaded big GEMMs win (measured: benchmarks/cpu_kernels_bench.py).
+  const int64_t nt = at::get_num_threads();
+  return (nt == 1 || n_tiles >= 2 * nt) ? Strategy::kTile : Strategy::kUnfused;
+}
+
+// Tile strategy. produce(b, h0, h1, buf) fills/returns the tile input d: pixel-major [T, C] or
+// channel-major [C, T], returning {pointer, leading dimension}. res (optional) and out have the
+// output's layout; C_out = w2.size(0).
+template <typename T, typename Produce>
+void pointwise_tiles(const Produce& produce, bool cl, int64_t B, int64_t C, int64_t H, int64_t W,
+                     const PwArgs& a, const T* res, T* out, int64_t R) {
+  const int64_t Hd = a.w1.size(0), Co = a.w2.size(0), HW = H * W;
+  const int64_t n_tiles_img = (H + R - 1) / R;
+  const T* b1 = ptr_or_null<T>(a.b1);
+  const T* b2 = ptr_or_null<T>(a.b2);
+  const T* ls = ptr_or_null<T>(a.ls);
+  const Tensor w1t = a.w1.t(), w2t = a.w2.t();
+  at::parallel_for(0, B * n_tiles_img, 1, [&](int64_t begin, int64_t end) {
+    const int64_t tmax = R * W;
+    std::vector<T> dbuf(tmax * C), hbuf(tmax * Hd), ybuf(tmax * Co);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / n_tiles_img, h0 = (i % n_tiles_img) * R, h1 = std::min(H, h0 + R);
+      const int64_t tn = (h1 - h0) * W, p0 = h0 * W;
+      const auto [dptr, ldd] = produce(b, h0, h1, dbuf.data());
+      if (cl) {
+        Tensor d = blob<T>(const_cast<T*>(dptr), {tn, C}, {ldd, 1});
+        Tensor hh = blob<T>(hbuf.data(), {tn, Hd}, {Hd, 1});
+        at::mm_out(hh, d, w1t);
+        bias_gelu_cols<T>(hbuf.data(), tn, Hd, b1);
+        Tensor y = blob<T>(ybuf.data(), {tn, Co}, {Co, 1});
+        at::mm_out(y, hh, w2t);
+        out_epilogue_pixels<T>(ybuf.data(), tn, Co, b2, ls, res ? res + (b * HW + p0) * Co : nullptr,
+                               out + (b * HW + p0) * Co);
+      } else {
+        Tensor d = blob<T>(const_cast<T*>(dptr), {C, tn}, {ldd, 1});
+        Tensor hh = blob<T>(hbuf.data(), {Hd, tn}, {tn, 1});
+        at::mm_out(hh, a.w1, d);
+        bias_gelu_rows<T>(hbuf.data(), Hd, tn, b1);
+        Tensor y = blob<T>(ybuf.data(), {Co, tn}, {tn, 1});
+        at::mm_out(y, a.w2, hh);
+        out_epilogue_channels<T>(ybuf.data(), Co, tn, b2, ls,
+                                 res ? res + b * Co * HW + p0 : nullptr, out + b * Co * HW + p0, HW);
+      }
+    }
+  });
+}
+
+// Unfused strategy: d is the whole pointwise input (x's layout, contiguous in it).
+template <typename T>
+void pointwise_unfused(const Tensor& d, bool cl, const PwArgs& a, const T* res, T* out) {
+  const int64_t B = d.size(0), C = d.size(1), HW = d.size(2) * d.size(3);
+  const int64_t Hd = a.w1.size(0), Co = a.w2.size(0);
+  const T* b1 = ptr_or_null<T>(a.b1);
+  const T* b2 = ptr_or_null<T>(a.b2);
+  const T* ls = ptr_or_null<T>(a.ls);
+  if (cl) {
+    const int64_t P = B * HW;
+    Tensor d2 = blob<T>(d.data_ptr<T>(), {P, C}, {C, 1});
+    Tensor hh = at::mm(d2, a.w1.t());
+    T* hp = hh.data_ptr<T>();
+    at::parallel_for(0, P, 16, [&](int64_t begin, int64_t end) {
+      bias_gelu_cols<T>(hp + begin * Hd, end - begin, Hd, b1);
+    });
+    Tensor y = at::mm(hh, a.w2.t());
+    const T* yp = y.data_ptr<T>();
+    at::parallel_for(0, P, 16, [&](int64_t begin, int64_t end) {
+      out_epilogue_pixels<T>(yp + begin * Co, end - begin, Co, b2, ls,
+                             res ? res + begin * Co : nullptr, out + begin * Co);
+    });
+  } else {
+    Tensor d3 = blob<T>(d.data_ptr<T>(), {B, C, HW}, {C * HW, HW, 1});
+    Tensor hh = at::matmul(a.w1, d3);  // [B, Hd, HW]
+    T* hp = hh.data_ptr<T>();
+    at::parallel_for(0, B * Hd, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) bias_gelu_rows<T>(hp + r * HW, 1, HW, b1 ? b1 + r % Hd : nullptr);
+    });
+    Tensor y = at::matmul(a.w2, hh);  // [B, Co, HW]
+    const T* yp = y.data_ptr<T>();
+    at::parallel_for(0, B * Co, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t c = r % Co;
+        out_epilogue_channels<T>(yp + r * HW, 1, HW, b2 ? b2 + c : nullptr, ls ? ls + c : nullptr,
+                                 res ? res + r * HW : nullptr, out + r * HW, HW);
+      }
+    });
+  }
+}
+
+inline at::MemoryFormat fmt(bool cl) {
+  return cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// ------------------------------------------------------------------------------------------
+// Eval forwards
+// ------------------------------------------------------------------------------------------
+
+template <typename T>
+Tensor dwconv_bn_impl(const Tensor& x_in, const Tensor& dw_w, const OptTensor& dw_b) {
+  const bool cl = is_channels_last(x_in);
+  const Tensor x = x_in.contiguous(fmt(cl));
+  const Tensor w9 = dw_weight_for(dw_w, cl);
+  const OptTensor b = contig(dw_b);
+  Tensor out = at::empty(x.sizes(), x.options().memory_format(fmt(cl)));
+  dwconv_full<T>(x, w9, ptr_or_null<T>(b), cl, out);
+  return out;
+}
+
+template <typename T>
+Tensor mlp_impl(const Tensor& x_in, const PwArgs& a, const OptTensor& residual) {
+  const bool cl = is_channels_last(x_in);
+  const Tensor x = x_in.contiguous(fmt(cl));
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
+  const int64_t Co = a.w2.size(0), Hd = a.w1.size(0);
+  Tensor out = at::empty({B, Co, H, W}, x.options().memory_format(fmt(cl)));
+  Tensor res;
+  if (has(residual)) res = residual->contiguous(fmt(cl));
+  const T* rp = res.defined() ? res.data_ptr<T>() : nullptr;
+  if (out.numel() == 0) return out;
+  const int64_t R = rows_per_tile(H, W, Hd, sizeof(T));
+  const int64_t n_tiles = B * ((H + R - 1) / R);
+  if (pick_strategy(n_tiles) == Strategy::kUnfused) {
+    pointwise_unfused<T>(x, cl, a, rp, out.data_ptr<T>());
+    return out;
+  }
+  const T* xp = x.data_ptr<T>();
+  auto produce = [&](int64_t b, int64_t h0, int64_t, T*) -> std::pair<const T*, int64_t> {
+    if (cl) return {xp + (b * HW + h0 * W) * C, C};
+    return {xp + b * C * HW + h0 * W, HW};
+  };
+  pointwise_tiles<T>(produce, cl, B, C, H, W, a, rp, out.data_ptr<T>(), R);
+  return out;
+}
+
+template <typename T>
+Tensor conv_block_impl(const Tensor& x_in, const Tensor& dw_w, const OptTensor& dw_b,
+                       const PwArgs& a) {
+  const bool cl = is_channels_last(x_in);
+  const Tensor x = x_in.contiguous(fmt(cl));
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
+  const int64_t Hd = a.w1.size(0);
+  Tensor out = at::empty(x.sizes(), x.options().memory_format(fmt(cl)));
+  if (out.numel() == 0) return out;
+  const Tensor w9t = dw_weight_for(dw_w, cl);
+  const OptTensor bt = contig(dw_b);
+  const T* w9 = w9t.data_ptr<T>();
+  const T* bias = ptr_or_null<T>(bt);
+  const int64_t R = rows_per_tile(H, W, Hd, sizeof(T));
+  const int64_t n_tiles = B * ((H + R - 1) / R);
+  if (pick_strategy(n_tiles) == Strategy::kUnfused) {
+    Tensor d = at::empty(x.sizes(), x.options().memory_format(fmt(cl)));
+    dwconv_full<T>(x, w9t, bias, cl, d);
+    pointwise_unfused<T>(d, cl, a, x.data_ptr<T>(), out.data_ptr<T>());
+    return out;
+  }
+  const T* xp = x.data_ptr<T>();
+  auto produce = [&](int64_t b, int64_t h0, int64_t h1, T* buf) -> std::pair<const T*, int64_t> {
+    if (cl) {
+      dw_rows_nhwc<T>(xp + b * HW * C, w9, bias, H, W, C, h0, h1, buf, C);
+      return {buf, C};
+    }
+    const int64_t tn = (h1 - h0) * W;
+    for (int64_t c = 0; c < C; ++c)
+      dw_rows_plane<T>(xp + (b * C + c) * HW, w9 + c * 9, bias ? bias[c] : T(0), H, W, h0, h1,
+                       buf + c * tn);
+    return {buf, tn};
+  };
+  pointwise_tiles<T>(produce, cl, B, C, H, W, a, x.data_ptr<T>(), out.data_ptr<T>(), R);
+  return out;
+}
+
+PwArgs pw_args(const Tensor& w1, const OptTensor& b1, const Tensor& w2, const OptTensor& b2,
+               const OptTensor& ls) {
+  return PwArgs{w1.contiguous(), w2.contiguous(), contig(b1), contig(b2), contig(ls)};
+}
+
+// ------------------------------------------------------------------------------------------
+// Backward (eval forms). Computed pixel-major ([P = B*H*W, C], channels_last memory): the
+// forward is recomputed per call (u = W1 d + b1 and, when ls needs a gradient, y2), GEMMs through
+// ATen, GELU and GELU' in one fused pass, dwconv backward as a vectorized NHWC stencil.
+// ------------------------------------------------------------------------------------------
+
+inline Tensor empty_grad(const Tensor& g) { return g.new_empty({0}); }
+
+// [B, C, H, W] channels_last-contiguous tensor viewed as the [P, C] matrix it stores.
+inline Tensor as_pixels(const Tensor& t4) {
+  return t4.permute({0, 2, 3, 1}).reshape({-1, t4.size(1)});
+}
+// [P, C] contiguous matrix viewed as a channels_last [B, C, H, W] tensor.
+inline Tensor from_pixels(const Tensor& m, int64_t B, int64_t H, int64_t W) {
+  return m.view({B, H, W, m.size(1)}).permute({0, 3, 1, 2});
+}
+
+struct PwGrads {
+  Tensor gin, gw1, gb1, gw2, gb2, gls;
+};
+
+// d: [P, C] input of pw1; g: [P, Co] gradient of the block output (before the residual).
+template <typename T>
+PwGrads pw_backward(const Tensor& d, const Tensor& g, const PwArgs& a, bool need_in, bool need_w1,
+                    bool need_b1, bool need_w2, bool need_b2, bool need_ls) {
+  PwGrads r;
+  const int64_t P = d.size(0), Hd = a.w1.size(0);
+  Tensor u = has(a.b1) ? at::addmm(*a.b1, d, a.w1.t()) : at::mm(d, a.w1.t());
+  if (!u.is_contiguous()) u = u.contiguous();
+  Tensor h = at::empty_like(u);
+  T* up = u.data_ptr<T>();
+  T* hp = h.data_ptr<T>();
+  constexpr int64_t VS = Vec<T>::size();
+  at::parallel_for(0, P, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin * Hd; i < end * Hd; i += VS) {
+      const int n = static_cast<int>(std::min<int64_t>(VS, end * Hd - i));
+      const Vec<T> v = Vec<T>::loadu(up + i, n);
+      gelu_vec<T>(v).store(hp + i, n);
+      gelu_grad_vec<T>(v).store(up + i, n);  // u now holds GELU'(u)
+    }
+  });
+  if (need_ls) {
+    Tensor y2 = has(a.b2) ? at::addmm(*a.b2, h, a.w2.t()) : at::mm(h, a.w2.t());
+    r.gls = (g * y2).sum(0);
+  }
+  const Tensor gy2 = has(a.ls) ? g * *a.ls : g;
+  if (need_b2) r.gb2 = gy2.sum(0);
+  if (need_w2) r.gw2 = at::mm(gy2.t(), h);
+  if (need_in || need_w1 || need_b1) {
+    Tensor gu = at::mm(gy2, a.w2);
+    gu.mul_(u);
+    if (need_b1) r.gb1 = gu.sum(0);
+    if (need_w1) r.gw1 = at::mm(gu.t(), d);
+    if (need_in) r.gin = at::mm(gu, a.w1);
+  }
+  return r;
+}
+
+// Gradients of d = dwconv(x) + b given gd (channels_last [B, C, H, W] contiguous) and x (same).
+template <typename T>
+void dw_backward(const Tensor& x, const Tensor& gd, const Tensor& dw_w, bool need_x, bool need_w,
+                 bool need_b, Tensor& gx, Tensor& gw, Tensor& gb) {
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
+  if (need_x) {
+    // gx = correlation of gd with the 180-degree rotated kernel
+    const Tensor w9f = dw_weight_for(dw_w.flip({2, 3}), /*cl=*/true);
+    gx = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
+    dwconv_full<T>(gd, w9f, nullptr, true, gx);
+  }
+  if (need_b) gb = as_pixels(gd).sum(0);
+  if (need_w) {
+    const int nt = at::get_num_threads();
+    std::vector<T> acc(static_cast<size_t>(nt) * 9 * C, T(0));
+    const T* xp = x.data_ptr<T>();
+    const T* gp = gd.data_ptr<T>();
+    constexpr int64_t VS = Vec<T>::size();
+    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+      T* ac = acc.data() + static_cast<size_t>(at::get_thread_num()) * 9 * C;
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t b = i / H, h = i % H;
+        const T* xb = xp + b * HW * C;
+        for (int64_t w = 0; w < W; ++w) {
+          const T* g = gp + (b * HW + h * W + w) * C;
+          for (int64_t dh = -1; dh <= 1; ++dh) {
+            if (h + dh < 0 || h + dh >= H) continue;
+            for (int64_t dw = -1; dw <= 1; ++dw) {
+              if (w + dw < 0 || w + dw >= W) continue;
+              const T* xs = xb + ((h + dh) * W + (w + dw)) * C;
+              T* at_ = ac + ((dh + 1) * 3 + (dw + 1)) * C;
+              for (int64_t c = 0; c < C; c += VS) {
+                const int n = static_cast<int>(std::min<int64_t>(VS, C - c));
+                at::vec::fmadd(Vec<T>::loadu(g + c, n), Vec<T>::loadu(xs + c, n),
+                               Vec<T>::loadu(at_ + c, n))
+                    .store(at_ + c, n);
+              }
+            }
+          }
+        }
+      }
+    });
+    Tensor tot = at::zeros({9, C}, x.options().memory_format(at::MemoryFormat::Contiguous));
+    T* tp = tot.data_ptr<T>();
+    for (int t = 0; t < nt; ++t)
+      for (int64_t j = 0; j < 9 * C; ++j) tp[j] += acc[static_cast<size_t>(t) * 9 * C + j];
+    gw = tot.t().reshape({C, 1, 3, 3}).contiguous();
+  }
+}
+
+inline at::MemoryFormat kCL() { return at::MemoryFormat::ChannelsLast; }
+
+template <typename T>
+std::vector<Tensor> dwconv_bn_backward_impl(const Tensor& grad, const Tensor& x_in,
+                                            const Tensor& dw_w, const OptTensor& dw_b,
+                                            const std::vector<bool>& mask) {
+  const Tensor x = x_in.contiguous(kCL());
+  const Tensor g = grad.contiguous(kCL());
+  Tensor gx, gw, gb;
+  dw_backward<T>(x, g, dw_w, mask[0], mask[1], mask[2] && has(dw_b), gx, gw, gb);
+  return {gx.defined() ? gx : empty_grad(grad), gw.defined() ? gw : empty_grad(grad),
+          gb.defined() ? gb : empty_grad(grad)};
+}
+
+template <typename T>
+std::vector<Tensor> mlp_backward_impl(const Tensor& grad, const Tensor& x_in, const PwArgs& a,
+                                      const OptTensor& residual, const std::vector<bool>& mask,
+                                      int64_t mask_off, const OptTensor& b1o, const OptTensor& b2o,
+                                      const OptTensor& lso) {
+  // mask order (mlp): x, fc1_w, fc1_b, fc2_w, fc2_b, ls, residual
+  const int64_t B = x_in.size(0), H = x_in.size(2), W = x_in.size(3);
+  const Tensor x = x_in.contiguous(kCL());
+  const Tensor g = grad.contiguous(kCL());
+  PwGrads r = pw_backward<T>(as_pixels(x), as_pixels(g), a, mask[0], mask[1], mask[2] && has(b1o),
+                             mask[3], mask[4] && has(b2o), mask[5] && has(lso));
+  std::vector<Tensor> out;
+  out.push_back(r.gin.defined() ? from_pixels(r.gin, B, H, W) : empty_grad(grad));
+  out.push_back(r.gw1.defined() ? r.gw1 : empty_grad(grad));
+  out.push_back(r.gb1.defined() ? r.gb1 : empty_grad(grad));
+  out.push_back(r.gw2.defined() ? r.gw2 : empty_grad(grad));
+  out.push_back(r.gb2.defined() ? r.gb2 : empty_grad(grad));
+  out.push_back(r.gls.defined() ? r.gls : empty_grad(grad));
+  (void)mask_off;
+  out.push_back(has(residual) && mask[6] ? grad.clone() : empty_grad(grad));
+  return out;
+}
+
+template <typename T>
+std::vector<Tensor> conv_block_backward_impl(const Tensor& grad, const Tensor& x_in,
+                                             const Tensor& dw_w, const OptTensor& dw_b,
+                                             const PwArgs& a, const std::vector<bool>& mask) {
+  // mask order: x, dw_w, dw_b, pw1_w, pw1_b, pw2_w, pw2_b, ls
+  const Tensor x = x_in.contiguous(kCL());
+  const Tensor g = grad.contiguous(kCL());
+  Tensor d = at::empty(x.sizes(), x.options().memory_format(kCL()));
+  const Tensor w9 = dw_weight_for(dw_w, true);
+  const OptTensor bt = contig(dw_b);
+  dwconv_full<T>(x, w9, ptr_or_null<T>(bt), true, d);
+  const bool need_dw = mask[0] || mask[1] || (mask[2] && has(dw_b));
+  PwGrads r = pw_backward<T>(as_pixels(d), as_pixels(g), a, need_dw, mask[3],
+                             mask[4] && has(a.b1), mask[5], mask[6] && has(a.b2),
+                             mask[7] && has(a.ls));
+  Tensor gx, gw, gb;
+  if (need_dw) {
+    const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
+    const Tensor gd = from_pixels(r.gin, B, H, W);
+    dw_backward<T>(x, gd, dw_w, mask[0], mask[1], mask[2] && has(dw_b), gx, gw, gb);
+    if (gx.defined()) gx.add_(g);
+  }
+  auto or_empty = [&](const Tensor& t) { return t.defined() ? t : empty_grad(grad); };
+  return {or_empty(gx),    or_empty(gw),    or_empty(gb),    or_empty(r.gw1),
+          or_empty(r.gb1), or_empty(r.gw2), or_empty(r.gb2), or_empty(r.gls)};
+}
+
+// ------------------------------------------------------------------------------------------
+// Op entry points (dtype routing)
+// ------------------------------------------------------------------------------------------
+
+Tensor dwconv_bn(const Tensor& x, const Tensor& dw_w, const OptTensor& dw_b) {
+  switch (route_dtype(x, "dwconv_bn")) {
+    case DtypeRoute::kFloat:
+      return dwconv_bn_impl<float>(x, dw_w, dw_b);
+    case DtypeRoute::kDouble:
+      return dwconv_bn_impl<double>(x, dw_w, dw_b);
+    default:
+      return dwconv_bn_impl<float>(to_float(x), to_float(dw_w), to_float(dw_b)).to(x.scalar_type());
+  }
+}
+
+Tensor conv_block(const Tensor& x, const Tensor& dw_w, const OptTensor& dw_b, const Tensor& pw1_w,
+                  const OptTensor& pw1_b, const Tensor& pw2_w, const OptTensor& pw2_b,
+                  const OptTensor& ls) {
+  switch (route_dtype(x, "conv_block")) {
+    case DtypeRoute::kFloat:
+      return conv_block_impl<float>(x, dw_w, dw_b, pw_args(pw1_w, pw1_b, pw2_w, pw2_b, ls));
+    case DtypeRoute::kDouble:
+      return conv_block_impl<double>(x, dw_w, dw_b, pw_args(pw1_w, pw1_b, pw2_w, pw2_b, ls));
+    default:
+      return conv_block_impl<float>(
+                 to_float(x), to_float(dw_w), to_float(dw_b),
+                 pw_args(to_float(pw1_w), to_float(pw1_b), to_float(pw2_w), to_float(pw2_b),
+                         to_float(ls)))
+          .to(x.scalar_type());
+  }
+}
+
+Tensor mlp(const Tensor& x, const Tensor& fc1_w, const OptTensor& fc1_b, const Tensor& fc2_w,
+           const OptTensor& fc2_b, const OptTensor& ls, const OptTensor& residual) {
+  switch (route_dtype(x, "mlp")) {
+    case DtypeRoute::kFloat:
+      return mlp_impl<float>(x, pw_args(fc1_w, fc1_b, fc2_w, fc2_b, ls), residual);
+    case DtypeRoute::kDouble:
+      return mlp_impl<double>(x, pw_args(fc1_w, fc1_b, fc2_w, fc2_b, ls), residual);
+    default:
+      return mlp_impl<float>(to_float(x),
+                             pw_args(to_float(fc1_w), to_float(fc1_b), to_float(fc2_w),
+                                     to_float(fc2_b), to_float(ls)),
+                             to_float(residual))
+          .to(x.scalar_type());
+  }
+}
+
+
+std::vector<Tensor> dwconv_bn_backward(const Tensor& grad, const Tensor& x, const Tensor& dw_w,
+                                       const OptTensor& dw_b, const c10::List<bool>& mask_list) {
+  const std::vector<bool> mask = mask_list.vec();
+  switch (route_dtype(x, "dwconv_bn_backward")) {
+    case DtypeRoute::kFloat:
+      return dwconv_bn_backward_impl<float>(grad, x, dw_w, dw_b, mask);
+    case DtypeRoute::kDouble:
+      return dwconv_bn_backward_impl<double>(grad, x, dw_w, dw_b, mask);
+    default: {
+      auto r = dwconv_bn_backward_impl<float>(to_float(grad), to_float(x), to_float(dw_w),
+                                              to_float(dw_b), mask);
+      for (auto& t : r) t = t.to(x.scalar_type());
+      return r;
+    }
+  }
+}
+
+std::vector<Tensor> conv_block_backward(const Tensor& grad, const Tensor& x, const Tensor& dw_w,
+                                        const OptTensor& dw_b, const Tensor& pw1_w,
+                                        const OptTensor& pw1_b, const Tensor& pw2_w,
+                                        const OptTensor& pw2_b, const OptTensor& ls,
+                                        const c10::List<bool>& mask_list) {
+  const std::vector<bool> mask = mask_list.vec();
+  TORCH_CHECK(mask.size() == 8, "conv_block_backward: grad_mask must have 8 entries");
+  switch (route_dtype(x, "conv_block_backward")) {
+    case DtypeRoute::kFloat:
+      return conv_block_backward_impl<float>(grad, x, dw_w, dw_b,
+                                             pw_args(pw1_w, pw1_b, pw2_w, pw2_b, ls), mask);
+    case DtypeRoute::kDouble:
+      return conv_block_backward_impl<double>(grad, x, dw_w, dw_b,
+                                              pw_args(pw1_w, pw1_b, pw2_w, pw2_b, ls), mask);
+    default: {
+      auto r = conv_block_backward_impl<float>(
+          to_float(grad), to_float(x), to_float(dw_w), to_float(dw_b),
+          pw_args(to_float(pw1_w), to_float(pw1_b), to_float(pw2_w), to_float(pw2_b),
+                  to_float(ls)),
+          mask);
+      for (auto& t : r) t = t.to(x.scalar_type());
+      return r;
+    }
+  }
+}
+
+std::vector<Tensor> mlp_backward(const Tensor& grad, const Tensor& x, const Tensor& fc1_w,
+                                 const OptTensor& fc1_b, const Tensor& fc2_w,
+                                 const OptTensor& fc2_b, const OptTensor& ls,
+                                 const OptTensor& residual, const c10::List<bool>& mask_list) {
+  const std::vector<bool> mask = mask_list.vec();
+  TORCH_CHECK(mask.size() == 7, "mlp_backward: grad_mask must have 7 entries");
+  switch (route_dtype(x, "mlp_backward")) {
+    case DtypeRoute::kFloat:
+      return mlp_backward_impl<float>(grad, x, pw_args(fc1_w, fc1_b, fc2_w, fc2_b, ls), residual,
+                                      mask, 0, fc1_b, fc2_b, ls);
+    case DtypeRoute::kDouble:
+      return mlp_backward_impl<double>(grad, x, pw_args(fc1_w, fc1_b, fc2_w, fc2_b, ls), residual,
+                                       mask, 0, fc1_b, fc2_b, ls);
+    default: {
+      auto r = mlp_backward_impl<float>(
+          to_float(grad), to_float(x),
+          pw_args(to_float(fc1_w), to_float(fc1_b), to_float(fc2_w), to_float(fc2_b),
+                  to_float(ls)),
+          to_float(residual), mask, 0, fc1_b, fc2_b, ls);
+      for (auto& t : r) t = t.to(x.scalar_type());
+      return r;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace swiftkern::cpu
+
+TORCH_LIBRARY_IMPL(swiftkern_C, CPU, m) {
+  m.impl("dwconv_bn", &swiftkern::cpu::dwconv_bn);
+  m.impl("conv_block", &swiftkern::cpu::conv_block);
+  m.impl("mlp", &swiftkern::cpu::mlp);
+  m.impl("dwconv_bn_backward", &swiftkern::cpu::dwconv_bn_backward);
+  m.impl("conv_block_backward", &swiftkern::cpu::conv_block_backward);
+  m.impl("mlp_backward", &swiftkern::cpu::mlp_backward);
+}
