@@ -183,6 +183,219 @@ std::tuple<Tensor, Tensor> additive_attention_core_impl(const Tensor& q_in, cons
   return {gk, qn};
 }
 
+
+// ------------------------------------------------------------------------------------------
+// Backward. The forward of the core is recomputed (cheap: one pass), then
+//   gkn = gm * G,  gG = sum_n gm_n * kn_n,  ga_n = gG . qn_n,  gs = POOL'(ga),
+//   gqn = gres + a_n gG + gs_n scale w_g,  gq/gk through F.normalize's backward,
+//   gw_g = scale * sum_n gs_n qn_n.
+// ------------------------------------------------------------------------------------------
+
+struct CoreState {
+  Tensor qn, kn;      // [B*N, D]
+  Tensor ssq, ssk;    // [B*N] sums of squares of the raw rows
+  Tensor a;           // [B, N] pool weights
+  Tensor G;           // [B, D]
+};
+
+template <typename T>
+CoreState core_recompute(int64_t B, int64_t N, int64_t D, const T* q, int64_t ldq, const T* k,
+                            int64_t ldk, const T* w_g, T scale, Pool pool) {
+  const auto o = opts_of<T>();
+  CoreState st{at::empty({B * N, D}, o), at::empty({B * N, D}, o), at::empty({B * N}, o),
+                  at::empty({B * N}, o),    at::empty({B, N}, o),     at::empty({B, D}, o)};
+  T* qn = st.qn.data_ptr<T>();
+  T* kn = st.kn.data_ptr<T>();
+  T* ssq = st.ssq.data_ptr<T>();
+  T* ssk = st.ssk.data_ptr<T>();
+  T* a = st.a.data_ptr<T>();
+  at::parallel_for(0, B * N, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      ssq[i] = sumsq<T>(q + i * ldq, D);
+      ssk[i] = sumsq<T>(k + i * ldk, D);
+      scale_to<T>(q + i * ldq, swiftkern::math::l2_inv_norm(ssq[i]), qn + i * D, D);
+      scale_to<T>(k + i * ldk, swiftkern::math::l2_inv_norm(ssk[i]), kn + i * D, D);
+      a[i] = dot<T>(qn + i * D, w_g, D) * scale;
+    }
+  });
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) pool_weights<T>(a + b * N, N, pool);
+  });
+  global_query<T>(qn, D, a, B, N, D, st.G.data_ptr<T>());
+  return st;
+}
+
+// Backward of F.normalize for one row: dx = (gy - y (y.gy)) / n, or gy / eps when clamped.
+template <typename T>
+void normalize_backward_row(const T* gy, const T* y, T ss, int64_t D, T* dx) {
+  const T inv = swiftkern::math::l2_inv_norm(ss);
+  if (swiftkern::math::l2_clamped(ss)) {
+    scale_to<T>(gy, inv, dx, D);
+    return;
+  }
+  const T d = dot<T>(gy, y, D);
+  at::vec::map2<T>([inv, d](Vec<T> g, Vec<T> yy) { return (g - yy * Vec<T>(d)) * Vec<T>(inv); },
+                   dx, gy, y, D);
+}
+
+// gm: [B*N, D] gradient w.r.t. G * kn; gres: optional [B*N, D] extra gradient on qn.
+// Writes gq / gk rows (strides ldgq / ldgk) and returns gw_g [D] (undefined unless need_wg).
+template <typename T>
+Tensor core_backward(const CoreState& st, int64_t B, int64_t N, int64_t D, const T* gm,
+                     const T* gres, const T* w_g, T scale, Pool pool, T* gq, int64_t ldgq, T* gk,
+                     int64_t ldgk, bool need_wg) {
+  const auto o = opts_of<T>();
+  const T* qn = st.qn.data_ptr<T>();
+  const T* kn = st.kn.data_ptr<T>();
+  const T* ssq = st.ssq.data_ptr<T>();
+  const T* ssk = st.ssk.data_ptr<T>();
+  const T* a = st.a.data_ptr<T>();
+  const T* G = st.G.data_ptr<T>();
+  Tensor gG_t = at::empty({B, D}, o);
+  T* gG = gG_t.data_ptr<T>();
+  // gG[b] = sum_n gm_n * kn_n  (G-weighted sum, same shape as global_query with gm as weights)
+  constexpr int64_t VS = Vec<T>::size();
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      T* g = gG + b * D;
+      std::fill(g, g + D, T(0));
+      for (int64_t n = 0; n < N; ++n) {
+        const T* gmr = gm + (b * N + n) * D;
+        const T* knr = kn + (b * N + n) * D;
+        for (int64_t d = 0; d < D; d += VS) {
+          const int c = static_cast<int>(std::min<int64_t>(VS, D - d));
+          at::vec::fmadd(Vec<T>::loadu(gmr + d, c), Vec<T>::loadu(knr + d, c),
+                         Vec<T>::loadu(g + d, c))
+              .store(g + d, c);
+        }
+      }
+    }
+  });
+  Tensor gs_t = at::empty({B, N}, o);
+  T* gs = gs_t.data_ptr<T>();
+  at::parallel_for(0, B * N, 16, [&](int64_t begin, int64_t end) {
+    std::vector<T> tmp(D);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / N;
+      at::vec::map2<T>([](Vec<T> x, Vec<T> y) { return x * y; }, tmp.data(), gm + i * D, G + b * D,
+                       D);
+      normalize_backward_row<T>(tmp.data(), kn + i * D, ssk[i], D, gk + i * ldgk);
+      gs[i] = dot<T>(gG + b * D, qn + i * D, D);  // ga for now
+    }
+  });
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      T* g = gs + b * N;
+      const T* ab = a + b * N;
+      if (pool == Pool::kSum) {
+        for (int64_t n = 0; n < N; ++n) g[n] = g[n] - g[n];  // softmax over a size-1 dim
+      } else if (pool == Pool::kSoftmax) {
+        const T d = dot<T>(ab, g, N);
+        for (int64_t n = 0; n < N; ++n) g[n] = ab[n] * (g[n] - d);
+      } else {
+        // a = s / max(||s||, eps): recover ||s||^2 from a is not possible when clamped, so
+        // recompute s = a * denom is avoided: s itself is a * denom, denom = ||s|| unless clamped.
+        // Here we need ss = sum s^2; with a = s / denom, ss = denom^2 * sum a^2.
+        // Recompute s from qn instead (exact, cheap).
+        std::vector<T> sv(N);
+        for (int64_t n = 0; n < N; ++n) sv[n] = dot<T>(qn + (b * N + n) * D, w_g, D) * scale;
+        const T ss = sumsq<T>(sv.data(), N);
+        std::vector<T> dx(N);
+        normalize_backward_row<T>(g, ab, ss, N, dx.data());
+        std::copy(dx.begin(), dx.end(), g);
+      }
+    }
+  });
+  at::parallel_for(0, B * N, 16, [&](int64_t begin, int64_t end) {
+    std::vector<T> tmp(D);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / N;
+      const Vec<T> av(a[i]), sv(gs[i] * scale);
+      const T* gr = gres ? gres + i * D : nullptr;
+      const T* gGb = gG + b * D;
+      for (int64_t d = 0; d < D; d += VS) {
+        const int c = static_cast<int>(std::min<int64_t>(VS, D - d));
+        Vec<T> v = av * Vec<T>::loadu(gGb + d, c) + sv * Vec<T>::loadu(w_g + d, c);
+        if (gr) v = v + Vec<T>::loadu(gr + d, c);
+        v.store(tmp.data() + d, c);
+      }
+      normalize_backward_row<T>(tmp.data(), qn + i * D, ssq[i], D, gq + i * ldgq);
+    }
+  });
+  if (!need_wg) return Tensor();
+  return at::mv(st.qn.t(), gs_t.view({B * N})).mul_(scale);
+}
+
+template <typename T>
+std::vector<Tensor> additive_attention_backward_impl(
+    const Tensor& grad, const Tensor& x_in, const Tensor& w_qk, const OptTensor& b_qk,
+    const Tensor& w_g_in, double scale_d, const Tensor& w_proj, const OptTensor& b_proj,
+    const OptTensor& w_final, const OptTensor& b_final, Pool pool, const std::vector<bool>& mask) {
+  // mask order: x, w_qk, b_qk, w_g, w_proj, b_proj, w_final, b_final
+  const Tensor x = x_in.contiguous();
+  const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
+  const T scale = static_cast<T>(scale_d);
+  const Tensor x2 = x.view({B * N, D});
+  Tensor qk = has(b_qk) ? at::addmm(*b_qk, x2, w_qk.t()) : at::mm(x2, w_qk.t());
+  if (!qk.is_contiguous()) qk = qk.contiguous();
+  const Tensor w_g = w_g_in.reshape({D}).contiguous();
+  const T* qkp = qk.data_ptr<T>();
+  CoreState st = core_recompute<T>(B, N, D, qkp, 2 * D, qkp + D, 2 * D, w_g.data_ptr<T>(),
+                                      scale, pool);
+  const Tensor m = st.kn.view({B, N, D}).mul(st.G.unsqueeze(1)).view({B * N, D});  // G * kn
+  const Tensor gO = grad.contiguous().view({B * N, -1});
+  auto empty = [&]() { return grad.new_empty({0}); };
+  std::vector<Tensor> out(8);
+  Tensor gr = gO;
+  if (has(w_final)) {
+    if (mask[6]) {
+      Tensor r = at::mm(m, w_proj.t()).add_(st.qn);
+      if (has(b_proj)) r.add_(*b_proj);
+      out[6] = at::mm(gO.t(), r);
+    }
+    if (mask[7] && has(b_final)) out[7] = gO.sum(0);
+    gr = at::mm(gO, *w_final);
+  }
+  if (mask[5] && has(b_proj)) out[5] = gr.sum(0);
+  if (mask[4]) out[4] = at::mm(gr.t(), m);
+  const bool need_core = mask[0] || mask[1] || (mask[2] && has(b_qk)) || mask[3];
+  if (need_core) {
+    Tensor gm = at::mm(gr, w_proj);
+    if (!gr.is_contiguous()) gr = gr.contiguous();
+    Tensor gqk = at::empty({B * N, 2 * D}, x.options());
+    T* gp = gqk.data_ptr<T>();
+    Tensor gwg = core_backward<T>(st, B, N, D, gm.data_ptr<T>(), gr.data_ptr<T>(),
+                                  w_g.data_ptr<T>(), scale, pool, gp, 2 * D, gp + D, 2 * D, mask[3]);
+    if (mask[3]) out[3] = gwg;
+    if (mask[0]) out[0] = at::mm(gqk, w_qk).view({B, N, D});
+    if (mask[1]) out[1] = at::mm(gqk.t(), x2);
+    if (mask[2] && has(b_qk)) out[2] = gqk.sum(0);
+  }
+  for (auto& t : out)
+    if (!t.defined()) t = empty();
+  return out;
+}
+
+template <typename T>
+std::vector<Tensor> additive_attention_core_backward_impl(const Tensor& grad, const Tensor& q_in,
+                                                          const Tensor& k_in, const Tensor& w_g_in,
+                                                          double scale_d, Pool pool,
+                                                          const std::vector<bool>& mask) {
+  const Tensor q = q_in.contiguous(), k = k_in.contiguous();
+  const int64_t B = q.size(0), N = q.size(1), D = q.size(2);
+  const T scale = static_cast<T>(scale_d);
+  const Tensor w_g = w_g_in.reshape({D}).contiguous();
+  CoreState st = core_recompute<T>(B, N, D, q.data_ptr<T>(), D, k.data_ptr<T>(), D,
+                                      w_g.data_ptr<T>(), scale, pool);
+  const Tensor gm = grad.contiguous();
+  Tensor gq = at::empty({B, N, D}, q.options()), gk = at::empty({B, N, D}, q.options());
+  Tensor gwg = core_backward<T>(st, B, N, D, gm.data_ptr<T>(), nullptr, w_g.data_ptr<T>(), scale,
+                                pool, gq.data_ptr<T>(), D, gk.data_ptr<T>(), D, mask[2]);
+  auto empty = [&]() { return grad.new_empty({0}); };
+  return {mask[0] ? gq : empty(), mask[1] ? gk : empty(),
+          mask[2] ? gwg.reshape(w_g_in.sizes()) : empty()};
+}
+
 Tensor additive_attention(const Tensor& x, const Tensor& w_qk, const OptTensor& b_qk,
                           const Tensor& w_g, double scale, const Tensor& w_proj,
                           const OptTensor& b_proj, const OptTensor& w_final,
@@ -221,10 +434,60 @@ std::tuple<Tensor, Tensor> additive_attention_core(const Tensor& q, const Tensor
   }
 }
 
+
+std::vector<Tensor> additive_attention_backward(
+    const Tensor& grad, const Tensor& x, const Tensor& w_qk, const OptTensor& b_qk,
+    const Tensor& w_g, double scale, const Tensor& w_proj, const OptTensor& b_proj,
+    const OptTensor& w_final, const OptTensor& b_final, c10::string_view pool_s,
+    const c10::List<bool>& mask_list) {
+  const std::vector<bool> mask = mask_list.vec();
+  TORCH_CHECK(mask.size() == 8, "additive_attention_backward: grad_mask must have 8 entries");
+  const Pool pool = parse_pool(std::string(pool_s));
+  switch (route_dtype(x, "additive_attention_backward")) {
+    case DtypeRoute::kFloat:
+      return additive_attention_backward_impl<float>(grad, x, w_qk, b_qk, w_g, scale, w_proj,
+                                                     b_proj, w_final, b_final, pool, mask);
+    case DtypeRoute::kDouble:
+      return additive_attention_backward_impl<double>(grad, x, w_qk, b_qk, w_g, scale, w_proj,
+                                                      b_proj, w_final, b_final, pool, mask);
+    default: {
+      auto r = additive_attention_backward_impl<float>(
+          to_float(grad), to_float(x), to_float(w_qk), to_float(b_qk), to_float(w_g), scale,
+          to_float(w_proj), to_float(b_proj), to_float(w_final), to_float(b_final), pool, mask);
+      for (auto& t : r) t = t.to(x.scalar_type());
+      return r;
+    }
+  }
+}
+
+std::vector<Tensor> additive_attention_core_backward(const Tensor& grad, const Tensor& q,
+                                                     const Tensor& k, const Tensor& w_g,
+                                                     double scale, c10::string_view pool_s,
+                                                     const c10::List<bool>& mask_list) {
+  const std::vector<bool> mask = mask_list.vec();
+  TORCH_CHECK(mask.size() == 3, "additive_attention_core_backward: grad_mask must have 3 entries");
+  const Pool pool = parse_pool(std::string(pool_s));
+  switch (route_dtype(q, "additive_attention_core_backward")) {
+    case DtypeRoute::kFloat:
+      return additive_attention_core_backward_impl<float>(grad, q, k, w_g, scale, pool, mask);
+    case DtypeRoute::kDouble:
+      return additive_attention_core_backward_impl<double>(grad, q, k, w_g, scale, pool, mask);
+    default: {
+      auto r = additive_attention_core_backward_impl<float>(to_float(grad), to_float(q),
+                                                            to_float(k), to_float(w_g), scale,
+                                                            pool, mask);
+      for (auto& t : r) t = t.to(q.scalar_type());
+      return r;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace swiftkern::cpu
 
 TORCH_LIBRARY_IMPL(swiftkern_C, CPU, m) {
   m.impl("additive_attention", &swiftkern::cpu::additive_attention);
   m.impl("additive_attention_core", &swiftkern::cpu::additive_attention_core);
+  m.impl("additive_attention_backward", &swiftkern::cpu::additive_attention_backward);
+  m.impl("additive_attention_core_backward", &swiftkern::cpu::additive_attention_core_backward);
 }
