@@ -30,7 +30,9 @@ torch.ops.load_library(sys.argv[1])
 info = list(torch.ops.swiftkern_C.build_info())
 assert "cuda" in info, f"extension built without CUDA: build_info() = {info}"
 served = ["additive_attention", "additive_attention_backward", "additive_attention_core",
-          "additive_attention_core_backward", "dwconv_bn", "conv_block", "mlp"]
+          "additive_attention_core_backward", "dwconv_bn", "dwconv_bn_backward", "conv_block",
+          "conv_block_backward", "mlp", "mlp_backward", "dwconv_bn_train", "conv_block_train",
+          "mlp_train"]
 missing = [op for op in served
            if not torch._C._dispatch_has_kernel_for_dispatch_key(f"swiftkern_C::{op}", "CUDA")]
 assert not missing, f"no CUDA kernel registered for {missing}"

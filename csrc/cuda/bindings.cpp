@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <tuple>
 #include <string>
 #include <vector>
 

@@ -32,5 +32,5 @@ def test_cuda_extension_builds_links_and_imports(tmp_path):
     assert proc.returncode == 0, log[-6000:]
     # The import check of the script ran in its own process and printed what it verified.
     assert "import ok: build_info=['cuda']" in log, log[-3000:]
-    for op in ("additive_attention_backward", "dwconv_bn", "conv_block", "mlp"):
+    for op in ("additive_attention_backward", "dwconv_bn_backward", "conv_block_train", "mlp"):
         assert op in log.split("import ok:")[1]

@@ -29,7 +29,9 @@ def test_check_cuda_compiles_all_kernels_without_spills():
     # Every kernel family of csrc/cuda, for both targets.
     for kernel in ("attn_fwd_fused_kernel", "attn_fwd_partial_kernel", "attn_fwd_apply_kernel",
                    "attn_bwd_reduce_kernel", "attn_bwd_apply_kernel", "dwconv3x3_kernel",
-                   "bias_gelu_kernel", "bias_scale_residual_kernel"):
+                   "bias_gelu_kernel", "bias_scale_residual_kernel", "channel_sums_nchw_kernel",
+                   "channel_sums_nhwc_kernel", "channel_affine_kernel", "gelu_backward_kernel",
+                   "dw_weight_grad_nchw_kernel", "dw_weight_grad_nhwc_kernel"):
         for arch in ("sm_80", "sm_90"):
             assert any(line.startswith(arch) and kernel in line for line in table.splitlines()), (
                 f"{kernel} for {arch} missing from the table")

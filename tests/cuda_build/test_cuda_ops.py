@@ -1,0 +1,112 @@
+"""The CUDA kernels (backend "cuda") against the reference ON A GPU; skipped without one.
+
+The CPU-only suites cannot run CUDA C++ at all, so this is the file that finds wrong indexing or
+synchronization once a GPU is lent. References run on the CPU in fp64 (cuDNN would use TF32 for
+the reference's convolutions on Ampere+ and blur the comparison); half dtypes use the
+flash-attention rule of tests/tolerances.py against plain PyTorch at that dtype on the GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ops"))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cases import ATTN_SHAPES, CONV_SHAPES, POOLS, attn_args, conv_args  # noqa: E402
+from tolerances import assert_close, assert_close_half  # noqa: E402
+
+import swiftkern  # noqa: E402,F401  (loads the extension, registers backends)
+from swiftkern import _registry  # noqa: E402
+from swiftkern.ops import reference as R  # noqa: E402
+from swiftkern.ops._define import layout_of  # noqa: E402
+
+HAS_CUDA_BACKEND = torch.cuda.is_available() and _registry.kernel_for("additive_attention", "cuda")
+pytestmark = [pytest.mark.cuda_build,
+              pytest.mark.skipif(not HAS_CUDA_BACKEND, reason="needs a GPU and the CUDA extension")]
+
+CONV_OPS = ("dwconv_bn", "dwconv_bn_train", "conv_block", "conv_block_train", "mlp", "mlp_train")
+BWD_CONV = ("dwconv_bn", "conv_block", "mlp")
+ATTN_OPS = ("additive_attention", "additive_attention_core")
+
+
+def _args(op, shape, layout, pool, dtype=torch.float32):
+    if op in CONV_OPS:
+        return conv_args(op, CONV_SHAPES[shape], dtype, layout).args
+    return attn_args(op, ATTN_SHAPES[shape], pool, dtype, layout).args
+
+
+def _to(args, device=None, dtype=None):
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            fmt = layout_of(a) if a.dim() == 4 else torch.preserve_format
+            a = a.to(device=device, dtype=dtype, memory_format=fmt)
+        out.append(a)
+    return out
+
+
+def _tuple(o):
+    return (o,) if isinstance(o, torch.Tensor) else tuple(o)
+
+
+def _cases(ops):
+    out = []
+    for op in ops:
+        if op in CONV_OPS:
+            out += [(op, s, lay, None) for s in CONV_SHAPES for lay in ("nchw", "channels_last")]
+        else:
+            out += [(op, s, lay, p) for s in ATTN_SHAPES for lay in ("contiguous", "strided")
+                    for p in POOLS]
+    return out
+
+
+@pytest.mark.parametrize("op,shape,layout,pool", _cases(CONV_OPS + ATTN_OPS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_forward(op, shape, layout, pool, dtype):
+    args32 = _args(op, shape, layout, pool)
+    ref = _tuple(getattr(R, op + "_ref")(*_to(args32, dtype=torch.float64)))
+    args = _to(args32, "cuda", dtype)
+    out = _tuple(getattr(torch.ops.swiftkern, op)(*args, "cuda"))
+    torch.cuda.synchronize()
+    if args[0].dim() == 4:
+        assert out[0].is_contiguous(memory_format=layout_of(args[0]))
+    if dtype == torch.float32:
+        for i, (o, r) in enumerate(zip(out, ref)):
+            assert_close(o.cpu(), r.float(), torch.float32, what=f"{op} output {i}")
+    else:
+        plain = _tuple(getattr(R, op + "_ref")(*args))
+        for i, (o, r, p) in enumerate(zip(out, ref, plain)):
+            assert_close_half(o.cpu(), r.float(), p.cpu(), what=f"{op} output {i}")
+
+
+@pytest.mark.parametrize("op,shape,layout,pool", _cases(BWD_CONV + ATTN_OPS))
+def test_backward_fp32(op, shape, layout, pool):
+    args32 = _args(op, shape, layout, pool)
+    targs = [i for i, a in enumerate(args32) if isinstance(a, torch.Tensor)]
+    mask = [True] * len(targs)
+    ref_args = _to(args32, dtype=torch.float64)
+    y = _tuple(getattr(R, op + "_ref")(*ref_args))[0]
+    grad = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    ref = getattr(torch.ops.swiftkern, op + "_backward")(grad, *ref_args, "reference", mask)
+    args = _to(args32, "cuda")
+    got = getattr(torch.ops.swiftkern, op + "_backward")(grad.float().cuda(), *args, "cuda", mask)
+    torch.cuda.synchronize()
+    for i, g, r in zip(targs, got, ref):
+        assert g.shape == r.shape, f"{op} grad of arg {i}: {tuple(g.shape)} vs {tuple(r.shape)}"
+        if r.numel():
+            assert_close(g.cpu(), r.float(), torch.float32, what=f"{op} grad of arg {i}")
+
+
+def test_launches_on_the_current_stream():
+    args = _to(_args("additive_attention", "xs_stage1", "contiguous", "softmax"), "cuda")
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        out = torch.ops.swiftkern.additive_attention(*args, "cuda")
+    s.synchronize()
+    ref = R.additive_attention_ref(*_to(args, "cpu", torch.float64))
+    assert_close(out.cpu(), ref.float(), torch.float32, what="side stream")
