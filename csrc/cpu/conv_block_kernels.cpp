@@ -561,6 +561,179 @@ std::vector<Tensor> conv_block_backward_impl(const Tensor& grad, const Tensor& x
 }
 
 // ------------------------------------------------------------------------------------------
+// Train forms: BN with batch statistics (biased variance), returned as (y, mean, var). The
+// statistics are exact per call; the normalization is then folded into the neighbouring layer so
+// the fused eval kernels do the rest (conv_block: into the dwconv, recomputed per tile; mlp: into
+// fc1). Backward: pointwise backward as in eval, then BN's batch-statistics backward.
+// ------------------------------------------------------------------------------------------
+
+struct BnFold {
+  Tensor mean, var, scale, shift;  // [C]; y = z * scale + shift
+};
+
+inline BnFold bn_fold(const Tensor& z, const OptTensor& bn_w, const OptTensor& bn_b, double eps) {
+  auto [var, mean] = at::var_mean(z, {0, 2, 3}, /*correction=*/0, /*keepdim=*/false);
+  Tensor scale = at::rsqrt(var + eps);
+  if (has(bn_w)) scale = scale * *bn_w;
+  Tensor shift = -mean * scale;
+  if (has(bn_b)) shift = shift + *bn_b;
+  return {mean, var, scale.contiguous(), shift.contiguous()};
+}
+
+template <typename T>
+Tensor dwconv_raw(const Tensor& x, const Tensor& dw_w, const OptTensor& dw_b, bool cl) {
+  Tensor z = at::empty(x.sizes(), x.options().memory_format(fmt(cl)));
+  const Tensor w9 = dw_weight_for(dw_w, cl);
+  const OptTensor b = contig(dw_b);
+  dwconv_full<T>(x, w9, ptr_or_null<T>(b), cl, z);
+  return z;
+}
+
+template <typename T>
+std::tuple<Tensor, Tensor, Tensor> dwconv_bn_train_impl(const Tensor& x_in, const Tensor& dw_w,
+                                                        const OptTensor& dw_b,
+                                                        const OptTensor& bn_w,
+                                                        const OptTensor& bn_b, double eps) {
+  const bool cl = is_channels_last(x_in);
+  const Tensor x = x_in.contiguous(fmt(cl));
+  Tensor z = dwconv_raw<T>(x, dw_w, dw_b, cl);
+  BnFold f = bn_fold(z, bn_w, bn_b, eps);
+  const int64_t C = x.size(1);
+  z.mul_(f.scale.view({1, C, 1, 1})).add_(f.shift.view({1, C, 1, 1}));
+  return {z, f.mean, f.var};
+}
+
+template <typename T>
+std::tuple<Tensor, Tensor, Tensor> conv_block_train_impl(const Tensor& x_in, const Tensor& dw_w,
+                                                         const OptTensor& dw_b,
+                                                         const OptTensor& bn_w,
+                                                         const OptTensor& bn_b, double eps,
+                                                         const PwArgs& a) {
+  const bool cl = is_channels_last(x_in);
+  const Tensor x = x_in.contiguous(fmt(cl));
+  BnFold f = bn_fold(dwconv_raw<T>(x, dw_w, dw_b, cl), bn_w, bn_b, eps);
+  const int64_t C = x.size(1);
+  const Tensor w_f = dw_w * f.scale.view({C, 1, 1, 1});
+  Tensor b_f = has(dw_b) ? (*dw_b * f.scale + f.shift) : f.shift;
+  return {conv_block_impl<T>(x, w_f, OptTensor(b_f), a), f.mean, f.var};
+}
+
+template <typename T>
+std::tuple<Tensor, Tensor, Tensor> mlp_train_impl(const Tensor& x_in, const OptTensor& bn_w,
+                                                  const OptTensor& bn_b, double eps,
+                                                  const PwArgs& a, const OptTensor& residual) {
+  BnFold f = bn_fold(x_in, bn_w, bn_b, eps);
+  // fc1(z * s + t) = (W1 diag(s)) z + (W1 t + b1)
+  const Tensor w1f = (a.w1 * f.scale.unsqueeze(0)).contiguous();
+  Tensor b1f = at::mv(a.w1, f.shift);
+  if (has(a.b1)) b1f = b1f + *a.b1;
+  PwArgs af{w1f, a.w2, OptTensor(b1f.contiguous()), a.b2, a.ls};
+  return {mlp_impl<T>(x_in, af, residual), f.mean, f.var};
+}
+
+// BN (batch statistics) backward on pixel-major z [P, C]; gy: gradient of the BN output.
+struct BnGrads {
+  Tensor gz, gw, gb;
+};
+inline BnGrads bn_train_backward(const Tensor& z, const Tensor& gy, const OptTensor& bn_w,
+                                 double eps, bool need_z, bool need_w, bool need_b) {
+  BnGrads r;
+  auto [var, mean] = at::var_mean(z, {0}, /*correction=*/0, /*keepdim=*/false);
+  const Tensor rstd = at::rsqrt(var + eps);
+  const Tensor xhat = (z - mean) * rstd;
+  if (need_b) r.gb = gy.sum(0);
+  if (need_w) r.gw = (gy * xhat).sum(0);
+  if (need_z) {
+    const Tensor gx = has(bn_w) ? gy * *bn_w : gy;
+    r.gz = (gx - gx.mean(0) - xhat * (gx * xhat).mean(0)) * rstd;
+  }
+  return r;
+}
+
+template <typename T>
+std::vector<Tensor> dwconv_bn_train_backward_impl(const Tensor& grad, const Tensor& x_in,
+                                                  const Tensor& dw_w, const OptTensor& dw_b,
+                                                  const OptTensor& bn_w, const OptTensor& bn_b,
+                                                  double eps, const std::vector<bool>& mask) {
+  // mask: x, dw_w, dw_b, bn_weight, bn_bias
+  const Tensor x = x_in.contiguous(kCL());
+  const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
+  const Tensor z = dwconv_raw<T>(x, dw_w, dw_b, true);
+  const bool need_dw = mask[0] || mask[1] || (mask[2] && has(dw_b));
+  BnGrads bg = bn_train_backward(as_pixels(z), as_pixels(grad.contiguous(kCL())), bn_w, eps,
+                                 need_dw, mask[3] && has(bn_w), mask[4] && has(bn_b));
+  Tensor gx, gw, gb;
+  if (need_dw) {
+    const Tensor gz = from_pixels(bg.gz.contiguous(), B, H, W);
+    dw_backward<T>(x, gz, dw_w, mask[0], mask[1], mask[2] && has(dw_b), gx, gw, gb);
+  }
+  auto or_empty = [&](const Tensor& t) { return t.defined() ? t : empty_grad(grad); };
+  return {or_empty(gx), or_empty(gw), or_empty(gb), or_empty(bg.gw), or_empty(bg.gb)};
+}
+
+template <typename T>
+std::vector<Tensor> conv_block_train_backward_impl(const Tensor& grad, const Tensor& x_in,
+                                                   const Tensor& dw_w, const OptTensor& dw_b,
+                                                   const OptTensor& bn_w, const OptTensor& bn_b,
+                                                   double eps, const PwArgs& a,
+                                                   const std::vector<bool>& mask) {
+  // mask: x, dw_w, dw_b, bn_weight, bn_bias, pw1_w, pw1_b, pw2_w, pw2_b, ls
+  const Tensor x = x_in.contiguous(kCL());
+  const Tensor g = grad.contiguous(kCL());
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const Tensor z = dwconv_raw<T>(x, dw_w, dw_b, true);
+  const Tensor zp = as_pixels(z);
+  BnFold f = bn_fold(z, bn_w, bn_b, eps);
+  const Tensor y = (zp * f.scale + f.shift).contiguous();  // BN output [P, C]
+  const bool need_dw = mask[0] || mask[1] || (mask[2] && has(dw_b));
+  const bool need_bn_in = need_dw || (mask[3] && has(bn_w)) || (mask[4] && has(bn_b));
+  PwGrads r = pw_backward<T>(y, as_pixels(g), a, need_bn_in, mask[5], mask[6] && has(a.b1),
+                             mask[7], mask[8] && has(a.b2), mask[9] && has(a.ls));
+  BnGrads bg;
+  Tensor gx, gw, gb;
+  if (need_bn_in) {
+    bg = bn_train_backward(zp, r.gin, bn_w, eps, need_dw, mask[3] && has(bn_w),
+                           mask[4] && has(bn_b));
+    if (need_dw) {
+      const Tensor gz = from_pixels(bg.gz.contiguous(), B, H, W);
+      dw_backward<T>(x, gz, dw_w, mask[0], mask[1], mask[2] && has(dw_b), gx, gw, gb);
+      if (gx.defined()) gx.add_(g);
+    }
+  }
+  (void)C;
+  auto or_empty = [&](const Tensor& t) { return t.defined() ? t : empty_grad(grad); };
+  return {or_empty(gx),    or_empty(gw),    or_empty(gb),    or_empty(bg.gw), or_empty(bg.gb),
+          or_empty(r.gw1), or_empty(r.gb1), or_empty(r.gw2), or_empty(r.gb2), or_empty(r.gls)};
+}
+
+template <typename T>
+std::vector<Tensor> mlp_train_backward_impl(const Tensor& grad, const Tensor& x_in,
+                                            const OptTensor& bn_w, const OptTensor& bn_b,
+                                            double eps, const PwArgs& a,
+                                            const OptTensor& residual,
+                                            const std::vector<bool>& mask) {
+  // mask: x, bn_weight, bn_bias, fc1_w, fc1_b, fc2_w, fc2_b, ls, residual
+  const Tensor x = x_in.contiguous(kCL());
+  const Tensor g = grad.contiguous(kCL());
+  const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
+  const Tensor xp = as_pixels(x);
+  BnFold f = bn_fold(x, bn_w, bn_b, eps);
+  const Tensor y = (xp * f.scale + f.shift).contiguous();
+  const bool need_in = mask[0] || (mask[1] && has(bn_w)) || (mask[2] && has(bn_b));
+  PwGrads r = pw_backward<T>(y, as_pixels(g), a, need_in, mask[3], mask[4] && has(a.b1), mask[5],
+                             mask[6] && has(a.b2), mask[7] && has(a.ls));
+  BnGrads bg;
+  if (need_in)
+    bg = bn_train_backward(xp, r.gin, bn_w, eps, mask[0], mask[1] && has(bn_w),
+                           mask[2] && has(bn_b));
+  auto or_empty = [&](const Tensor& t) { return t.defined() ? t : empty_grad(grad); };
+  Tensor gx = bg.gz.defined() ? from_pixels(bg.gz.contiguous(), B, H, W) : Tensor();
+  return {or_empty(gx),    or_empty(bg.gw), or_empty(bg.gb), or_empty(r.gw1), or_empty(r.gb1),
+          or_empty(r.gw2), or_empty(r.gb2), or_empty(r.gls),
+          has(residual) && mask[8] ? grad.clone() : empty_grad(grad)};
+}
+
+// ------------------------------------------------------------------------------------------
 // Op entry points (dtype routing)
 // ------------------------------------------------------------------------------------------
 
@@ -677,6 +850,152 @@ std::vector<Tensor> mlp_backward(const Tensor& grad, const Tensor& x, const Tens
   }
 }
 
+
+// bf16 route for the train forms and their backwards: fp32 compute, outputs cast back.
+template <typename Tuple>
+Tuple cast_tuple(Tuple t, at::ScalarType st) {
+  std::get<0>(t) = std::get<0>(t).to(st);
+  std::get<1>(t) = std::get<1>(t).to(st);
+  std::get<2>(t) = std::get<2>(t).to(st);
+  return t;
+}
+inline std::vector<Tensor> cast_all(std::vector<Tensor> v, at::ScalarType st) {
+  for (auto& t : v) t = t.to(st);
+  return v;
+}
+
+std::tuple<Tensor, Tensor, Tensor> dwconv_bn_train(const Tensor& x, const Tensor& dw_w,
+                                                   const OptTensor& dw_b, const OptTensor& bn_w,
+                                                   const OptTensor& bn_b, double eps) {
+  switch (route_dtype(x, "dwconv_bn_train")) {
+    case DtypeRoute::kFloat:
+      return dwconv_bn_train_impl<float>(x, dw_w, dw_b, bn_w, bn_b, eps);
+    case DtypeRoute::kDouble:
+      return dwconv_bn_train_impl<double>(x, dw_w, dw_b, bn_w, bn_b, eps);
+    default:
+      return cast_tuple(dwconv_bn_train_impl<float>(to_float(x), to_float(dw_w), to_float(dw_b),
+                                                    to_float(bn_w), to_float(bn_b), eps),
+                        x.scalar_type());
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> conv_block_train(
+    const Tensor& x, const Tensor& dw_w, const OptTensor& dw_b, const OptTensor& bn_w,
+    const OptTensor& bn_b, double eps, const Tensor& pw1_w, const OptTensor& pw1_b,
+    const Tensor& pw2_w, const OptTensor& pw2_b, const OptTensor& ls) {
+  switch (route_dtype(x, "conv_block_train")) {
+    case DtypeRoute::kFloat:
+      return conv_block_train_impl<float>(x, dw_w, dw_b, bn_w, bn_b, eps,
+                                          pw_args(pw1_w, pw1_b, pw2_w, pw2_b, ls));
+    case DtypeRoute::kDouble:
+      return conv_block_train_impl<double>(x, dw_w, dw_b, bn_w, bn_b, eps,
+                                           pw_args(pw1_w, pw1_b, pw2_w, pw2_b, ls));
+    default:
+      return cast_tuple(
+          conv_block_train_impl<float>(to_float(x), to_float(dw_w), to_float(dw_b),
+                                       to_float(bn_w), to_float(bn_b), eps,
+                                       pw_args(to_float(pw1_w), to_float(pw1_b), to_float(pw2_w),
+                                               to_float(pw2_b), to_float(ls))),
+          x.scalar_type());
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> mlp_train(const Tensor& x, const OptTensor& bn_w,
+                                             const OptTensor& bn_b, double eps,
+                                             const Tensor& fc1_w, const OptTensor& fc1_b,
+                                             const Tensor& fc2_w, const OptTensor& fc2_b,
+                                             const OptTensor& ls, const OptTensor& residual) {
+  switch (route_dtype(x, "mlp_train")) {
+    case DtypeRoute::kFloat:
+      return mlp_train_impl<float>(x, bn_w, bn_b, eps, pw_args(fc1_w, fc1_b, fc2_w, fc2_b, ls),
+                                   residual);
+    case DtypeRoute::kDouble:
+      return mlp_train_impl<double>(x, bn_w, bn_b, eps, pw_args(fc1_w, fc1_b, fc2_w, fc2_b, ls),
+                                    residual);
+    default:
+      return cast_tuple(
+          mlp_train_impl<float>(to_float(x), to_float(bn_w), to_float(bn_b), eps,
+                                pw_args(to_float(fc1_w), to_float(fc1_b), to_float(fc2_w),
+                                        to_float(fc2_b), to_float(ls)),
+                                to_float(residual)),
+          x.scalar_type());
+  }
+}
+
+std::vector<Tensor> dwconv_bn_train_backward(const Tensor& grad, const Tensor& x,
+                                             const Tensor& dw_w, const OptTensor& dw_b,
+                                             const OptTensor& bn_w, const OptTensor& bn_b,
+                                             double eps, const c10::List<bool>& mask_list) {
+  const std::vector<bool> mask = mask_list.vec();
+  TORCH_CHECK(mask.size() == 5, "dwconv_bn_train_backward: grad_mask must have 5 entries");
+  switch (route_dtype(x, "dwconv_bn_train_backward")) {
+    case DtypeRoute::kFloat:
+      return dwconv_bn_train_backward_impl<float>(grad, x, dw_w, dw_b, bn_w, bn_b, eps, mask);
+    case DtypeRoute::kDouble:
+      return dwconv_bn_train_backward_impl<double>(grad, x, dw_w, dw_b, bn_w, bn_b, eps, mask);
+    default:
+      return cast_all(dwconv_bn_train_backward_impl<float>(to_float(grad), to_float(x),
+                                                           to_float(dw_w), to_float(dw_b),
+                                                           to_float(bn_w), to_float(bn_b), eps,
+                                                           mask),
+                      x.scalar_type());
+  }
+}
+
+std::vector<Tensor> conv_block_train_backward(
+    const Tensor& grad, const Tensor& x, const Tensor& dw_w, const OptTensor& dw_b,
+    const OptTensor& bn_w, const OptTensor& bn_b, double eps, const Tensor& pw1_w,
+    const OptTensor& pw1_b, const Tensor& pw2_w, const OptTensor& pw2_b, const OptTensor& ls,
+    const c10::List<bool>& mask_list) {
+  const std::vector<bool> mask = mask_list.vec();
+  TORCH_CHECK(mask.size() == 10, "conv_block_train_backward: grad_mask must have 10 entries");
+  switch (route_dtype(x, "conv_block_train_backward")) {
+    case DtypeRoute::kFloat:
+      return conv_block_train_backward_impl<float>(grad, x, dw_w, dw_b, bn_w, bn_b, eps,
+                                                   pw_args(pw1_w, pw1_b, pw2_w, pw2_b, ls), mask);
+    case DtypeRoute::kDouble:
+      return conv_block_train_backward_impl<double>(grad, x, dw_w, dw_b, bn_w, bn_b, eps,
+                                                    pw_args(pw1_w, pw1_b, pw2_w, pw2_b, ls), mask);
+    default:
+      return cast_all(
+          conv_block_train_backward_impl<float>(
+              to_float(grad), to_float(x), to_float(dw_w), to_float(dw_b), to_float(bn_w),
+              to_float(bn_b), eps,
+              pw_args(to_float(pw1_w), to_float(pw1_b), to_float(pw2_w), to_float(pw2_b),
+                      to_float(ls)),
+              mask),
+          x.scalar_type());
+  }
+}
+
+std::vector<Tensor> mlp_train_backward(const Tensor& grad, const Tensor& x, const OptTensor& bn_w,
+                                       const OptTensor& bn_b, double eps, const Tensor& fc1_w,
+                                       const OptTensor& fc1_b, const Tensor& fc2_w,
+                                       const OptTensor& fc2_b, const OptTensor& ls,
+                                       const OptTensor& residual,
+                                       const c10::List<bool>& mask_list) {
+  const std::vector<bool> mask = mask_list.vec();
+  TORCH_CHECK(mask.size() == 9, "mlp_train_backward: grad_mask must have 9 entries");
+  switch (route_dtype(x, "mlp_train_backward")) {
+    case DtypeRoute::kFloat:
+      return mlp_train_backward_impl<float>(grad, x, bn_w, bn_b, eps,
+                                            pw_args(fc1_w, fc1_b, fc2_w, fc2_b, ls), residual,
+                                            mask);
+    case DtypeRoute::kDouble:
+      return mlp_train_backward_impl<double>(grad, x, bn_w, bn_b, eps,
+                                             pw_args(fc1_w, fc1_b, fc2_w, fc2_b, ls), residual,
+                                             mask);
+    default:
+      return cast_all(
+          mlp_train_backward_impl<float>(
+              to_float(grad), to_float(x), to_float(bn_w), to_float(bn_b), eps,
+              pw_args(to_float(fc1_w), to_float(fc1_b), to_float(fc2_w), to_float(fc2_b),
+                      to_float(ls)),
+              to_float(residual), mask),
+          x.scalar_type());
+  }
+}
+
 }  // namespace
 }  // namespace swiftkern::cpu
 
@@ -687,4 +1006,10 @@ TORCH_LIBRARY_IMPL(swiftkern_C, CPU, m) {
   m.impl("dwconv_bn_backward", &swiftkern::cpu::dwconv_bn_backward);
   m.impl("conv_block_backward", &swiftkern::cpu::conv_block_backward);
   m.impl("mlp_backward", &swiftkern::cpu::mlp_backward);
+  m.impl("dwconv_bn_train", &swiftkern::cpu::dwconv_bn_train);
+  m.impl("conv_block_train", &swiftkern::cpu::conv_block_train);
+  m.impl("mlp_train", &swiftkern::cpu::mlp_train);
+  m.impl("dwconv_bn_train_backward", &swiftkern::cpu::dwconv_bn_train_backward);
+  m.impl("conv_block_train_backward", &swiftkern::cpu::conv_block_train_backward);
+  m.impl("mlp_train_backward", &swiftkern::cpu::mlp_train_backward);
 }
