@@ -28,10 +28,22 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TOOLKIT = "/usr/local/cuda-13.0"
 # The defines are the ones torch's CUDAExtension adds, so this compiles what setup.py ships.
-FLAGS = ["-std=c++20", "-O3", "-lineinfo", "--expt-relaxed-constexpr",
-         "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
-         "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
-         "-Xptxas", "-v", "-Xptxas", "-warn-spills", "-Werror", "all-warnings"]
+FLAGS = [
+    "-std=c++20",
+    "-O3",
+    "-lineinfo",
+    "--expt-relaxed-constexpr",
+    "-D__CUDA_NO_HALF_OPERATORS__",
+    "-D__CUDA_NO_HALF_CONVERSIONS__",
+    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+    "-D__CUDA_NO_HALF2_OPERATORS__",
+    "-Xptxas",
+    "-v",
+    "-Xptxas",
+    "-warn-spills",
+    "-Werror",
+    "all-warnings",
+]
 
 _ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\d+a?)'")
 _PROPS = re.compile(r"Function properties for (\S+)")
@@ -110,8 +122,17 @@ def demangle(names: list[str]) -> dict[str, str]:
 
 def compile_one(nvcc: str, src: str, arch: str, outdir: str) -> tuple[int, str]:
     obj = os.path.join(outdir, f"{os.path.basename(src)}.sm_{arch}.o")
-    cmd = [nvcc, *FLAGS, f"-gencode=arch=compute_{arch},code=sm_{arch}",
-           "-I", os.path.join(ROOT, "csrc", "include"), "-c", src, "-o", obj]
+    cmd = [
+        nvcc,
+        *FLAGS,
+        f"-gencode=arch=compute_{arch},code=sm_{arch}",
+        "-I",
+        os.path.join(ROOT, "csrc", "include"),
+        "-c",
+        src,
+        "-o",
+        obj,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     return proc.returncode, proc.stdout + proc.stderr
 
@@ -141,8 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         if rc != 0:
             failed = True
             print(f"FAILED: {name} for sm_{arch} (nvcc exit {rc})")
-            print("\n".join(line for line in log.splitlines()
-                            if "error" in line.lower() or "warning" in line.lower()))
+            print(
+                "\n".join(
+                    line
+                    for line in log.splitlines()
+                    if "error" in line.lower() or "warning" in line.lower()
+                )
+            )
         if not kernels and rc == 0:
             failed = True
             print(f"FAILED: no kernels parsed from {name} for sm_{arch}")
@@ -156,11 +182,15 @@ def main(argv: list[str] | None = None) -> int:
         spills = r.get("spill_stores", 0) + r.get("spill_loads", 0)
         bad = spills > 0 or r.get("spill_error", False)
         failed |= bad
-        print(f"{r['arch']:6} {r.get('registers', -1):>4} {r.get('stack', 0):>5} "
-              f"{r.get('spill_stores', 0):>8} {r.get('spill_loads', 0):>8} {r.get('smem', 0):>6}  "
-              f"{pretty[r['kernel']]}{'   <-- SPILL' if bad else ''}")
-    print(f"{len(rows)} kernel builds from {len(sources)} files for sm_{', sm_'.join(args.arch)}: "
-          + ("FAILED" if failed else "ok (no errors, no spills)"))
+        print(
+            f"{r['arch']:6} {r.get('registers', -1):>4} {r.get('stack', 0):>5} "
+            f"{r.get('spill_stores', 0):>8} {r.get('spill_loads', 0):>8} {r.get('smem', 0):>6}  "
+            f"{pretty[r['kernel']]}{'   <-- SPILL' if bad else ''}"
+        )
+    print(
+        f"{len(rows)} kernel builds from {len(sources)} files for sm_{', sm_'.join(args.arch)}: "
+        + ("FAILED" if failed else "ok (no errors, no spills)")
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

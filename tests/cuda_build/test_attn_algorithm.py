@@ -35,7 +35,7 @@ def _merge(pool, states):
     """states: list of (m, l, acc) -> (M, L, sum acc * factor), as merge_stats + the d-loop."""
     big_m = max(m for m, _, _ in states)
     fac = [_factor(pool, m, big_m) for m, _, _ in states]
-    big_l = sum(l * f for (_, l, _), f in zip(states, fac))
+    big_l = sum(lsum * f for (_, lsum, _), f in zip(states, fac))
     acc = sum(a * f for (_, _, a), f in zip(states, fac))
     return big_m, big_l, acc
 
@@ -63,7 +63,7 @@ def model_forward(q, k, wg, scale, pool, splits):
             n0, n1 = _chunk(n_tok, splits, sp)
             warp_states = []
             for w in range(WARPS):
-                m, l, acc = -math.inf, 0.0, torch.zeros(d, dtype=q.dtype)
+                m, lsum, acc = -math.inf, 0.0, torch.zeros(d, dtype=q.dtype)
                 for n in range(n0 + w, n1, WARPS):
                     qr = q[b, n]
                     inv = _inv_norm(float((qr * qr).sum()))
@@ -72,19 +72,20 @@ def model_forward(q, k, wg, scale, pool, splits):
                         a, c = (s - s) + 1.0, 1.0
                     elif pool == "l2":
                         a, c = s, 1.0
-                        l += s * s
+                        lsum += s * s
                     else:
                         mn = max(m, s)
                         c = 0.0 if m == -math.inf else math.exp(m - mn)
                         a = 0.0 if mn == -math.inf else math.exp(s - mn)
-                        l, m = l * c + a, mn
+                        lsum, m = lsum * c + a, mn
                     acc = acc * c + a * (qr * inv)
-                warp_states.append((m, l, acc))
+                warp_states.append((m, lsum, acc))
             parts.append(_merge(pool, warp_states))
         big_m, big_l, acc = _merge(pool, parts)
         g_all[b] = acc * _pool_norm(pool, big_l)
-        stats[b] = torch.tensor([big_m if pool == "softmax" else 0.0,
-                                 0.0 if pool == "sum" else big_l], dtype=q.dtype)
+        stats[b] = torch.tensor(
+            [big_m if pool == "softmax" else 0.0, 0.0 if pool == "sum" else big_l], dtype=q.dtype
+        )
     kn = k / k.norm(dim=-1, keepdim=True).clamp_min(EPS)
     qn = q / q.norm(dim=-1, keepdim=True).clamp_min(EPS)
     return g_all[:, None, :] * kn, qn, g_all, stats

@@ -26,8 +26,10 @@ from swiftkern.ops import reference as R  # noqa: E402
 from swiftkern.ops._define import layout_of  # noqa: E402
 
 HAS_CUDA_BACKEND = torch.cuda.is_available() and _registry.kernel_for("additive_attention", "cuda")
-pytestmark = [pytest.mark.cuda_build,
-              pytest.mark.skipif(not HAS_CUDA_BACKEND, reason="needs a GPU and the CUDA extension")]
+pytestmark = [
+    pytest.mark.cuda_build,
+    pytest.mark.skipif(not HAS_CUDA_BACKEND, reason="needs a GPU and the CUDA extension"),
+]
 
 CONV_OPS = ("dwconv_bn", "dwconv_bn_train", "conv_block", "conv_block_train", "mlp", "mlp_train")
 BWD_CONV = ("dwconv_bn", "conv_block", "mlp")
@@ -60,8 +62,12 @@ def _cases(ops):
         if op in CONV_OPS:
             out += [(op, s, lay, None) for s in CONV_SHAPES for lay in ("nchw", "channels_last")]
         else:
-            out += [(op, s, lay, p) for s in ATTN_SHAPES for lay in ("contiguous", "strided")
-                    for p in POOLS]
+            out += [
+                (op, s, lay, p)
+                for s in ATTN_SHAPES
+                for lay in ("contiguous", "strided")
+                for p in POOLS
+            ]
     return out
 
 

@@ -10,7 +10,9 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_spec = importlib.util.spec_from_file_location("check_cuda", os.path.join(ROOT, "tools", "check_cuda.py"))
+_spec = importlib.util.spec_from_file_location(
+    "check_cuda", os.path.join(ROOT, "tools", "check_cuda.py")
+)
 check_cuda = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(check_cuda)
 
@@ -21,20 +23,35 @@ pytestmark = pytest.mark.cuda_build
 
 @needs_nvcc
 def test_check_cuda_compiles_all_kernels_without_spills():
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "check_cuda.py")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "check_cuda.py")],
+        capture_output=True,
+        text=True,
+    )
     print(proc.stdout, proc.stderr)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     table = proc.stdout
     # Every kernel family of csrc/cuda, for both targets.
-    for kernel in ("attn_fwd_fused_kernel", "attn_fwd_partial_kernel", "attn_fwd_apply_kernel",
-                   "attn_bwd_reduce_kernel", "attn_bwd_apply_kernel", "dwconv3x3_kernel",
-                   "bias_gelu_kernel", "bias_scale_residual_kernel", "channel_sums_nchw_kernel",
-                   "channel_sums_nhwc_kernel", "channel_affine_kernel", "gelu_backward_kernel",
-                   "dw_weight_grad_nchw_kernel", "dw_weight_grad_nhwc_kernel"):
+    for kernel in (
+        "attn_fwd_fused_kernel",
+        "attn_fwd_partial_kernel",
+        "attn_fwd_apply_kernel",
+        "attn_bwd_reduce_kernel",
+        "attn_bwd_apply_kernel",
+        "dwconv3x3_kernel",
+        "bias_gelu_kernel",
+        "bias_scale_residual_kernel",
+        "channel_sums_nchw_kernel",
+        "channel_sums_nhwc_kernel",
+        "channel_affine_kernel",
+        "gelu_backward_kernel",
+        "dw_weight_grad_nchw_kernel",
+        "dw_weight_grad_nhwc_kernel",
+    ):
         for arch in ("sm_80", "sm_90"):
             assert any(line.startswith(arch) and kernel in line for line in table.splitlines()), (
-                f"{kernel} for {arch} missing from the table")
+                f"{kernel} for {arch} missing from the table"
+            )
     assert "no spills" in table
 
 
@@ -59,8 +76,15 @@ def test_spills_are_detected_and_fatal(tmp_path):
     """The flags and the parser must catch a spilling kernel (a check that cannot fail is none)."""
     src = tmp_path / "spill.cu"
     src.write_text(SPILLER)
-    cmd = [NVCC, *check_cuda.FLAGS, "-gencode=arch=compute_80,code=sm_80",
-           "-c", str(src), "-o", str(tmp_path / "spill.o")]
+    cmd = [
+        NVCC,
+        *check_cuda.FLAGS,
+        "-gencode=arch=compute_80,code=sm_80",
+        "-c",
+        str(src),
+        "-o",
+        str(tmp_path / "spill.o"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0, log
@@ -77,5 +101,13 @@ ptxas info    : Function properties for _Z6helperv
     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
 """
     k = check_cuda.parse_ptxas(sample, "sm_90")
-    assert k == {"_Z1kPf": {"arch": "sm_90", "stack": 8, "spill_stores": 4, "spill_loads": 12,
-                            "registers": 40, "smem": 1024}}
+    assert k == {
+        "_Z1kPf": {
+            "arch": "sm_90",
+            "stack": 8,
+            "spill_stores": 4,
+            "spill_loads": 12,
+            "registers": 40,
+            "smem": 1024,
+        }
+    }
