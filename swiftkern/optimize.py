@@ -10,7 +10,7 @@ from torch import nn
 
 from . import _registry
 from .nn._base import FusedModule
-from .patch import Rule, rules
+from .patch import Rule, generic, rules
 
 _TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
@@ -114,6 +114,19 @@ def _walk(model: nn.Module, table, backend, device, dtype, report: OptimizeRepor
             return
         for cname, child in list(module.named_children()):
             visit(module, cname, child, f"{path}.{cname}" if path else cname)
+        for conv_name, bn_name in generic.pairs(module):
+            log.extend(generic.fold(module, conv_name, bn_name, backend))
+            p = f"{path}." if path else ""
+            conv = module._modules[conv_name]
+            report.entries.append(
+                Entry(
+                    f"{p}{conv_name}+{bn_name}",
+                    f"Conv2d+{conv.partner_bn.original_cls.__name__}",
+                    "swapped",
+                    "FoldedConv2d",
+                    "torch",
+                )
+            )
         cls = type(module)
         rule = table.get(cls)
         if rule is None:

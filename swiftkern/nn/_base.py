@@ -42,6 +42,18 @@ class FusedModule(nn.Module):
         self.backend = backend
         self._cache: dict[str, tuple] = {}
 
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            # Helper methods of the original class (e.g. Conv2d._conv_forward) that its forward
+            # calls on `self`.
+            cls = self.__dict__.get("original_cls")
+            attr = getattr(cls, name, None) if cls is not None else None
+            if callable(attr) and not isinstance(attr, type):
+                return attr.__get__(self, type(self))
+            raise
+
     def original_forward(self, *args, **kwargs):
         """The replaced module's own math (used where a fused kernel cannot serve)."""
         return self.original_cls.forward(self, *args, **kwargs)
