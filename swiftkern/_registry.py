@@ -29,6 +29,10 @@ class Kernel:
 
 _TABLE: dict[tuple[str, str], Kernel] = {}
 
+# (op, backend, dtype) -> why "auto" must not pick that kernel: measured slower than the eager
+# PyTorch it replaces (numbers in README "Performance"). Explicitly named backends still run it.
+SLOWER: dict[tuple[str, str, torch.dtype], str] = {}
+
 # Preference on CUDA devices until a GPU measurement table exists (see README "Backends").
 CUDA_PREFERENCE: list[str] = ["triton", "cuda"]
 
@@ -65,12 +69,21 @@ def _accepts(k: Kernel, device: torch.device, dtype: torch.dtype) -> bool:
     return device.type in k.devices and (k.dtypes is None or dtype in k.dtypes)
 
 
+def _usable(op: str, name: str, backend: str, device, dtype) -> Kernel | None:
+    k = _TABLE.get((op, name))
+    if k is None or not _accepts(k, device, dtype):
+        return None
+    if backend == "auto" and (op, name, dtype) in SLOWER:
+        return None
+    return k
+
+
 def dispatch(op: str, backend: str, device: torch.device, dtype: torch.dtype, *args):
     """Run `op` on the first backend that serves (device, dtype); see module docstring."""
     tried = []
     for name in candidates(device, backend):
-        k = _TABLE.get((op, name))
-        if k is None or not _accepts(k, device, dtype):
+        k = _usable(op, name, backend, device, dtype)
+        if k is None:
             tried.append(f"{name}: not available for {device.type}/{dtype}")
             continue
         try:
@@ -86,8 +99,7 @@ def dispatch(op: str, backend: str, device: torch.device, dtype: torch.dtype, *a
 def resolve(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
     """Name of the backend `dispatch` would try first for these inputs (None if none)."""
     for name in candidates(device, backend):
-        k = _TABLE.get((op, name))
-        if k is not None and _accepts(k, device, dtype):
+        if _usable(op, name, backend, device, dtype) is not None:
             return name
     return None
 

@@ -236,3 +236,24 @@ def test_compile_fullgraph_of_optimized_model():
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     assert_close(_run(compiled, x), ref, torch.float32, MODEL_RTOL, what="compiled logits")
+
+
+def test_export_of_optimized_model_runs_and_matches():
+    model = swiftkern.optimize(hf_model("tiny"), backend="reference")
+    x = torch.randn(1, 3, 64, 64)
+    ref = _run(model, x)
+
+    class Logits(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m(x).logits
+
+    ep = torch.export.export(Logits(model), (x,))
+    names = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert any("swiftkern.conv_block" in n for n in names), names
+    assert any("swiftkern.additive_attention" in n for n in names), names
+    with torch.no_grad():
+        assert_close(ep.module()(x), ref, torch.float32, MODEL_RTOL, what="exported logits")

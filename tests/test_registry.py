@@ -1,0 +1,57 @@
+"""Backend selection: auto order, fallback on Unsupported, explicit backends, the SLOWER table."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from swiftkern import _registry
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def fake_op(monkeypatch):
+    table = dict(_registry._TABLE)
+    monkeypatch.setattr(_registry, "_TABLE", table)
+    monkeypatch.setattr(_registry, "SLOWER", {})
+    calls = []
+
+    def cpu_kernel(x):
+        calls.append("cpu")
+        if x.dtype == torch.float64:
+            raise _registry.Unsupported("no fp64")
+        return "cpu"
+
+    _registry.register_kernel("fake", "cpu", cpu_kernel, devices=("cpu",))
+    _registry.register_kernel("fake", "reference", lambda x: "reference", devices=("cpu",))
+    return calls
+
+
+def test_auto_prefers_cpu_then_falls_back(fake_op):
+    x = torch.zeros(1)
+    assert _registry.dispatch("fake", "auto", CPU, x.dtype, x) == "cpu"
+    x64 = x.double()
+    assert _registry.dispatch("fake", "auto", CPU, x64.dtype, x64) == "reference"
+    assert fake_op == ["cpu", "cpu"]
+
+
+def test_explicit_backend_never_falls_back(fake_op):
+    x64 = torch.zeros(1, dtype=torch.float64)
+    with pytest.raises(NotImplementedError, match="no fp64"):
+        _registry.dispatch("fake", "cpu", CPU, x64.dtype, x64)
+    with pytest.raises(NotImplementedError, match="triton"):
+        _registry.dispatch("fake", "triton", CPU, x64.dtype, x64)
+
+
+def test_slower_kernels_are_not_picked_by_auto(fake_op):
+    x = torch.zeros(1)
+    _registry.SLOWER[("fake", "cpu", torch.float32)] = "measured slower"
+    assert _registry.resolve("fake", "auto", CPU, torch.float32) == "reference"
+    assert _registry.dispatch("fake", "auto", CPU, x.dtype, x) == "reference"
+    assert _registry.dispatch("fake", "cpu", CPU, x.dtype, x) == "cpu"
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        _registry.candidates(CPU, "gpu")
