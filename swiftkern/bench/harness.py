@@ -130,6 +130,7 @@ def compare(timings: Timings, providers: list[Provider], eager: str) -> dict[str
 
     The best peer of a provider is the fastest (by median) provider that is not itself and not of
     the "swiftkern" family: for swiftkern it is the strongest non-swiftkern alternative measured.
+    Peers run at the provider's dtype when any does (bf16 is compared with bf16), else any dtype.
     """
     medians = {p.name: timings.summary(p.name).median for p in providers}
     out: dict[str, Comparison] = {}
@@ -138,7 +139,9 @@ def compare(timings: Timings, providers: list[Provider], eager: str) -> dict[str
         vs_eager = None
         if eager in timings.samples:
             vs_eager = summarize(per_round_ratios(timings.samples[eager], mine))
-        peers = [q.name for q in providers if q.name != p.name and q.family != "swiftkern"]
+        peers = [q for q in providers if q.name != p.name and q.family != "swiftkern"]
+        same = [q for q in peers if q.dtype == p.dtype]
+        peers = [q.name for q in (same or peers)]
         best = min(peers, key=lambda n: medians[n]) if peers else None
         vs_best = summarize(per_round_ratios(timings.samples[best], mine)) if best else None
         out[p.name] = Comparison(vs_eager, best, vs_best)

@@ -73,3 +73,17 @@ def test_compare_per_round_and_best_peer():
     assert c["swiftkern[cpu]"].speedup_vs_best_peer.median == pytest.approx(1.0)
     assert c["ort"].best_peer == "eager"
     assert c["eager"].best_peer == "ort"
+
+
+def test_best_peer_prefers_same_dtype():
+    t = Timings(samples={"eager": [2.0], "eager-bf16": [4.0], "swiftkern-bf16": [1.0],
+                         "swiftkern[cpu]": [1.0]})
+    provs = [Provider("eager", None, family="eager"),
+             Provider("eager-bf16", None, family="eager", dtype="bf16"),
+             Provider("swiftkern-bf16", None, family="swiftkern", dtype="bf16"),
+             Provider("swiftkern[cpu]", None, family="swiftkern")]
+    c = compare(t, provs, "eager")
+    assert c["swiftkern-bf16"].best_peer == "eager-bf16"
+    assert c["swiftkern-bf16"].speedup_vs_best_peer.median == 4.0
+    assert c["swiftkern-bf16"].speedup_vs_eager.median == 2.0
+    assert c["swiftkern[cpu]"].best_peer == "eager"
