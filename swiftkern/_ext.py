@@ -74,6 +74,12 @@ def _has_kernel(qual: str, key: str) -> bool:
         return False
 
 
+# Dtypes each C++ library declares it serves; tests/test_ext.py calls every op at every declared
+# dtype so this table cannot claim more than the kernels do.
+CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def _register(op_names) -> None:
     ns = torch.ops.swiftkern_C
     for op in op_names:
@@ -81,9 +87,10 @@ def _register(op_names) -> None:
             qual = f"swiftkern_C::{name}"
             fn = _wrap(getattr(ns, name).default)
             if _has_kernel(qual, "CPU"):
-                _registry.register_kernel(name, "cpu", fn, devices=("cpu",))
+                _registry.register_kernel(name, "cpu", fn, devices=("cpu",), dtypes=CPU_DTYPES)
             if _has_kernel(qual, "CUDA"):
-                _registry.register_kernel(name, "cuda", fn, devices=("cuda",))
+                _registry.register_kernel(name, "cuda", fn, devices=("cuda",),
+                                          dtypes=CUDA_DTYPES)
 
 
 def load(op_names) -> None:

@@ -91,3 +91,36 @@ def test_info_lists_every_op_with_a_backend():
 
 def test_version():
     assert swiftkern.__version__
+
+
+def test_declared_cpu_dtypes_are_really_served():
+    """Every (op, "cpu", dtype) the registry advertises runs without falling back."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from ops.cases import attn_args, conv_args
+
+    from swiftkern import _registry
+
+    checked = 0
+    for (name, backend), k in _registry.table().items():
+        if backend != "cpu":
+            continue
+        base = name.removesuffix("_backward")
+        for dt in k.dtypes or ():
+            if base.startswith("additive"):
+                args = attn_args(base, (2, 5, 8), "softmax", dt).args
+            else:
+                args = conv_args(base, (2, 5, 3, 4, 12), dt).args
+            if name.endswith("_backward"):
+                y = _registry.kernel_for(base, "reference").fn(*args)
+                y = y if isinstance(y, torch.Tensor) else y[0]
+                n_t = sum(isinstance(a, torch.Tensor) or a is None for a in args)
+                args = [torch.ones_like(y), *args, [True] * n_t]
+            try:
+                k.fn(*args)
+            except _registry.Unsupported as e:
+                raise AssertionError(f"{name} advertises {dt} on cpu but: {e}") from None
+            checked += 1
+    if _ext.CPU_ISA is not None:
+        assert checked > 0
