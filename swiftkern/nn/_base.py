@@ -113,7 +113,7 @@ def bn_after_forward(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, 
         bn.num_batches_tracked.add_(1)
         if bn.momentum is None:
             momentum = 1.0 / float(bn.num_batches_tracked)
-    if bn.running_mean is not None:
+    if bn.running_mean is not None and count > 0:  # an empty batch leaves them (as nn.BatchNorm2d)
         ref.update_running_stats(
             bn.running_mean, bn.running_var, mean.detach(), var.detach(), count, momentum
         )

@@ -25,6 +25,12 @@ def check_bn(x, c: int, bn_w, bn_b, eps) -> None:
     check_shape(bn_b, "bn_bias", (c,), x, optional=True)
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
+    if x.shape[0] * x.shape[2] * x.shape[3] == 1:
+        # nn.BatchNorm2d's rule: the batch variance of a single value is meaningless.
+        raise ValueError(
+            "Expected more than 1 value per channel when training, got input size "
+            f"{tuple(x.shape)}"
+        )
 
 
 def check_mlp(x, c_in: int, w1, b1, w2, b2, ls, residual, names=("fc1", "fc2")) -> int:
