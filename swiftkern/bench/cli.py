@@ -3,7 +3,8 @@
 ``swiftkern bench`` alone runs ``bench model`` with its defaults: HF SwiftFormer-XS, random
 weights, batch 1, fp32, 2 threads, providers eager / channels_last / ONNX Runtime / swiftkern,
 which finishes in well under a minute on a 2-core CPU. Exit status: 0 ok; 1 a regression beyond
---fail-if-regression; 2 a provider's output failed its check against eager (see the table).
+--fail-if-regression; 2 a provider's output failed its check against eager, or a swiftkern
+provider raised (see the table).
 """
 
 from __future__ import annotations
@@ -223,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(r.get("check") == "FAIL" for r in rows):
         console.print("[red]some providers' outputs differ from eager beyond tolerance "
                       "(FAIL)[/red]")
+        status = 2
+    if any(r.get("check") == "error" and r.get("family") == "swiftkern" for r in rows):
+        console.print("[red]a swiftkern provider raised (error rows)[/red]")
         status = 2
     if args.compare:
         cmp = report.compare_rows(rows, report.load_baseline(args.compare), args.compare_metric,

@@ -62,6 +62,8 @@ def machine_info(threads: int) -> dict:
         "transformers": _version("transformers"),
         "timm": _version("timm"),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        # Load at start: on a shared machine, other processes' threads inflate the medians.
+        "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     try:
         from .. import _ext
@@ -84,4 +86,6 @@ def machine_line(info: dict) -> str:
         f"onnxruntime {info.get('onnxruntime') or 'n/a'}",
         f"swiftkern cpu kernels: {info.get('swiftkern_cpu_isa') or 'none'}",
     ]
+    if info.get("loadavg_1m") is not None:
+        parts.append(f"load {info['loadavg_1m']:.1f}")
     return " | ".join(parts)
