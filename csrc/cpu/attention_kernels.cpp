@@ -92,18 +92,29 @@ void global_query(const T* qn, int64_t ldq, const T* a, int64_t B, int64_t N, in
 template <typename T>
 void normalize_rows(int64_t rows, int64_t D, const T* q, int64_t ldq, const T* k, int64_t ldk,
                     T* qn, int64_t ldqn, T* kn, int64_t ldkn, const T* w_g, T scale, T* s,
-                    const T* b_res, T* res, int64_t ldres) {
+                    const T* b_res, T* res, int64_t ldres, const T* b_q = nullptr,
+                    const T* b_k = nullptr, bool need_s = true) {
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const T* qi = q + i * ldq;
       const T* ki = k + i * ldk;
       T* qo = qn + i * ldqn;
       T* ko = kn + i * ldkn;
+      // projection biases are added here rather than by addmm (saves a pass over [B*N, 2D])
+      if (b_q) {
+        at::vec::map2<T>([](Vec<T> x, Vec<T> y) { return x + y; }, qo, qi, b_q, D);
+        qi = qo;
+      }
+      if (b_k) {
+        at::vec::map2<T>([](Vec<T> x, Vec<T> y) { return x + y; }, ko, ki, b_k, D);
+        ki = ko;
+      }
       const T iq = swiftkern::math::l2_inv_norm(sumsq<T>(qi, D));
       const T ik = swiftkern::math::l2_inv_norm(sumsq<T>(ki, D));
       scale_to<T>(qi, iq, qo, D);
       scale_to<T>(ki, ik, ko, D);
-      s[i] = dot<T>(qo, w_g, D) * scale;
+      // "sum" pooling ignores s except for NaN propagation, which G carries anyway
+      s[i] = need_s ? dot<T>(qo, w_g, D) * scale : T(0);
       if (res) {
         T* r = res + i * ldres;
         if (b_res)
@@ -123,17 +134,21 @@ Tensor additive_attention_impl(const Tensor& x_in, const Tensor& w_qk, const Opt
   const Tensor x = x_in.contiguous();
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
   const Tensor x2 = x.view({B * N, D});
-  Tensor qk = has(b_qk) ? at::addmm(*b_qk, x2, w_qk.t()) : at::mm(x2, w_qk.t());  // [B*N, 2D]
+  Tensor qk = at::mm(x2, w_qk.t());  // [B*N, 2D]; bias added in the normalize pass
   if (!qk.is_contiguous()) qk = qk.contiguous();
   Tensor r = at::empty({B, N, D}, x.options());
+  Tensor kn = at::empty({B, N, D}, x.options());
   Tensor s = at::empty({B, N}, x.options());
   const Tensor w_g = w_g_in.reshape({D}).contiguous();
   const OptTensor bp = contig(b_proj);
+  const OptTensor bqk = contig(b_qk);
+  const T* bqkp = ptr_or_null<T>(bqk);
   T* qkp = qk.data_ptr<T>();
   if (B * N > 0) {
-    normalize_rows<T>(B * N, D, qkp, 2 * D, qkp + D, 2 * D, qkp, 2 * D, qkp + D, 2 * D,
+    normalize_rows<T>(B * N, D, qkp, 2 * D, qkp + D, 2 * D, qkp, 2 * D, kn.data_ptr<T>(), D,
                       w_g.data_ptr<T>(), static_cast<T>(scale), s.data_ptr<T>(),
-                      ptr_or_null<T>(bp), r.data_ptr<T>(), D);
+                      ptr_or_null<T>(bp), r.data_ptr<T>(), D, bqkp, bqkp ? bqkp + D : nullptr,
+                      pool != Pool::kSum);
     T* sp = s.data_ptr<T>();
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) pool_weights<T>(sp + b * N, N, pool);
@@ -143,7 +158,6 @@ Tensor additive_attention_impl(const Tensor& x_in, const Tensor& w_qk, const Opt
   global_query<T>(qkp, 2 * D, s.data_ptr<T>(), B, N, D, G.data_ptr<T>());
   // Wg[b, o, i] = Wp[o, i] * G[b, i]; r += kn @ Wg^T
   const Tensor wg = w_proj.unsqueeze(0) * G.unsqueeze(1);
-  const Tensor kn = qk.view({B, N, 2 * D}).narrow(2, D, D);
   r.baddbmm_(kn, wg.transpose(1, 2));
   if (!has(w_final)) return r;
   const Tensor r2 = r.view({B * N, D});
