@@ -32,7 +32,8 @@ assert "cuda" in info, f"extension built without CUDA: build_info() = {info}"
 served = ["additive_attention", "additive_attention_backward", "additive_attention_core",
           "additive_attention_core_backward", "dwconv_bn", "dwconv_bn_backward", "conv_block",
           "conv_block_backward", "mlp", "mlp_backward", "dwconv_bn_train", "conv_block_train",
-          "mlp_train"]
+          "mlp_train", "dwconv_bn_train_backward", "conv_block_train_backward",
+          "mlp_train_backward"]
 missing = [op for op in served
            if not torch._C._dispatch_has_kernel_for_dispatch_key(f"swiftkern_C::{op}", "CUDA")]
 assert not missing, f"no CUDA kernel registered for {missing}"

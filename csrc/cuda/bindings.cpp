@@ -2,8 +2,7 @@
 // launches of the torch-free kernels of csrc/cuda/*.cu on the current stream. The only translation
 // unit of csrc/cuda that includes torch headers (it alone costs ~80 s of compile time).
 //
-// Served: every swiftkern_C op except the backwards of the train forms (dwconv_bn_train,
-// conv_block_train, mlp_train), which have no CUDA kernel. Inputs not served (fp64, D > 1024,
+// Served: every swiftkern_C op and its backward. Inputs not served (fp64, attention D > 1024,
 // empty) raise NotImplementedError (TORCH_CHECK_NOT_IMPLEMENTED), so backend "auto" falls back.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -723,6 +722,174 @@ std::vector<Tensor> conv_block_backward_cuda(const Tensor& grad, const Tensor& x
   return out;
 }
 
+
+// ------------------------------------------------------------------------------------------------
+// Backwards of the train forms. BatchNorm with batch statistics is recomputed and differentiated
+// in fp32 ATen ops (per-channel sums over B*H*W are small next to the GEMMs); the conv and MLP
+// parts reuse the kernels above.
+// ------------------------------------------------------------------------------------------------
+struct BnFwd {
+  Tensor zn;               // BN output in z's dtype and layout
+  Tensor xhat, rstd, gam;  // fp32: normalized z, 1/sqrt(var + eps) and gamma as [1, C, 1, 1]
+};
+
+BnFwd bn_recompute(const Tensor& z, const OptT& bn_weight, const OptT& bn_bias, double eps,
+                   const Layout& l, const char* op) {
+  const int64_t C = z.size(1);
+  TORCH_CHECK_NOT_IMPLEMENTED(z.size(0) * z.size(2) * z.size(3) > 0, op, ": empty input");
+  const OptT gamma = opt_vec(bn_weight, "bn_weight", C, z, op);
+  const OptT beta = opt_vec(bn_bias, "bn_bias", C, z, op);
+  BnFwd f;
+  const Tensor zf = z.to(at::kFloat);
+  auto [var, mean] = at::var_mean(zf, at::IntArrayRef{0, 2, 3}, c10::Scalar(0), true);
+  f.rstd = var.add(eps).rsqrt_();
+  f.xhat = (zf - mean).mul_(f.rstd);
+  f.gam = gamma.has_value() ? gamma->to(at::kFloat).view({1, C, 1, 1}) : at::ones({1, C, 1, 1}, zf.options());
+  Tensor zn = f.xhat * f.gam;
+  if (beta.has_value()) zn.add_(beta->to(at::kFloat).view({1, C, 1, 1}));
+  f.zn = zn.to(z.scalar_type()).contiguous(l.fmt);
+  return f;
+}
+
+struct BnGrads {
+  Tensor dz, dgamma, dbeta;
+};
+
+// dz = gamma * rstd * (g - mean(g) - xhat * mean(g * xhat)); dgamma = sum(g * xhat); dbeta = sum(g).
+BnGrads bn_backward(const Tensor& dzn, const BnFwd& f, const Tensor& z, bool want_dz,
+                    bool want_gamma, bool want_beta, const Layout& l) {
+  const double count = static_cast<double>(z.size(0) * z.size(2) * z.size(3));
+  const Tensor g = dzn.to(at::kFloat);
+  const Tensor sum_g = g.sum(at::IntArrayRef{0, 2, 3}, true);
+  const Tensor sum_gx = (g * f.xhat).sum(at::IntArrayRef{0, 2, 3}, true);
+  BnGrads r;
+  if (want_gamma) r.dgamma = sum_gx.flatten().to(z.scalar_type());
+  if (want_beta) r.dbeta = sum_g.flatten().to(z.scalar_type());
+  if (want_dz) {
+    const Tensor dz = (g - sum_g.div(count) - f.xhat * sum_gx.div(count)).mul_(f.gam * f.rstd);
+    r.dz = dz.to(z.scalar_type()).contiguous(l.fmt);
+  }
+  return r;
+}
+
+Tensor opt_grad(const Tensor& t, const OptT& like_arg, const Tensor& x) {
+  return t.defined() && like_arg.has_value() ? t.reshape(like_arg->sizes()) : empty_grad(x);
+}
+
+std::vector<Tensor> dwconv_bn_train_backward_cuda(const Tensor& grad, const Tensor& x,
+                                                  const Tensor& dw_w, const OptT& dw_b,
+                                                  const OptT& bn_weight, const OptT& bn_bias,
+                                                  double eps, c10::List<bool> grad_mask) {
+  const char* op = "swiftkern_C::dwconv_bn_train_backward";
+  const c10::cuda::CUDAGuard guard(x.device());
+  const skc::Dtype dt = check_x(x, op, 4);
+  check_like(grad, "grad", x, op);
+  TORCH_CHECK(grad.sizes() == x.sizes(), op, ": grad must have the shape of x ", x.sizes(),
+              ", got ", grad.sizes());
+  auto want = [&](size_t i, const OptT& t) { return mask_at(grad_mask, i) && t.has_value(); };
+  const Layout l = layout_of(x);
+  const Tensor xc = x.contiguous(l.fmt);
+  const Tensor z = dwconv_run(xc, dw_w, dw_b, l, dt, op);
+  const BnFwd f = bn_recompute(z, bn_weight, bn_bias, eps, l, op);
+  const bool want_dx = mask_at(grad_mask, 0), want_dw = mask_at(grad_mask, 1);
+  const bool want_db = want(2, dw_b);
+  const bool want_dz = want_dx || want_dw || want_db;
+  BnGrads bg = bn_backward(grad, f, z, want_dz, want(3, bn_weight), want(4, bn_bias), l);
+  std::vector<Tensor> out(5);
+  for (auto& t : out) t = empty_grad(x);
+  if (want_dz) {
+    DwGrads d = dw_backward(bg.dz, xc, dw_w, want_dx, want_dw, want_db, l, dt, op);
+    if (want_dx) out[0] = d.dx;
+    if (want_dw) out[1] = d.dw.reshape(dw_w.sizes());
+    if (want_db) out[2] = d.db.reshape(dw_b->sizes());
+  }
+  out[3] = opt_grad(bg.dgamma, bn_weight, x);
+  out[4] = opt_grad(bg.dbeta, bn_bias, x);
+  return out;
+}
+
+std::vector<Tensor> conv_block_train_backward_cuda(
+    const Tensor& grad, const Tensor& x, const Tensor& dw_w, const OptT& dw_b,
+    const OptT& bn_weight, const OptT& bn_bias, double eps, const Tensor& pw1_w,
+    const OptT& pw1_b, const Tensor& pw2_w, const OptT& pw2_b, const OptT& ls,
+    c10::List<bool> grad_mask) {
+  const char* op = "swiftkern_C::conv_block_train_backward";
+  const c10::cuda::CUDAGuard guard(x.device());
+  const skc::Dtype dt = check_x(x, op, 4);
+  check_like(grad, "grad", x, op);
+  TORCH_CHECK(grad.sizes() == x.sizes(), op, ": grad must have the shape of x ", x.sizes(),
+              ", got ", grad.sizes());
+  // Tensor arguments: x, dw_w, dw_b, bn_weight, bn_bias, pw1_w, pw1_b, pw2_w, pw2_b, ls.
+  auto want = [&](size_t i, const OptT& t) { return mask_at(grad_mask, i) && t.has_value(); };
+  const Layout l = layout_of(x);
+  const Tensor xc = x.contiguous(l.fmt);
+  const Tensor gc = grad.contiguous(l.fmt);
+  const Tensor z = dwconv_run(xc, dw_w, dw_b, l, dt, op);
+  const BnFwd f = bn_recompute(z, bn_weight, bn_bias, eps, l, op);
+  const bool want_dx = mask_at(grad_mask, 0), want_dw = mask_at(grad_mask, 1);
+  const bool want_db = want(2, dw_b);
+  const bool want_dz = want_dx || want_dw || want_db;
+  const bool want_bn = want(3, bn_weight) || want(4, bn_bias);
+  MlpGrads m = mlp_backward(gc, f.zn, pw1_w, pw1_b, pw2_w, pw2_b, ls, want_dz || want_bn,
+                            mask_at(grad_mask, 5), want(6, pw1_b), mask_at(grad_mask, 7),
+                            want(8, pw2_b), want(9, ls), l, dt, op);
+  std::vector<Tensor> out(10);
+  for (auto& t : out) t = empty_grad(x);
+  if (want_dz || want_bn) {
+    BnGrads bg = bn_backward(m.dz, f, z, want_dz, want(3, bn_weight), want(4, bn_bias), l);
+    out[3] = opt_grad(bg.dgamma, bn_weight, x);
+    out[4] = opt_grad(bg.dbeta, bn_bias, x);
+    if (want_dz) {
+      DwGrads d = dw_backward(bg.dz, xc, dw_w, want_dx, want_dw, want_db, l, dt, op);
+      if (want_dx) out[0] = d.dx.add_(gc);  // + the block's residual path
+      if (want_dw) out[1] = d.dw.reshape(dw_w.sizes());
+      if (want_db) out[2] = d.db.reshape(dw_b->sizes());
+    }
+  }
+  out[5] = or_empty(m.dw1, x, pw1_w.sizes());
+  out[6] = opt_grad(m.db1, pw1_b, x);
+  out[7] = or_empty(m.dw2, x, pw2_w.sizes());
+  out[8] = opt_grad(m.db2, pw2_b, x);
+  out[9] = opt_grad(m.dls, ls, x);
+  return out;
+}
+
+std::vector<Tensor> mlp_train_backward_cuda(const Tensor& grad, const Tensor& x,
+                                            const OptT& bn_weight, const OptT& bn_bias, double eps,
+                                            const Tensor& fc1_w, const OptT& fc1_b,
+                                            const Tensor& fc2_w, const OptT& fc2_b, const OptT& ls,
+                                            const OptT& residual, c10::List<bool> grad_mask) {
+  const char* op = "swiftkern_C::mlp_train_backward";
+  const c10::cuda::CUDAGuard guard(x.device());
+  const skc::Dtype dt = check_x(x, op, 4);
+  check_like(grad, "grad", x, op);
+  // Tensor arguments: x, bn_weight, bn_bias, fc1_w, fc1_b, fc2_w, fc2_b, ls, residual.
+  auto want = [&](size_t i, const OptT& t) { return mask_at(grad_mask, i) && t.has_value(); };
+  const Layout l = layout_of(x);
+  const Tensor xc = x.contiguous(l.fmt);
+  const BnFwd f = bn_recompute(xc, bn_weight, bn_bias, eps, l, op);
+  const bool want_dx = mask_at(grad_mask, 0);
+  const bool want_bn = want(1, bn_weight) || want(2, bn_bias);
+  MlpGrads m = mlp_backward(grad.contiguous(l.fmt), f.zn, fc1_w, fc1_b, fc2_w, fc2_b, ls,
+                            want_dx || want_bn, mask_at(grad_mask, 3), want(4, fc1_b),
+                            mask_at(grad_mask, 5), want(6, fc2_b), want(7, ls), l, dt, op);
+  std::vector<Tensor> out(9);
+  for (auto& t : out) t = empty_grad(x);
+  if (want_dx || want_bn) {
+    BnGrads bg = bn_backward(m.dz, f, xc, want_dx, want(1, bn_weight), want(2, bn_bias), l);
+    if (want_dx) out[0] = bg.dz;
+    out[1] = opt_grad(bg.dgamma, bn_weight, x);
+    out[2] = opt_grad(bg.dbeta, bn_bias, x);
+  }
+  out[3] = or_empty(m.dw1, x, fc1_w.sizes());
+  out[4] = opt_grad(m.db1, fc1_b, x);
+  out[5] = or_empty(m.dw2, x, fc2_w.sizes());
+  out[6] = opt_grad(m.db2, fc2_b, x);
+  out[7] = opt_grad(m.dls, ls, x);
+  out[8] = want(8, residual) ? grad.reshape(residual->sizes()).clone() : empty_grad(x);
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(swiftkern_C, CUDA, m) {
@@ -739,4 +906,7 @@ TORCH_LIBRARY_IMPL(swiftkern_C, CUDA, m) {
   m.impl("dwconv_bn_backward", &dwconv_bn_backward_cuda);
   m.impl("conv_block_backward", &conv_block_backward_cuda);
   m.impl("mlp_backward", &mlp_backward_cuda);
+  m.impl("dwconv_bn_train_backward", &dwconv_bn_train_backward_cuda);
+  m.impl("conv_block_train_backward", &conv_block_train_backward_cuda);
+  m.impl("mlp_train_backward", &mlp_train_backward_cuda);
 }
