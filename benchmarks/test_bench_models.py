@@ -30,7 +30,7 @@ def _names():
     if DEVICE == "cpu":
         names.append("onnxruntime")
     names += [f"swiftkern[{b}]" for b in ("cpu", "cuda", "triton", "reference")
-              if suite._backend_live(b, DEVICE)]
+              if suite._backend_live(b, DEVICE) and suite._wanted(b, None, DEVICE)]
     if "bf16" in DTYPES_:
         names += ["eager-bf16", "channels_last-bf16", "swiftkern-bf16"]
     return names
@@ -40,6 +40,8 @@ def _names():
 def _checked_case(spec, batch):
     s = suite.Settings(threads=THREADS, device=DEVICE)
     model = build_model(spec).to(DEVICE)
+    if COMPILE:
+        suite._reset_compiler()
     x = example_input(batch).to(DEVICE)
     with torch.no_grad():
         ref = model(x).float()

@@ -30,7 +30,7 @@ def _cases():
 def _providers(op, mode, dt):
     names = ["eager"] + (["compile"] if COMPILE else [])
     live = suite.live_backends(kernel_op(op, mode), DEVICE, DTYPES[dt], mode == "fwd+bwd")
-    return names + [f"swiftkern[{b}]" for b in live]
+    return names + [f"swiftkern[{b}]" for b in live if suite._wanted(b, None, DEVICE)]
 
 
 PARAMS = [
@@ -48,6 +48,8 @@ def _checked_case(op, shape, mode, dt):
 
     s = Settings(device=DEVICE)
     w = make_workload(op, shape, mode, dt, DEVICE)
+    if COMPILE:
+        suite._reset_compiler()
     ref = w.runner(w.ref_module, w.eager_params(w.ref_module), x=w.x.float())
     with torch.enable_grad() if mode == "fwd+bwd" else torch.no_grad():
         r = ref()

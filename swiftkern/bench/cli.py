@@ -137,7 +137,13 @@ def plan_ops(args) -> list[tuple[str, tuple[int, ...], str, str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = _normalize_argv(list(sys.argv[1:] if argv is None else argv))
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == ["info"]:  # `swiftkern info` = `python -m swiftkern.info`
+        from ..info import main as info_main
+
+        info_main()
+        return 0
+    argv = _normalize_argv(raw)
     args = build_parser().parse_args(argv)
 
     import torch
@@ -234,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         report.render_comparison(cmp, console, args.fail_if_regression)
         if any(c["regression"] for c in cmp):
             console.print(f"[red]regression beyond {args.fail_if_regression}%[/red]")
-            status = 1
+            status = status or 1
     return status
 
 

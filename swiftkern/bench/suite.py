@@ -241,13 +241,25 @@ def _quiet():
         yield
 
 
-def _compiled(fn_module: torch.nn.Module):
+def _reset_compiler() -> None:
     import torch._dynamo
 
-    # Every case compiles a fresh module whose forward shares a code object with the previous
-    # ones; without a reset dynamo would hit its recompile limit and silently run eager.
+    # Every case compiles fresh modules whose forward shares a code object with the previous
+    # cases'; without a reset per case dynamo would hit its recompile limit and silently run
+    # eager. Within a case (fp32 + bf16 variants) the limit is never reached.
     torch._dynamo.reset()
+
+
+def _compiled(fn_module: torch.nn.Module):
     return torch.compile(fn_module)
+
+
+def _wanted(backend: str, backends: list[str] | None, device: str) -> bool:
+    if backends:
+        return backend in backends
+    # Triton on CPU only exists under TRITON_INTERPRET=1 (a correctness tool, far too slow to
+    # time); it is benchmarked on CPU only when named with --backends.
+    return not (backend == "triton" and device == "cpu")
 
 
 def op_candidates(w: OpWorkload, providers: list[str],
@@ -263,7 +275,7 @@ def op_candidates(w: OpWorkload, providers: list[str],
     if "swiftkern" in providers:
         live = live_backends(w.kernel_op, w.device, DTYPES[w.dtype], w.mode == "fwd+bwd")
         for b in live:
-            if backends and b not in backends:
+            if not _wanted(b, backends, w.device):
                 continue
             fn = w.runner(lambda x, b=b: w.sk(x, b), w.sk_params)
             cands.append(Candidate(f"swiftkern[{b}]", "swiftkern", w.dtype, backend=b, fn=fn))
@@ -284,6 +296,8 @@ def run_op_case(op: str, shape: tuple[int, ...], mode: str, dtype: str, s: Setti
     """Check and time one op workload against its eager module sequence; returns table rows."""
     s.status(f"{op} {shape} {mode} {dtype}: building")
     w = make_workload(op, shape, mode, dtype, s.device, s.seed)
+    if "compile" in providers:
+        _reset_compiler()
     ref_run = w.runner(w.ref_module, w.eager_params(w.ref_module), x=w.x.float())
     with torch.enable_grad() if mode == "fwd+bwd" else torch.no_grad():
         ref = ref_run()
@@ -390,7 +404,7 @@ def model_candidates(model: torch.nn.Module, x: torch.Tensor, providers: list[st
                 live = [b for b in ("cpu", "cuda", "triton", "reference")
                         if _backend_live(b, s.device)]
                 for b in live:
-                    if backends and b not in backends:
+                    if not _wanted(b, backends, s.device):
                         continue
                     add(f"swiftkern[{b}]", "swiftkern", dt,
                         lambda b=b: _no_grad(_optimize(copy.deepcopy(model), backend=b), x),
@@ -420,6 +434,8 @@ def run_model_case(spec: str, batch: int, s: Settings, providers: list[str],
         ref = model(x).float()
     flops = roofline.count_flops(_no_grad(model, x))
     nbytes = roofline.min_bytes([x], list(model.parameters()) + list(model.buffers()), [ref])
+    if "compile" in providers:
+        _reset_compiler()
     with _quiet(), tempfile.TemporaryDirectory(prefix="swiftkern-bench-") as tmp:
         cands = model_candidates(model, x, providers, dtypes, backends, s, tmp)
         _check_all(cands, ref, None, "model", s)

@@ -101,3 +101,10 @@ def test_predict_gpu_uses_triton_roofline_when_present(monkeypatch):
     assert seen == dict(op="conv_block", shape=(1, 8, 4, 4), dtype=torch.bfloat16, backward=True)
     monkeypatch.delattr(triton_kernels, "roofline")
     assert suite.predict_gpu_s("conv_block", (1, 8, 4, 4), "fp32", "fwd") is None
+
+
+def test_triton_on_cpu_only_when_named():
+    assert not suite._wanted("triton", None, "cpu")
+    assert suite._wanted("triton", ["triton"], "cpu")
+    assert suite._wanted("triton", None, "cuda")
+    assert suite._wanted("cpu", None, "cpu") and not suite._wanted("cpu", ["reference"], "cpu")
