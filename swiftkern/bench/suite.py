@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import os
 import tempfile
 import time
@@ -90,12 +89,27 @@ def gpu_only_backends(op: str) -> list[str]:
             if (k := table.get((op, b))) is not None and "cpu" not in k.devices]
 
 
-def predict_gpu_s(op: str, shape: tuple, dtype: str, mode: str) -> float | None:
-    """Predicted GPU time from ``swiftkern.triton_kernels.roofline`` if it exists, else None.
+def roofline_shapes(op: str, shape: tuple, dtype: str) -> dict:
+    """The ``shapes`` dict of ``swiftkern.triton_kernels.roofline`` for a workload."""
+    e = torch.empty(0, dtype=DTYPES[dtype]).element_size()
+    if op.startswith("additive_attention"):
+        if op == "additive_attention_sum":  # tokens-last workload [B, N, D]
+            b, n, d = shape
+        else:
+            b, d, h, w = shape
+            n = h * w
+        return dict(B=b, N=n, D=d, dtype_bytes=e)
+    b, c, h, w = shape
+    out = dict(B=b, C=c, H=h, W=w, dtype_bytes=e)
+    if op == "conv_block_local":
+        out["hidden"] = c
+    return out
 
-    Expected contract: ``roofline(op, shape, dtype, backward=False)`` returning seconds, or a dict
-    with "time_s". Arguments it does not declare are not passed.
-    """
+
+def predict_gpu_s(op: str, kernel: str, shape: tuple, dtype: str, mode: str) -> float | None:
+    """Predicted H100 time (s) of the Triton kernels of workload ``op`` (registry op ``kernel``)
+    from ``swiftkern.triton_kernels.roofline(op, shapes) -> {"predicted_h100_us": ...}``; for
+    fwd+bwd the ``<kernel>_backward`` prediction is added. None when there is no such model."""
     try:
         from .. import triton_kernels
     except Exception:  # noqa: BLE001
@@ -103,18 +117,14 @@ def predict_gpu_s(op: str, shape: tuple, dtype: str, mode: str) -> float | None:
     fn = getattr(triton_kernels, "roofline", None)
     if fn is None:
         return None
-    kwargs = {"op": op, "shape": tuple(shape), "dtype": DTYPES[dtype],
-              "backward": mode == "fwd+bwd"}
+    shapes = roofline_shapes(op, shape, dtype)
+    total = 0.0
     try:
-        params = inspect.signature(fn).parameters
-        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-            kwargs = {k: v for k, v in kwargs.items() if k in params}
-        res = fn(**kwargs)
+        for name in (kernel, kernel + "_backward") if mode == "fwd+bwd" else (kernel,):
+            total += float(fn(name, dict(shapes))["predicted_h100_us"]) * 1e-6
     except Exception:  # noqa: BLE001 - a prediction is optional information
         return None
-    if isinstance(res, dict):
-        res = res.get("time_s", res.get("seconds"))
-    return float(res) if isinstance(res, (int, float)) else None
+    return total
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,10 +293,12 @@ def op_candidates(w: OpWorkload, providers: list[str],
             for b in gpu_only_backends(w.kernel_op):
                 if backends and b not in backends:
                     continue
-                pred = predict_gpu_s(w.kernel_op, w.shape, w.dtype, w.mode)
+                pred = predict_gpu_s(w.op, w.kernel_op, w.shape, w.dtype, w.mode) \
+                    if b == "triton" else None
                 cands.append(Candidate(
                     f"swiftkern[{b}]", "swiftkern", w.dtype, backend=b, predicted_s=pred,
-                    note="predicted by roofline (no GPU)" if pred is not None else "n/a (no GPU)"))
+                    note="no GPU: H100 time predicted by triton_kernels.roofline"
+                    if pred is not None else "n/a (no GPU)"))
     return cands
 
 

@@ -90,17 +90,35 @@ def test_wrong_provider_fails_check():
 def test_predict_gpu_uses_triton_roofline_when_present(monkeypatch):
     from swiftkern import triton_kernels
 
-    seen = {}
+    seen = []
 
-    def fake_roofline(op, shape, dtype, backward=False):
-        seen.update(op=op, shape=shape, dtype=dtype, backward=backward)
-        return 2.5e-5
+    def fake_roofline(op, shapes):
+        seen.append((op, shapes))
+        return {"predicted_h100_us": 25.0}
 
     monkeypatch.setattr(triton_kernels, "roofline", fake_roofline, raising=False)
-    assert suite.predict_gpu_s("conv_block", (1, 8, 4, 4), "bf16", "fwd+bwd") == 2.5e-5
-    assert seen == dict(op="conv_block", shape=(1, 8, 4, 4), dtype=torch.bfloat16, backward=True)
+    got = suite.predict_gpu_s("conv_block_local", "conv_block_train", (1, 8, 4, 4), "bf16",
+                              "fwd+bwd")
+    assert got == pytest.approx(50e-6)
+    shapes = dict(B=1, C=8, H=4, W=4, dtype_bytes=2, hidden=8)
+    assert seen == [("conv_block_train", shapes), ("conv_block_train_backward", shapes)]
+    seen.clear()
+    suite.predict_gpu_s("additive_attention_l2", "additive_attention", (2, 16, 3, 5), "fp32", "fwd")
+    assert seen == [("additive_attention", dict(B=2, N=15, D=16, dtype_bytes=4))]
+    seen.clear()
+    suite.predict_gpu_s("additive_attention_sum", "additive_attention", (2, 15, 16), "fp32", "fwd")
+    assert seen == [("additive_attention", dict(B=2, N=15, D=16, dtype_bytes=4))]
     monkeypatch.delattr(triton_kernels, "roofline")
-    assert suite.predict_gpu_s("conv_block", (1, 8, 4, 4), "fp32", "fwd") is None
+    assert suite.predict_gpu_s("conv_block", "conv_block", (1, 8, 4, 4), "fp32", "fwd") is None
+
+
+def test_predict_gpu_real_model_if_present():
+    from swiftkern import triton_kernels
+
+    if not hasattr(triton_kernels, "roofline"):
+        pytest.skip("swiftkern.triton_kernels.roofline not present")
+    t = suite.predict_gpu_s("conv_block", "conv_block", (1, 48, 56, 56), "bf16", "fwd")
+    assert t is not None and 0 < t < 1e-2
 
 
 def test_triton_on_cpu_only_when_named():
