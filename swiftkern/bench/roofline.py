@@ -31,6 +31,9 @@ class Roofline:
     bandwidth_gbs: float  # measured copy bandwidth, GB/s (read + write counted)
     device: str
     threads: int
+    # Load average when measured: a peak taken on a busy machine is too low (re-measure with
+    # `swiftkern bench --refresh-roofline` when idle).
+    loadavg_1m: float | None = None
 
     def time_s(self, flops: float, nbytes: float, dtype: str) -> float:
         peak = self.gflops.get(dtype) or self.gflops["fp32"]
@@ -93,7 +96,8 @@ def measure(device: str = "cpu", threads: int | None = None, quick: bool = False
     dst = torch.empty_like(src)
     t = _best_time(lambda: dst.copy_(src), device, 8, 1.0 if not quick else 0.2)
     bw = 2 * numel * 4 / t / 1e9
-    return Roofline(gflops, bw, device, threads)
+    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    return Roofline(gflops, bw, device, threads, load)
 
 
 def load_or_measure(device: str = "cpu", threads: int | None = None, refresh: bool = False,
@@ -111,7 +115,8 @@ def load_or_measure(device: str = "cpu", threads: int | None = None, refresh: bo
             data = {}
     if not refresh and key in data:
         d = data[key]
-        return Roofline(d["gflops"], d["bandwidth_gbs"], d["device"], d["threads"])
+        return Roofline(d["gflops"], d["bandwidth_gbs"], d["device"], d["threads"],
+                        d.get("loadavg_1m"))
     roof = measure(device, threads)
     data[key] = asdict(roof)
     try:
