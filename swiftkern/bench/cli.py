@@ -210,8 +210,15 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t0
 
     report.render_table(rows, mline, console, title=title)
-    console.print(f"[dim]{len(cases)} case(s) in {elapsed:.0f} s; rounds {s.rounds}; "
-                  f"threads {args.threads}; device {device}[/dim]")
+    for line in report.headline(rows):
+        console.print(escape(line))
+    console.print(f"[dim]{len(cases)} case(s) in {elapsed:.0f} s; rounds {s.rounds} (fewer "
+                  f"where --max-time ran out); threads {args.threads}; device {device}[/dim]")
+    load = info.get("loadavg_1m")
+    if load is not None and load > (info.get("cores") or 1):
+        console.print(f"[yellow]the machine was busy (load {load:.1f} on {info['cores']} cores): "
+                      "medians are inflated and noisy; compare only the per-round ratios, or "
+                      "re-run on an idle machine[/yellow]")
     roof_d = None
     if roof is not None:
         roof_d = dict(gflops=roof.gflops, bandwidth_gbs=roof.bandwidth_gbs, device=roof.device,

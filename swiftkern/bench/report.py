@@ -115,6 +115,27 @@ def render_table(rows: list[dict], machine_line: str, console=None, title: str =
                   "[/dim]")
 
 
+def headline(rows: list[dict]) -> list[str]:
+    """One line per case: eager vs the fastest correct swiftkern provider (the README's answer)."""
+    out = []
+    for case in dict.fromkeys(r["case"] for r in rows):
+        rs = [r for r in rows if r["case"] == case]
+        eager = next((r for r in rs if r.get("family") == "eager" and r.get("median_ms")), None)
+        sk = [r for r in rs if r.get("family") == "swiftkern" and r.get("median_ms")
+              and r.get("check") == "ok" and r.get("speedup_vs_eager")]
+        if eager is None or not sk:
+            continue
+        best = max(sk, key=lambda r: r["speedup_vs_eager"])
+        iqr = ""
+        if best.get("speedup_vs_eager_q1") is not None:
+            iqr = f" [IQR {best['speedup_vs_eager_q1']:.2f}-{best['speedup_vs_eager_q3']:.2f}]"
+        out.append(f"{case}: {eager['provider']} {fmt_ms(eager['median_ms'])} ms -> "
+                   f"{best['provider']} {fmt_ms(best['median_ms'])} ms "
+                   f"({best['speedup_vs_eager']:.2f}x{iqr}, median of per-round ratios); "
+                   f"max |diff| vs eager fp32 {best['max_abs_diff']:.1e}")
+    return out
+
+
 def to_json(rows: list[dict], machine: dict, roof: dict | None, argv: list[str]) -> str:
     return json.dumps({"schema": SCHEMA, "machine": machine, "roofline": roof, "argv": argv,
                        "results": rows}, indent=1, default=str)

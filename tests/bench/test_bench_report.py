@@ -42,6 +42,13 @@ def test_table_shows_values_and_escapes_brackets():
     assert "threads 2" in text
 
 
+def test_headline_picks_fastest_correct_swiftkern():
+    lines = report.headline(_rows())
+    # hf:xs b8 has only a FAILing swiftkern row and no eager: no headline for it.
+    assert lines == ["hf:xs b1: eager 40.00 ms -> swiftkern[reference] 20.00 ms (2.00x [IQR "
+                     "1.90-2.10], median of per-round ratios); max |diff| vs eager fp32 1.5e-06"]
+
+
 def test_csv_roundtrip():
     text = report.to_csv(_rows())
     rows = list(csv.DictReader(io.StringIO(text)))
