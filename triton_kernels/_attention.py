@@ -86,22 +86,31 @@ def _attn_pool_partial_kernel(
 @triton.jit
 def _merge_global_query(ws_g_ptr, ws_ml_ptr, b, NSPLIT, POOL: tl.constexpr,
                         BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """G [BLOCK_D] of batch b from its NSPLIT partial rows; one row live at a time (a
+    [splits, D] tile would spill at D=512)."""
     sidx = tl.arange(0, BLOCK_S)
     smask = sidx < NSPLIT
-    d = tl.arange(0, BLOCK_D)
     rows = b * NSPLIT + sidx
-    g = tl.load(ws_g_ptr + rows[:, None] * BLOCK_D + d[None, :], mask=smask[:, None], other=0.0)
-    if POOL == 0:
-        G = tl.sum(g, axis=0)
-    elif POOL == 1:
-        ss = tl.sum(tl.load(ws_ml_ptr + rows * 2 + 1, mask=smask, other=0.0), axis=0)
-        G = tl.sum(g, axis=0) / tl.maximum(tl.sqrt(ss), 1e-12)
-    else:
+    d = tl.arange(0, BLOCK_D)
+    if POOL == 2:
         m = tl.load(ws_ml_ptr + rows * 2, mask=smask, other=-float("inf"))
         lsum = tl.load(ws_ml_ptr + rows * 2 + 1, mask=smask, other=0.0)
         mmax = tl.max(m, axis=0)
-        wt = tl.where(smask, tl.exp(m - mmax), 0.0)  # empty splits carry m = -inf -> weight 0
-        G = tl.sum(wt[:, None] * g, axis=0) / tl.sum(wt * lsum, axis=0)
+        # empty splits carry m = -inf -> weight 0
+        denom = tl.sum(tl.where(smask, tl.exp(m - mmax), 0.0) * lsum, axis=0)
+    G = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for sp in range(0, NSPLIT):
+        row = b * NSPLIT + sp
+        g = tl.load(ws_g_ptr + row * BLOCK_D + d)
+        if POOL == 2:
+            G += tl.exp(tl.load(ws_ml_ptr + row * 2) - mmax) * g
+        else:
+            G += g
+    if POOL == 1:
+        ss = tl.sum(tl.load(ws_ml_ptr + rows * 2 + 1, mask=smask, other=0.0), axis=0)
+        G = G / tl.maximum(tl.sqrt(ss), 1e-12)
+    if POOL == 2:
+        G = G / denom
     return G
 
 
@@ -128,11 +137,12 @@ def _attn_apply_kernel(
              (G[None, :] * kn).to(gk_ptr.dtype.element_ty), mask=msk)
 
 
-# Configs by padded D. BLOCK_N rows x BLOCK_D fp32 per tile; MAX_SPLITS bounds the merge width.
+# Configs by padded D: a BLOCK_N x BLOCK_D tile of 4096 fp32 (32 per thread at 4 warps); larger
+# tiles spilled at sm_90 (AOT report). MAX_SPLITS bounds the partial state per batch.
 ATTN_CONFIGS = {
-    128: dict(BLOCK_N=64, num_warps=4),
-    256: dict(BLOCK_N=32, num_warps=4),
-    512: dict(BLOCK_N=16, num_warps=4),
+    128: dict(BLOCK_N=32, num_warps=4),
+    256: dict(BLOCK_N=16, num_warps=4),
+    512: dict(BLOCK_N=8, num_warps=4),
 }
 MAX_SPLITS = 32
 

@@ -1,5 +1,6 @@
-"""Backward launchers of the eval-form conv ops (``<op>_backward`` contract of swiftkern/ops/_define.py):
-``(grad, <op args...>, grad_mask) -> list[Tensor]``, one tensor per Tensor argument.
+"""Backward launchers of the eval-form conv ops (``<op>_backward`` contract of
+swiftkern/ops/_define.py): ``(grad, <op args...>, grad_mask) -> list[Tensor]``, one tensor per
+Tensor argument.
 
 Split into several kernels (allowed for training paths): the GEMMs of the pointwise layers run in
 cuBLAS through torch (STYLE.md: GEMMs are not hand-written), the rest in Triton: the dwconv

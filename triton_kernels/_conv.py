@@ -33,7 +33,10 @@ SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 # --------------------------------------------------------------------------------------------
 @triton.jit
 def _pixel_coords(pid, P, H, W, BLOCK_P: tl.constexpr):
-    p = pid.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P).to(tl.int64)
+    # Pixel index in int32 (the launcher checks B*H*W < 2^31): 64-bit div/mod would be a
+    # subroutine call with a stack frame on the GPU. Coordinates become int64 before any
+    # multiply by a stride, so element offsets past 2^31 stay exact.
+    p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = p < P
     ww = p % W
     t = p // W
@@ -43,19 +46,27 @@ def _pixel_coords(pid, P, H, W, BLOCK_P: tl.constexpr):
 
 
 @triton.jit
+def _off(bb, hh, ww, sb, sh, sw):
+    return bb.to(tl.int64) * sb + hh.to(tl.int64) * sh + ww.to(tl.int64) * sw
+
+
+@triton.jit
 def _dw_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
              sxb, sxc, sxh, sxw, HAS_DWB: tl.constexpr):
     """fp32 [BLOCK_P, BLOCK_C] tile of dwconv3x3(x) (+ folded-BN bias); zero padding 1."""
     acc = tl.zeros((bb.shape[0], cc.shape[0]), dtype=tl.float32)
-    cofs = cc.to(tl.int64) * sxc
+    # one int64 base per pixel and one scalar offset per tap: per-element 64-bit address math
+    # for all 9 taps held ~2x the registers (AOT report) without it.
+    ptrs = x_ptr + _off(bb, hh, ww, sxb, sxh, sxw)[:, None] + cc.to(tl.int64)[None, :] * sxc
+    cm = cmask[None, :]
     for ky in tl.static_range(3):
         ih = hh + (ky - 1)
+        mh = pmask & (ih >= 0) & (ih < H)
         for kx in tl.static_range(3):
             iw = ww + (kx - 1)
-            m = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            off = bb * sxb + ih * sxh + iw * sxw
-            v = tl.load(x_ptr + off[:, None] + cofs[None, :],
-                        mask=m[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+            m = mh & (iw >= 0) & (iw < W)
+            tap = (ky - 1) * sxh.to(tl.int64) + (kx - 1) * sxw.to(tl.int64)
+            v = tl.load(ptrs + tap, mask=m[:, None] & cm, other=0.0).to(tl.float32)
             wt = tl.load(dww_ptr + cc * 9 + (ky * 3 + kx), mask=cmask, other=0.0).to(tl.float32)
             acc += v * wt[None, :]
     if HAS_DWB:
@@ -84,7 +95,7 @@ def _dwconv_bn_fwd_kernel(
     cmask = cc < C
     z = _dw_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
                  sxb, sxc, sxh, sxw, HAS_DWB)
-    off = bb * sob + hh * soh + ww * sow
+    off = _off(bb, hh, ww, sob, soh, sow)
     tl.store(out_ptr + off[:, None] + cc.to(tl.int64)[None, :] * soc,
              z.to(out_ptr.dtype.element_ty), mask=pmask[:, None] & cmask[None, :])
 
@@ -129,7 +140,7 @@ def _dwconv_bn_wgrad_kernel(
     cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cc < C
     c64 = cc.to(tl.int64)
-    goff = bb * sgb + hh * sgh + ww * sgw
+    goff = _off(bb, hh, ww, sgb, sgh, sgw)
     g = tl.load(g_ptr + goff[:, None] + c64[None, :] * sgc,
                 mask=pmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
     base = ws_ptr + pid.to(tl.int64) * 10 * C
@@ -138,7 +149,7 @@ def _dwconv_bn_wgrad_kernel(
         for kx in tl.static_range(3):
             iw = ww + (kx - 1)
             m = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            off = bb * sxb + ih * sxh + iw * sxw
+            off = _off(bb, ih, iw, sxb, sxh, sxw)
             v = tl.load(x_ptr + off[:, None] + c64[None, :] * sxc,
                         mask=m[:, None] & cmask[None, :], other=0.0).to(tl.float32)
             tl.store(base + (ky * 3 + kx) * C + cc, tl.sum(g * v, axis=0), mask=cmask)
@@ -148,7 +159,7 @@ def _dwconv_bn_wgrad_kernel(
 @triton.jit
 def _fused_mlp_fwd_kernel(
     x_ptr, dww_ptr, dwb_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, ls_ptr, res_ptr, out_ptr,
-    scale_ptr, shift_ptr,
+    mean_ptr, scale_ptr, shift_ptr,
     P, H, W, C_IN, HID, C_OUT,
     sxb, sxc, sxh, sxw, srb, src, srh, srw, sob, soc, soh, sow,
     HAS_DW: tl.constexpr, HAS_DWB: tl.constexpr, HAS_AFFINE: tl.constexpr,
@@ -157,8 +168,10 @@ def _fused_mlp_fwd_kernel(
     BLOCK_H: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
 ):
     """res + ls * W2 GELU(W1 z + b1) + b2 with z = dwconv(x) (HAS_DW) or x, optionally followed by
-    a per-channel affine z*scale+shift (train-form BN with batch statistics). One program owns
-    BLOCK_P pixels and all channels; the hidden activation never leaves registers."""
+    the train-form BN (z - mean) * scale + shift with batch statistics (subtracting the mean
+    first, as the reference does: folding it into the shift cancels catastrophically when
+    |mean| >> std). One program owns BLOCK_P pixels and all channels; the hidden activation
+    never leaves registers."""
     bb, hh, ww, pmask = _pixel_coords(tl.program_id(0), P, H, W, BLOCK_P)
     ci = tl.arange(0, BLOCK_CI)
     cimask = ci < C_IN
@@ -166,13 +179,14 @@ def _fused_mlp_fwd_kernel(
         z = _dw_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, ci, cimask, H, W,
                      sxb, sxc, sxh, sxw, HAS_DWB)
     else:
-        xoff = bb * sxb + hh * sxh + ww * sxw
+        xoff = _off(bb, hh, ww, sxb, sxh, sxw)
         z = tl.load(x_ptr + xoff[:, None] + ci.to(tl.int64)[None, :] * sxc,
                     mask=pmask[:, None] & cimask[None, :], other=0.0).to(tl.float32)
     if HAS_AFFINE:
+        mu = tl.load(mean_ptr + ci, mask=cimask, other=0.0)
         sc = tl.load(scale_ptr + ci, mask=cimask, other=0.0)
         sh = tl.load(shift_ptr + ci, mask=cimask, other=0.0)
-        z = z * sc[None, :] + sh[None, :]
+        z = (z - mu[None, :]) * sc[None, :] + sh[None, :]
     zd = z.to(DOT_DT)
     co = tl.arange(0, BLOCK_CO)
     comask = co < C_OUT
@@ -197,10 +211,10 @@ def _fused_mlp_fwd_kernel(
     omask = pmask[:, None] & comask[None, :]
     co64 = co.to(tl.int64)
     if HAS_RES:
-        roff = bb * srb + hh * srh + ww * srw
+        roff = _off(bb, hh, ww, srb, srh, srw)
         acc += tl.load(res_ptr + roff[:, None] + co64[None, :] * src, mask=omask,
                        other=0.0).to(tl.float32)
-    ooff = bb * sob + hh * soh + ww * sow
+    ooff = _off(bb, hh, ww, sob, soh, sow)
     tl.store(out_ptr + ooff[:, None] + co64[None, :] * soc, acc.to(out_ptr.dtype.element_ty),
              mask=omask)
 
@@ -208,16 +222,18 @@ def _fused_mlp_fwd_kernel(
 # --------------------------------------------------------------------------------------------
 # Configs (every one is tested in the interpreter and AOT-compiled for sm_80/sm_90)
 # --------------------------------------------------------------------------------------------
-# dwconv tiles: a pixel tile of 64 x 64 channels keeps 9 taps' loads in flight without spills.
-DW_CONFIGS = {"default": dict(BLOCK_P=64, BLOCK_C=64, num_warps=4)}
+# dwconv tiles: 32 pixels x 32 channels, 8 elements per thread: 64 x 64 spilled at sm_90 (the
+# compiler keeps all 9 taps' loads in flight).
+DW_CONFIGS = {"default": dict(BLOCK_P=32, BLOCK_C=32, num_warps=4)}
 
-# Fused MLP tiles by the padded channel width max(BLOCK_CI, BLOCK_CO). The fp32 accumulator is
-# BLOCK_P x BLOCK_CO; BLOCK_P shrinks as channels grow so it stays <= 64 KB of registers.
+# Fused MLP tiles by the padded channel width max(BLOCK_CI, BLOCK_CO). The dwconv prologue holds a
+# BLOCK_P x BLOCK_CI fp32 tile: more than 16 elements per thread spilled at sm_90 (AOT report),
+# hence BLOCK_P 16 from C > 128 on. C > 256 (SwiftFormer-L1/L3 stage 4) spilled at every tile
+# tried (16 x 512 at 8 and 16 warps): not shipped, those blocks fall back (Unsupported).
 MLP_CONFIGS = {
-    64: dict(BLOCK_P=64, BLOCK_H=64, num_warps=4),
-    128: dict(BLOCK_P=64, BLOCK_H=32, num_warps=4),
-    256: dict(BLOCK_P=32, BLOCK_H=32, num_warps=8),
-    512: dict(BLOCK_P=16, BLOCK_H=32, num_warps=8),
+    64: dict(BLOCK_P=32, BLOCK_H=64, num_warps=8, num_stages=2),
+    128: dict(BLOCK_P=32, BLOCK_H=32, num_warps=8, num_stages=2),
+    256: dict(BLOCK_P=16, BLOCK_H=32, num_warps=8, num_stages=2),
 }
 
 
@@ -261,6 +277,8 @@ def _layout(t: torch.Tensor) -> torch.memory_format:
 
 
 def _check(x: torch.Tensor) -> None:
+    if x.dim() == 4 and x.shape[0] * x.shape[2] * x.shape[3] >= 2**31:
+        raise Unsupported("more than 2^31 pixels")
     if x.dtype not in SUPPORTED:
         raise Unsupported(f"dtype {x.dtype}")
     if x.device.type != "cuda" and not INTERPRET:
@@ -300,7 +318,7 @@ def dwconv_bn(x, dw_w, dw_b, config: str = "default"):
     return out
 
 
-def _fused(x, dw_w, dw_b, scale, shift, w1, b1, w2, b2, ls, residual, config=None):
+def _fused(x, dw_w, dw_b, bn, w1, b1, w2, b2, ls, residual, config=None):
     _check(x)
     b, c_in, h, w = x.shape
     hid, c_out = w1.shape[0], w2.shape[0]
@@ -320,29 +338,29 @@ def _fused(x, dw_w, dw_b, scale, shift, w1, b1, w2, b2, ls, residual, config=Non
         x, dummy if dw_w is None else dw_w.contiguous(), dummy if dw_b is None else _c(dw_b),
         w1c, dummy if b1 is None else _c(b1), w2c, dummy if b2 is None else _c(b2),
         dummy if ls is None else _c(ls), res, out,
-        dummy if scale is None else scale, dummy if shift is None else shift,
+        *((dummy, dummy, dummy) if bn is None else bn),
         p, h, w, c_in, hid, c_out, *_s4(x), *_s4(res), *_s4(out),
-        HAS_DW=dw_w is not None, HAS_DWB=dw_b is not None, HAS_AFFINE=scale is not None,
+        HAS_DW=dw_w is not None, HAS_DWB=dw_b is not None, HAS_AFFINE=bn is not None,
         HAS_B1=b1 is not None, HAS_B2=b2 is not None, HAS_LS=ls is not None,
         HAS_RES=residual is not None,
         BLOCK_P=cfg["BLOCK_P"], BLOCK_CI=_pad_c(c_in), BLOCK_CO=_pad_c(c_out),
         BLOCK_H=cfg["BLOCK_H"], DOT_DT=dot_dtype(x.dtype), INPUT_PREC=_input_prec(x.dtype),
-        num_warps=cfg["num_warps"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
 
 
 def mlp(x, fc1_w, fc1_b, fc2_w, fc2_b, ls, residual, config=None):
-    return _fused(x, None, None, None, None, fc1_w, fc1_b, fc2_w, fc2_b, ls, residual, config)
+    return _fused(x, None, None, None, fc1_w, fc1_b, fc2_w, fc2_b, ls, residual, config)
 
 
 def conv_block(x, dw_w, dw_b, pw1_w, pw1_b, pw2_w, pw2_b, ls, config=None):
-    return _fused(x, dw_w, dw_b, None, None, pw1_w, pw1_b, pw2_w, pw2_b, ls, x, config)
+    return _fused(x, dw_w, dw_b, None, pw1_w, pw1_b, pw2_w, pw2_b, ls, x, config)
 
 
 # --- train forms: batch statistics pass, then the same fused kernels with a folded affine ------
 def _batch_stats(x, dw_w, dw_b, config="default"):
-    """(mean, biased var) per channel of dwconv(x) (dw_w given) or of x (dw_w None: identity tap)."""
+    """(mean, biased var) per channel of dwconv(x), or of x when dw_w is None (identity tap)."""
     b, c, h, w = x.shape
     p = b * h * w
     cfg = DW_CONFIGS[config]
@@ -366,12 +384,11 @@ def _batch_stats(x, dw_w, dw_b, config="default"):
 
 
 def _bn_affine(mean, var, bn_w, bn_b, eps):
+    """(mean, scale, shift): BN(z) = (z - mean) * scale + shift, all fp32 [C]."""
     inv = torch.rsqrt(var + eps)
     scale = inv if bn_w is None else bn_w.float() * inv
-    shift = -mean * scale
-    if bn_b is not None:
-        shift = shift + bn_b.float()
-    return scale.contiguous(), shift.contiguous()
+    shift = torch.zeros_like(scale) if bn_b is None else bn_b.float()
+    return mean.contiguous(), scale.contiguous(), shift.contiguous()
 
 
 def _stats_out(mean, var, x):
@@ -383,10 +400,11 @@ def dwconv_bn_train(x, dw_w, dw_b, bn_weight, bn_bias, eps):
     if x.numel() == 0:
         raise Unsupported("empty input")
     mean, var = _batch_stats(x, dw_w, dw_b)
-    scale, shift = _bn_affine(mean, var, bn_weight, bn_bias, eps)
-    # BN folded into the dwconv: w' = w*scale, b' = b*scale + shift (fp32, exact enough: one FMA).
+    _, scale, shift = _bn_affine(mean, var, bn_weight, bn_bias, eps)
+    # BN folded into the dwconv: w' = w*scale, b' = (b - mean)*scale + shift; b - mean first so a
+    # bias-dominated mean cancels exactly instead of in the products.
     w_f = dw_w.float() * scale.reshape(-1, 1, 1, 1)
-    b_f = shift if dw_b is None else dw_b.float() * scale + shift
+    b_f = ((0.0 if dw_b is None else dw_b.float()) - mean) * scale + shift
     y = dwconv_bn(x, w_f, b_f)  # fp32 params: the kernel converts every load to fp32
     return (y, *_stats_out(mean, var, x))
 
@@ -396,8 +414,8 @@ def mlp_train(x, bn_weight, bn_bias, eps, fc1_w, fc1_b, fc2_w, fc2_b, ls, residu
     if x.numel() == 0:
         raise Unsupported("empty input")
     mean, var = _batch_stats(x, None, None)
-    scale, shift = _bn_affine(mean, var, bn_weight, bn_bias, eps)
-    y = _fused(x, None, None, scale, shift, fc1_w, fc1_b, fc2_w, fc2_b, ls, residual)
+    bn = _bn_affine(mean, var, bn_weight, bn_bias, eps)
+    y = _fused(x, None, None, bn, fc1_w, fc1_b, fc2_w, fc2_b, ls, residual)
     return (y, *_stats_out(mean, var, x))
 
 
@@ -406,8 +424,8 @@ def conv_block_train(x, dw_w, dw_b, bn_weight, bn_bias, eps, pw1_w, pw1_b, pw2_w
     if x.numel() == 0:
         raise Unsupported("empty input")
     mean, var = _batch_stats(x, dw_w, dw_b)
-    scale, shift = _bn_affine(mean, var, bn_weight, bn_bias, eps)
-    y = _fused(x, dw_w, dw_b, scale, shift, pw1_w, pw1_b, pw2_w, pw2_b, ls, x)
+    bn = _bn_affine(mean, var, bn_weight, bn_bias, eps)
+    y = _fused(x, dw_w, dw_b, bn, pw1_w, pw1_b, pw2_w, pw2_b, ls, x)
     return (y, *_stats_out(mean, var, x))
 
 

@@ -1,0 +1,49 @@
+"""Helpers shared by the Triton tests: references at fp32 and at the half dtype, and the
+SPEC.md section 3 checks from tests/tolerances.py (bf16 outputs get 1 extra bf16 ulp because the
+interpreter truncates fp32->bf16 stores instead of rounding, GPU_VERIFY.md)."""
+
+from __future__ import annotations
+
+import torch
+from tolerances import HALF_FACTOR, HALF_FLOOR, assert_close
+
+
+def to(args, dtype):
+    return [a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+            for a in args]
+
+
+def tup(out):
+    return (out,) if isinstance(out, torch.Tensor) else tuple(out)
+
+
+def check(fn, ref, args, dtype=torch.float32, what="", n_check=None):
+    """Run fn (a Triton launcher) on args cast to dtype and compare every output with ref."""
+    ref32 = tup(ref(*args))
+    out = tup(fn(*to(args, dtype)))
+    n = len(ref32) if n_check is None else n_check
+    if dtype == torch.float32:
+        for i in range(n):
+            assert out[i].dtype == dtype
+            assert_close(out[i], ref32[i], torch.float32, what=f"{what} out{i}")
+        return out
+    half = tup(ref(*to(args, dtype)))
+    for i in range(n):
+        assert out[i].dtype == dtype, f"{what}: dtype {out[i].dtype}"
+        base = (half[i].double() - ref32[i].double()).abs().max().item()
+        err = (out[i].double() - ref32[i].double()).abs().max().item()
+        mx = max(1.0, ref32[i].abs().max().item())
+        ulp = 2.0 ** -7 * ref32[i].abs().max().item() if dtype == torch.bfloat16 else 0.0
+        bound = HALF_FACTOR * base + HALF_FLOOR[dtype] * mx + ulp
+        assert err <= bound, \
+            f"{what} out{i} {dtype}: err {err:.3e} > {bound:.3e} (torch {base:.3e})"
+    return out
+
+
+def grads_of(fn, args, tensor_idx, seed=1):
+    a = [t.detach().clone().requires_grad_(True) if i in tensor_idx else t
+         for i, t in enumerate(args)]
+    y = tup(fn(*a))[0]
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=y.dtype)
+    gr = torch.autograd.grad(y, [a[i] for i in tensor_idx], g, allow_unused=True)
+    return g, gr

@@ -1,0 +1,43 @@
+"""Triton kernels under the interpreter on CPU tensors (GPU_VERIFY.md).
+
+TRITON_INTERPRET=1 must be set before any @triton.jit kernel module is imported (the decorator
+picks the interpreter then); swiftkern imports its kernel modules lazily, on first launch, so
+setting it here is early enough. The whole folder is skipped when Triton is missing.
+The "triton" backend is registered for CPU tensors only while these tests run, so other test
+folders in the same session keep their own backend set.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+# The argument factories of tests/ops (randomized parameters per SPEC.md section 3) are shared.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "ops"))
+
+if importlib.util.find_spec("triton") is None:
+    collect_ignore_glob = ["test_*.py"]
+else:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    # Every module in this folder needs the interpreter; fail loudly if a kernel module was
+    # already imported in compiled mode (it would then need a GPU).
+    for _m in ("swiftkern.triton_kernels._conv", "swiftkern.triton_kernels._attention"):
+        if _m in sys.modules and not getattr(sys.modules[_m], "INTERPRET", False):
+            raise RuntimeError(f"{_m} was imported before TRITON_INTERPRET=1 was set")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _triton_backend_on_cpu():
+    from swiftkern import _registry, triton_kernels
+
+    saved = {k: v for k, v in _registry._TABLE.items() if k[1] == "triton"}
+    triton_kernels.register()
+    yield
+    for k in [k for k in _registry._TABLE if k[1] == "triton"]:
+        del _registry._TABLE[k]
+    _registry._TABLE.update(saved)

@@ -1,0 +1,207 @@
+"""Conv-style Triton kernels (dwconv_bn, mlp, conv_block; eval + train forms; backward) against
+the reference under TRITON_INTERPRET=1, every shipped config, odd and real shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _util import check, grads_of, to
+from cases import CONV_SHAPES, conv_args
+from tolerances import assert_close
+
+from swiftkern.ops import reference as R
+
+pytestmark = pytest.mark.triton
+
+K = pytest.importorskip("swiftkern.triton_kernels._conv")
+BW = pytest.importorskip("swiftkern.triton_kernels._backward")
+
+LAYOUTS = ("nchw", "channels_last", "strided")
+# (B, C, H, W, hidden): odd shapes (SPEC.md section 3) + one real SwiftFormer-XS shape each
+ODD = {
+    "c33": (2, 33, 5, 7, 132),
+    "h1": (1, 8, 1, 9, 32),
+    "w1": (3, 20, 4, 1, 20),
+    "n1": (1, 16, 1, 1, 64),
+    "ragged": (1, 24, 9, 11, 96),  # 99 pixels: not a multiple of any BLOCK_P
+}
+REAL = {"xs_stage1": CONV_SHAPES["xs_stage1"], "xs_stage4": CONV_SHAPES["xs_stage4"]}
+STRIDED_SHAPES = ("c33", "h1")  # the strided-view layout costs a copy per call: two shapes
+
+
+def _args(op, shape, layout="nchw", seed=0):
+    return conv_args(op, shape, torch.float32, layout, seed).args
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", list(ODD))
+def test_dwconv_bn(shape, layout):
+    args = _args("dwconv_bn", ODD[shape], layout)
+    out = check(K.dwconv_bn, R.dwconv_bn_ref, args, what=f"dwconv_bn {shape}")[0]
+    if layout == "channels_last" and out.shape[1] > 1:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("shape", list(ODD))
+@pytest.mark.parametrize("op", ["conv_block", "mlp"])
+def test_fused_odd_shapes(op, shape):
+    for layout in LAYOUTS[:2] + (("strided",) if shape in STRIDED_SHAPES else ()):
+        args = _args(op, ODD[shape], layout)
+        fn = getattr(K, op)
+        check(fn, getattr(R, op + "_ref"), args, what=f"{op} {shape} {layout}")
+
+
+def test_mlp_without_optional_inputs():
+    x, w1, _, w2, _, _, _ = _args("mlp", ODD["c33"])
+    check(K.mlp, R.mlp_ref, [x, w1, None, w2, None, None, None], what="mlp bare")
+    _, dw, _, pw1, _, pw2, _, _ = _args("conv_block", ODD["c33"])
+    check(K.conv_block, R.conv_block_ref, [x, dw, None, pw1, None, pw2, None, None],
+          what="conv_block bare")
+
+
+def test_mlp_c_out_differs():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 20, 3, 5, generator=g)
+    w1 = torch.randn(40, 20, generator=g) * 0.2
+    w2 = torch.randn(36, 40, generator=g) * 0.2
+    res = torch.randn(2, 36, 3, 5, generator=g)
+    check(K.mlp, R.mlp_ref, [x, w1, None, w2, None, torch.rand(36, generator=g), res],
+          what="mlp 20->36")
+
+
+# Every shipped fused config, at a channel count it is picked for (and one it is wider than).
+CONFIG_SHAPES = {64: (2, 33, 3, 5, 132), 128: (1, 112, 3, 4, 448), 256: (1, 220, 3, 3, 880)}
+
+
+@pytest.mark.parametrize("key", sorted(K.MLP_CONFIGS))
+def test_every_fused_config(key):
+    shape = CONFIG_SHAPES[key]
+    assert K.mlp_config_key(shape[1], shape[1]) == key
+    args = _args("conv_block", shape, "channels_last")
+    check(lambda *a: K.conv_block(*a, config=key), R.conv_block_ref, args, what=f"cfg {key}")
+    if key != 64:  # a narrower tensor through a wider config (masking of the padded channels)
+        args = _args("mlp", ODD["c33"])
+        check(lambda *a: K.mlp(*a, config=key), R.mlp_ref, args, what=f"cfg {key} narrow")
+
+
+def test_too_wide_raises_unsupported():
+    from swiftkern._registry import Unsupported
+
+    with pytest.raises(Unsupported):
+        K.mlp_config_key(300, 300)
+
+
+def test_conv_block_real_shape():
+    # xs_stage4 in full; stage 1 (56x56, C=48) costs ~30 s in the interpreter for the fused
+    # block, so stage 1 runs through the dwconv kernel only.
+    args = _args("conv_block", REAL["xs_stage4"], "channels_last")
+    check(K.conv_block, R.conv_block_ref, args, what="conv_block xs_stage4")
+    args = _args("dwconv_bn", REAL["xs_stage1"], "nchw")
+    check(K.dwconv_bn, R.dwconv_bn_ref, args, what="dwconv_bn xs_stage1")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("op", ["dwconv_bn", "conv_block", "mlp"])
+def test_half_dtypes(op, dtype):
+    args = _args(op, ODD["c33"], "channels_last")
+    check(getattr(K, op), getattr(R, op + "_ref"), args, dtype, what=f"{op} {dtype}")
+
+
+def test_half_real_shape():
+    args = _args("conv_block", REAL["xs_stage4"], "nchw")
+    check(K.conv_block, R.conv_block_ref, args, torch.bfloat16, what="conv_block xs4 bf16")
+
+
+# --- train forms -------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", ["c33", "h1", "n1", "ragged"])
+@pytest.mark.parametrize("op", ["dwconv_bn_train", "conv_block_train", "mlp_train"])
+def test_train_forms(op, shape):
+    for layout in ("nchw", "channels_last"):
+        args = _args(op, ODD[shape], layout)
+        check(getattr(K, op), getattr(R, op + "_ref"), args, what=f"{op} {shape} {layout}")
+
+
+def test_train_stats_with_large_mean():
+    # Batch statistics are merged per tile (Chan), not from E[z^2]-E[z]^2, and the mean is
+    # subtracted before scaling: with a mean of 1e3 over a unit spread the naive forms lose ~1e-1.
+    # At this offset the fp32 reference itself is off by ~4e-4 from fp64, so the bound is the
+    # flash-attention rule against the fp64 truth: 2x the fp32 reference's own error.
+    args = _args("dwconv_bn_train", ODD["ragged"])
+    args[2] = args[2] + 1000.0
+    truth = R.dwconv_bn_train_ref(*to(args, torch.float64))
+    ref32 = R.dwconv_bn_train_ref(*args)
+    out = K.dwconv_bn_train(*args)
+    for i in range(3):
+        base = (ref32[i].double() - truth[i]).abs().max().item()
+        err = (out[i].double() - truth[i]).abs().max().item()
+        assert err <= 2 * base + 1e-6, f"output {i}: {err:.3e} vs fp32 reference {base:.3e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_train_half(dtype):
+    args = _args("conv_block_train", ODD["c33"], "channels_last")
+    check(K.conv_block_train, R.conv_block_train_ref, args, dtype, what=f"train {dtype}",
+          n_check=1)
+
+
+def test_train_real_shape():
+    args = _args("conv_block_train", REAL["xs_stage4"], "channels_last")
+    check(K.conv_block_train, R.conv_block_train_ref, args, what="train xs4")
+
+
+# --- backward ----------------------------------------------------------------------------------
+BWD = {
+    "dwconv_bn": (K.dwconv_bn_backward, R.dwconv_bn_ref, (0, 1, 2)),
+    "mlp": (BW.mlp_backward, R.mlp_ref, (0, 1, 2, 3, 4, 5, 6)),
+    "conv_block": (BW.conv_block_backward, R.conv_block_ref, (0, 1, 2, 3, 4, 5, 6, 7)),
+}
+
+
+@pytest.mark.parametrize("shape", ["c33", "w1", "n1", "ragged"])
+@pytest.mark.parametrize("op", list(BWD))
+def test_backward(op, shape):
+    bwd, ref, idx = BWD[op]
+    for layout in ("nchw", "channels_last"):
+        args = _args(op, ODD[shape], layout)
+        g, ref_grads = grads_of(ref, args, idx)
+        got = bwd(g, *args, [True] * len(idx))
+        assert len(got) == len(idx)
+        for i, (a, b) in enumerate(zip(got, ref_grads)):
+            assert_close(a, b, torch.float32, what=f"{op} {shape} {layout} grad {i}")
+        assert K._layout(got[0]) == K._layout(args[0]), f"{op} {layout}: dx layout"
+
+
+def test_backward_mask_and_none():
+    bwd, ref, idx = BWD["conv_block"]
+    args = _args("conv_block", ODD["c33"])
+    args[2] = None  # dw_b
+    g, ref_grads = grads_of(ref, args, (0, 1, 3, 4, 5, 6, 7))
+    mask = [False, True, True, True, False, True, True, True]
+    got = bwd(g, *args, mask)
+    assert got[0].numel() == 0 and got[2].numel() == 0 and got[4].numel() == 0
+    for j, i in enumerate((0, 1, 3, 4, 5, 6, 7)):
+        if mask[i]:
+            assert_close(got[i], ref_grads[j], torch.float32, what=f"masked grad {i}")
+
+
+def test_backward_real_shape():
+    bwd, ref, idx = BWD["conv_block"]
+    args = _args("conv_block", REAL["xs_stage4"], "channels_last")
+    g, ref_grads = grads_of(ref, args, idx)
+    for i, (a, b) in enumerate(zip(bwd(g, *args, [True] * 8), ref_grads)):
+        assert_close(a, b, torch.float32, what=f"xs4 grad {i}")
+
+
+def test_backward_half():
+    bwd, ref, idx = BWD["conv_block"]
+    args = to(_args("conv_block", ODD["c33"], "channels_last"), torch.bfloat16)
+    g, _ = grads_of(ref, to(args, torch.float32), idx)
+    _, ref32 = grads_of(ref, to(args, torch.float32), idx)
+    _, ref16 = grads_of(ref, args, idx)
+    got = bwd(g.bfloat16(), *args, [True] * 8)
+    for i, (a, r32, r16) in enumerate(zip(got, ref32, ref16)):
+        assert a.dtype == torch.bfloat16
+        base = (r16.double() - r32.double()).abs().max().item()
+        err = (a.double() - r32.double()).abs().max().item()
+        mx = r32.abs().max().item()
+        assert err <= 2 * base + 1e-3 * max(1.0, mx) + 2.0 ** -7 * mx, f"grad {i}: {err} vs {base}"

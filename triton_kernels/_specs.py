@@ -1,0 +1,94 @@
+"""Every shipped (kernel, config, dtype) variant, for the ahead-of-time compile report
+(tools/triton_report.py) and the tests that must run each config in the interpreter.
+
+A spec names the kernel, its constexprs (block sizes and feature flags at their heaviest setting:
+every optional input present, so registers are an upper bound) and num_warps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import triton.language as tl
+
+from . import _attention as A
+from . import _backward as BW
+from . import _conv as K
+
+_PTR_FP32 = {"ws_ptr", "ws_g_ptr", "ws_ml_ptr", "mean_ptr", "scale_ptr", "shift_ptr"}
+_FLOAT_ARGS = {"scale"}
+_DT = {"fp32": tl.float32, "fp16": tl.float16, "bf16": tl.bfloat16}
+
+
+@dataclass
+class Spec:
+    kernel: object  # the @triton.jit function
+    config: str
+    dtype: str  # "fp32" | "fp16" | "bf16": element type of the activation pointers
+    constexprs: dict
+    num_warps: int
+    layout: str | None = None  # "cl" / "nchw": which stride args the JIT sees as 1 (specialized)
+    num_stages: int = 3
+
+    def constants(self) -> dict:
+        c = dict(self.constexprs)
+        ones = {"cl": ("sxc", "soc", "src", "sgc"), "nchw": ("sxw", "sow", "srw", "sgw"),
+                "tok": ("sqd", "skd")}.get(self.layout, ())
+        c.update({a: 1 for a in ones if a in self.kernel.arg_names})
+        return c
+
+    def attrs(self) -> dict:
+        """Pointer alignment as the JIT sees it for torch allocations (16 B)."""
+        return {(i,): [["tt.divisibility", 16]]
+                for i, a in enumerate(self.kernel.arg_names) if a.endswith("_ptr")}
+
+    @property
+    def name(self) -> str:
+        return self.kernel.fn.__name__ if hasattr(self.kernel, "fn") else self.kernel.__name__
+
+    def signature(self) -> dict:
+        sig = {}
+        consts = self.constants()
+        for a in self.kernel.arg_names:
+            if a in consts:
+                sig[a] = "constexpr"
+            elif a.endswith("_ptr"):
+                fp32 = a in _PTR_FP32 or self.dtype == "fp32"
+                sig[a] = "*fp32" if fp32 else f"*{self.dtype}"
+            elif a in _FLOAT_ARGS:
+                sig[a] = "fp32"
+            else:
+                sig[a] = "i32"
+        return sig
+
+
+def all_specs() -> list[Spec]:
+    specs: list[Spec] = []
+    for dt in ("fp32", "fp16", "bf16"):
+        for lay in ("cl", "nchw"):
+            for cname, cfg in K.DW_CONFIGS.items():
+                tiles = dict(BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"])
+                w = cfg["num_warps"]
+                specs.append(Spec(K._dwconv_bn_fwd_kernel, cname, dt,
+                                  dict(HAS_DWB=True, **tiles), w, lay))
+                specs.append(Spec(K._dwconv_bn_stats_kernel, cname, dt,
+                                  dict(HAS_DWB=True, **tiles), w, lay))
+                specs.append(Spec(K._dwconv_bn_wgrad_kernel, cname, dt, dict(tiles), w, lay))
+            for key, cfg in K.MLP_CONFIGS.items():
+                # compiled at the widest channel count the config serves, every input present
+                c = dict(HAS_DW=True, HAS_DWB=True, HAS_AFFINE=True, HAS_B1=True, HAS_B2=True,
+                         HAS_LS=True, HAS_RES=True, BLOCK_P=cfg["BLOCK_P"], BLOCK_CI=key,
+                         BLOCK_CO=key, BLOCK_H=cfg["BLOCK_H"], DOT_DT=_DT[dt],
+                         INPUT_PREC="ieee" if dt == "fp32" else "tf32")
+                specs.append(Spec(K._fused_mlp_fwd_kernel, f"C<={key}", dt, c, cfg["num_warps"],
+                                  lay, cfg["num_stages"]))
+        for key, cfg in A.ATTN_CONFIGS.items():
+            for pool, pid in A.POOL_IDS.items():
+                specs.append(Spec(A._attn_pool_partial_kernel, f"D<={key},{pool}", dt,
+                                  dict(POOL=pid, BLOCK_N=cfg["BLOCK_N"], BLOCK_D=key),
+                                  cfg["num_warps"], "tok"))
+                specs.append(Spec(A._attn_apply_kernel, f"D<={key},{pool}", dt,
+                                  dict(POOL=pid, BLOCK_N=cfg["BLOCK_N"], BLOCK_D=key,
+                                       BLOCK_S=A.MAX_SPLITS), cfg["num_warps"], "tok"))
+    specs.append(Spec(BW._gelu_fwd_bwd_kernel, "default", "fp32", dict(BLOCK=BW.GELU_BLOCK), 4))
+    return specs
