@@ -156,7 +156,13 @@ def _walk(model: nn.Module, table, backend, device, dtype, report: OptimizeRepor
             return
         if parent is None:
             raise ValueError("optimize() cannot replace the root module itself; pass its parent")
-        fused = rule.build(module, backend)
+        try:
+            fused = rule.build(module, backend)
+        except Exception as e:
+            raise RuntimeError(
+                f"swiftkern.optimize: building the replacement of {path} ({cls.__qualname__}) "
+                f"failed: {type(e).__name__}: {e}. The model was left unchanged."
+            ) from e
         parent._modules[name] = fused
         log.append((parent, name, module))
         report.entries.append(
@@ -200,8 +206,18 @@ def _call(model, example):
         return model(example)
 
 
+def _observed(path: str) -> str:
+    """Module whose output stands for a report entry: a folded pair "a.conv+bn" -> "a.bn"."""
+    if "+" not in path:
+        return path
+    head, _, bn = path.partition("+")
+    parent = head.rpartition(".")[0]
+    return f"{parent}.{bn}" if parent else bn
+
+
 def _verify(original: nn.Module, optimized: nn.Module, example, paths: list[str]) -> None:
     """Run both; on disagreement raise with the max difference of every swapped layer."""
+    paths = [_observed(p) for p in paths]
     outs: dict[str, dict[str, torch.Tensor]] = {"orig": {}, "opt": {}}
     handles = []
     for tag, m in (("orig", original), ("opt", optimized)):

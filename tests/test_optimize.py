@@ -257,3 +257,26 @@ def test_export_of_optimized_model_runs_and_matches():
     assert any("swiftkern.additive_attention" in n for n in names), names
     with torch.no_grad():
         assert_close(ep.module()(x), ref, torch.float32, MODEL_RTOL, what="exported logits")
+
+
+def test_failure_part_way_leaves_the_model_unchanged(monkeypatch):
+    from swiftkern.nn import conv_block as cb
+
+    model = hf_model("tiny")
+    before = dict(model.named_modules())
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    built = []
+    orig_init = cb.FusedConvBlock.__init__
+
+    def flaky(self, *a, **k):
+        built.append(1)
+        if len(built) == 3:
+            raise RuntimeError("boom")
+        orig_init(self, *a, **k)
+
+    monkeypatch.setattr(cb.FusedConvBlock, "__init__", flaky)
+    with pytest.raises(RuntimeError, match=r"building the replacement of .* failed.*boom"):
+        swiftkern.optimize(model, backend="reference")
+    assert len(built) == 3
+    assert dict(model.named_modules()) == before
+    assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())

@@ -57,8 +57,10 @@ def test_results_do_not_depend_on_thread_count(op):
         outs = {}
         for n in (1, 2):
             torch.set_num_threads(n)
-            outs[n] = {b: getattr(torch.ops.swiftkern, op)(*args, b) for b in
-                       ["reference", *live_backends(op)]}
+            outs[n] = {
+                b: getattr(torch.ops.swiftkern, op)(*args, b)
+                for b in ["reference", *live_backends(op)]
+            }
     finally:
         torch.set_num_threads(old)
     for b in outs[1]:

@@ -52,8 +52,9 @@ def _worker(rank, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    import swiftkern
     from models import hf_model
+
+    import swiftkern
 
     base = hf_model("tiny").train()
     eager = copy.deepcopy(base)
