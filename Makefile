@@ -29,8 +29,11 @@ test-fast: build
 bench: build
 	$(VENV)/bin/swiftkern bench --threads $(THREADS)
 
+# The issue-4 table: HF XS/S/L1/L3 at batch 1 and 8, fp32 + bf16, every provider (slow: ~1 h).
 bench-all: build
-	$(VENV)/bin/swiftkern bench model --threads $(THREADS) --models hf-xs,hf-s,hf-l1,hf-l3 --batch 1,8
+	mkdir -p bench_out
+	$(VENV)/bin/swiftkern bench model --threads $(THREADS) --models hf:xs,hf:s,hf:l1,hf:l3 \
+	  --batch 1,8 --dtypes fp32,bf16 --providers all --json bench_out/models.json
 
 lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check swiftkern triton_kernels tests benchmarks tools
