@@ -65,7 +65,9 @@ def _dw_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
         for kx in tl.static_range(3):
             iw = ww + (kx - 1)
             m = mh & (iw >= 0) & (iw < W)
-            tap = (ky - 1) * sxh.to(tl.int64) + (kx - 1) * sxw.to(tl.int64)
+            # in the stride args' own int type (i32 unless > 2^31: then the JIT passes i64);
+            # a stride of 1 arrives as a constexpr (JIT specialization), hence no .to() here.
+            tap = (ky - 1) * sxh + (kx - 1) * sxw
             v = tl.load(ptrs + tap, mask=m[:, None] & cm, other=0.0).to(tl.float32)
             wt = tl.load(dww_ptr + cc * 9 + (ky * 3 + kx), mask=cmask, other=0.0).to(tl.float32)
             acc += v * wt[None, :]
