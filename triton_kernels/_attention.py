@@ -169,6 +169,9 @@ def additive_attention_core(q, k, w_g, scale, pool, config=None, max_splits=MAX_
     if q.device.type != "cuda" and not INTERPRET:
         raise Unsupported("Triton kernels run on CUDA tensors (or CPU under TRITON_INTERPRET=1)")
     bsz, n, d = q.shape
+    # only the unit channel stride variant is AOT-verified (tools/triton_report.py)
+    q = q if q.stride(2) == 1 else q.contiguous()
+    k = k if k.stride(2) == 1 else k.contiguous()
     qn = torch.empty((bsz, n, d), device=q.device, dtype=q.dtype)
     gk = torch.empty((bsz, n, d), device=q.device, dtype=q.dtype)
     if qn.numel() == 0:

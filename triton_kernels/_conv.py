@@ -287,6 +287,15 @@ def _check(x: torch.Tensor) -> None:
         raise Unsupported("Triton kernels run on CUDA tensors (or CPU under TRITON_INTERPRET=1)")
 
 
+def _unit_stride(t: torch.Tensor | None) -> torch.Tensor | None:
+    """t itself when its channel (channels_last) or width (NCHW) stride is 1, else a copy in its
+    layout. Only those two JIT specializations are AOT-verified spill-free (tools/triton_report.py);
+    a fully generic-stride variant spilled heavily at sm_90."""
+    if t is None or t.stride(1) == 1 or t.stride(3) == 1 or t.numel() == 0:
+        return t
+    return t.contiguous(memory_format=_layout(t))
+
+
 def _c(t):
     return None if t is None else t.contiguous()
 
@@ -304,6 +313,7 @@ def _s4(t: torch.Tensor):
 
 def dwconv_bn(x, dw_w, dw_b, config: str = "default"):
     _check(x)
+    x = _unit_stride(x)
     b, c, h, w = x.shape
     out = _empty_like_x(x)
     p = b * h * w
@@ -322,6 +332,7 @@ def dwconv_bn(x, dw_w, dw_b, config: str = "default"):
 
 def _fused(x, dw_w, dw_b, bn, w1, b1, w2, b2, ls, residual, config=None):
     _check(x)
+    x, residual = _unit_stride(x), _unit_stride(residual)
     b, c_in, h, w = x.shape
     hid, c_out = w1.shape[0], w2.shape[0]
     key = mlp_config_key(c_in, c_out) if config is None else config
@@ -372,6 +383,7 @@ def _batch_stats(x, dw_w, dw_b, config="default"):
         dw_w[:, 0, 1, 1] = 1.0
         dw_b = None
     nprog = triton.cdiv(p, cfg["BLOCK_P"])
+    x = _unit_stride(x)
     ws = torch.empty((nprog, 3, c), device=x.device, dtype=torch.float32)
     dww = dw_w.contiguous()
     _dwconv_bn_stats_kernel[(nprog, triton.cdiv(c, cfg["BLOCK_C"]))](
@@ -450,6 +462,7 @@ def dwconv_bn_backward(grad, x, dw_w, dw_b, grad_mask):
         cfg = DW_CONFIGS["default"]
         nprog = triton.cdiv(p, cfg["BLOCK_P"])
         ws = torch.empty((nprog, 10, c), device=x.device, dtype=torch.float32)
+        grad, x = _unit_stride(grad), _unit_stride(x)
         _dwconv_bn_wgrad_kernel[(nprog, triton.cdiv(c, cfg["BLOCK_C"]))](
             grad, x, ws, p, c, h, w, *_s4(grad), *_s4(x),
             BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"],
