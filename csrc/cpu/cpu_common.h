@@ -53,9 +53,9 @@ inline Tensor blob(T* p, at::IntArrayRef sizes, at::IntArrayRef strides) {
   return at::from_blob(p, sizes, strides, opts_of<T>());
 }
 
-// Dtype policy: fp32 and fp64 are computed natively. bf16 inputs run the fp32 kernel between
-// conversions: the CPUs this targets without AVX512-BF16 have no bf16 arithmetic, so computing in
-// fp32 is both the accurate and the fast choice. fp16 is not served (reference fallback).
+// Dtype policy: fp32 and fp64 are computed natively. bf16 and fp16 inputs run the fp32 kernel
+// between conversions (kBFloat16ViaFloat): CPUs without AVX512-BF16/FP16 have no half-precision
+// arithmetic, so computing in fp32 is both the accurate and the fast choice.
 enum class DtypeRoute { kFloat, kDouble, kBFloat16ViaFloat };
 
 inline DtypeRoute route_dtype(const Tensor& x, const char* op) {
@@ -66,10 +66,11 @@ inline DtypeRoute route_dtype(const Tensor& x, const char* op) {
     case at::kDouble:
       return DtypeRoute::kDouble;
     case at::kBFloat16:
+    case at::kHalf:
       return DtypeRoute::kBFloat16ViaFloat;
     default:
       TORCH_CHECK_NOT_IMPLEMENTED(false, "swiftkern cpu ", op, ": dtype ", x.scalar_type(),
-                                  " not served (fp32, fp64, bf16 are)");
+                                  " not served (fp32, fp64, bf16, fp16 are)");
   }
 }
 

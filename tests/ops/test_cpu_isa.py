@@ -101,7 +101,7 @@ def test_cpu_isa_path_matches_reference(isa: str, strategy: str) -> None:
 def test_unknown_dtype_is_not_implemented() -> None:
     if _ext.CPU_ISA is None:
         pytest.skip("no CPU kernel library loaded")
-    x = torch.randn(1, 4, 3, 3, dtype=torch.float16)
-    w = torch.randn(4, 1, 3, 3, dtype=torch.float16)
+    x = torch.randn(1, 4, 3, 3).to(torch.int32)
+    w = torch.randn(4, 1, 3, 3).to(torch.int32)
     with pytest.raises(NotImplementedError):
         torch.ops.swiftkern_C.dwconv_bn(x, w, None)
