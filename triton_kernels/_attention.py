@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._conv import INTERPRET, SUPPORTED, Unsupported
+from ._conv import INTERPRET, SUPPORTED, Unsupported, _cast_out
 
 POOL_IDS = {"sum": 0, "l2": 1, "softmax": 2}
 EPS = 1e-12
@@ -61,7 +61,7 @@ def _attn_pool_partial_kernel(
                     mask=msk, other=0.0).to(tl.float32)
         qn = _normalize_rows(q, nmask)
         tl.store(qn_ptr + (b * N + n64)[:, None] * D + d[None, :],
-                 qn.to(qn_ptr.dtype.element_ty), mask=msk)
+                 _cast_out(qn, qn_ptr), mask=msk)
         s = tl.sum(qn * wg[None, :], axis=1) * scale
         if POOL == 0:
             g += tl.sum(qn, axis=0)
@@ -134,7 +134,7 @@ def _attn_apply_kernel(
                 mask=msk, other=0.0).to(tl.float32)
     kn = _normalize_rows(k, nmask)
     tl.store(gk_ptr + (b * N + n64)[:, None] * D + d[None, :],
-             (G[None, :] * kn).to(gk_ptr.dtype.element_ty), mask=msk)
+             _cast_out(G[None, :] * kn, gk_ptr), mask=msk)
 
 
 # Configs by padded D: a BLOCK_N x BLOCK_D tile of 4096 fp32 (32 per thread at 4 warps); larger

@@ -26,6 +26,9 @@ from swiftkern._registry import Unsupported
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
+# The interpreter truncates fp32->bf16 casts (the GPU rounds to nearest even): round explicitly
+# there so interpreter results match what the GPU stores.
+_EMULATE_RNE = tl.constexpr(INTERPRET)
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,6 +80,17 @@ def _dw_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
 
 
 @triton.jit
+def _cast_out(v, ptr):
+    """fp32 -> element type of ptr, bf16 rounded to nearest even also in the interpreter."""
+    if _EMULATE_RNE:
+        if ptr.dtype.element_ty == tl.bfloat16:
+            u = v.to(tl.uint32, bitcast=True)
+            u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+            v = u.to(tl.float32, bitcast=True)
+    return v.to(ptr.dtype.element_ty)
+
+
+@triton.jit
 def _gelu(h):
     return 0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))
 
@@ -99,7 +113,7 @@ def _dwconv_bn_fwd_kernel(
                  sxb, sxc, sxh, sxw, HAS_DWB)
     off = _off(bb, hh, ww, sob, soh, sow)
     tl.store(out_ptr + off[:, None] + cc.to(tl.int64)[None, :] * soc,
-             z.to(out_ptr.dtype.element_ty), mask=pmask[:, None] & cmask[None, :])
+             _cast_out(z, out_ptr), mask=pmask[:, None] & cmask[None, :])
 
 
 @triton.jit
@@ -217,7 +231,7 @@ def _fused_mlp_fwd_kernel(
         acc += tl.load(res_ptr + roff[:, None] + co64[None, :] * src, mask=omask,
                        other=0.0).to(tl.float32)
     ooff = _off(bb, hh, ww, sob, soh, sow)
-    tl.store(out_ptr + ooff[:, None] + co64[None, :] * soc, acc.to(out_ptr.dtype.element_ty),
+    tl.store(out_ptr + ooff[:, None] + co64[None, :] * soc, _cast_out(acc, out_ptr),
              mask=omask)
 
 
