@@ -76,7 +76,7 @@ def _has_kernel(qual: str, key: str) -> bool:
 
 # Dtypes each C++ library declares it serves; tests/test_ext.py calls every op at every declared
 # dtype so this table cannot claim more than the kernels do.
-CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -89,8 +89,7 @@ def _register(op_names) -> None:
             if _has_kernel(qual, "CPU"):
                 _registry.register_kernel(name, "cpu", fn, devices=("cpu",), dtypes=CPU_DTYPES)
             if _has_kernel(qual, "CUDA"):
-                _registry.register_kernel(name, "cuda", fn, devices=("cuda",),
-                                          dtypes=CUDA_DTYPES)
+                _registry.register_kernel(name, "cuda", fn, devices=("cuda",), dtypes=CUDA_DTYPES)
 
 
 def load(op_names) -> None:

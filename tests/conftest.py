@@ -10,12 +10,15 @@ import swiftkern  # noqa: E402,F401  (registers ops and backends)
 from swiftkern import _registry  # noqa: E402
 
 
-def live_backends(op: str, device: str = "cpu") -> list[str]:
-    """Non-reference backends that have a kernel for `op` on `device` in this process."""
+def live_backends(op: str, device: str = "cpu", dtype: torch.dtype | None = None) -> list[str]:
+    """Non-reference backends that have a kernel for `op` on `device` (and `dtype`) here."""
     return sorted(
         b
         for (o, b), k in _registry.table().items()
-        if o == op and b != "reference" and device in k.devices
+        if o == op
+        and b != "reference"
+        and device in k.devices
+        and (dtype is None or k.dtypes is None or dtype in k.dtypes)
     )
 
 

@@ -35,15 +35,17 @@ def _tuple(out):
     return (out,) if isinstance(out, torch.Tensor) else tuple(out)
 
 
-def _backends(op):
+def _backends(op, dtype=None):
     # "reference" runs through the op machinery too (layout normalization, validation).
-    return ["reference", *live_backends(op)]
+    return ["reference", *live_backends(op, dtype=dtype)]
 
 
 def _cases(op, shapes, small_only=False):
     out = []
     names = (SMALL_CONV if op in CONV_OPS else SMALL_ATTN) if small_only else shapes
     for s in names:
+        if op.endswith("_train") and s == "n1":
+            continue  # one value per channel: rejected like nn.BatchNorm2d (reliability tests)
         if op in CONV_OPS:
             for layout in ("nchw", "channels_last", "strided"):
                 out.append(pytest.param(op, s, layout, None, id=f"{op}-{s}-{layout}"))
@@ -93,7 +95,7 @@ def test_forward_half_precision(op, shape, layout, pool, dtype):
     args = cast(args32, dtype)
     ref32 = _tuple(REF[op](*args32))
     torch_half = _tuple(REF[op](*args))
-    for backend in _backends(op):
+    for backend in _backends(op, dtype):
         out = _tuple(_op(op)(*args, backend))
         assert out[0].dtype == dtype
         assert_close_half(out[0], ref32[0], torch_half[0], what=f"{op}[{backend}] {dtype}")
