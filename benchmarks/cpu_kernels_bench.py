@@ -6,6 +6,7 @@ replace (HF SwiftFormer modules in eval mode, BN statistics randomized), measure
 Shapes: SwiftFormer-XS stage 1 (C=48, 56x56) and stage 4 (C=220, 7x7), batch 1 and 8. A and B
 are timed alternately (one call each, repeated), the median of each is reported with the ratio
 eager / swiftkern (> 1 means swiftkern is faster). Inputs NCHW unless the row says "cl".
+On a shared machine use --threads 1 --cpu-time (thread CPU clock) for stable ratios.
 Environment: SWIFTKERN_CPU_CONV_STRATEGY=tile|unfused forces the conv-block strategy.
 """
 
@@ -44,17 +45,20 @@ def randomize_(mod: torch.nn.Module) -> torch.nn.Module:
     return mod.eval()
 
 
+CLOCK = time.perf_counter
+
+
 def alternate(fa, fb, reps: int) -> tuple[float, float]:
     for _ in range(3):
         fa()
         fb()
     ta, tb = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fa()
-        t1 = time.perf_counter()
+        t1 = CLOCK()
         fb()
-        t2 = time.perf_counter()
+        t2 = CLOCK()
         ta.append(t1 - t0)
         tb.append(t2 - t1)
     return statistics.median(ta) * 1e3, statistics.median(tb) * 1e3
@@ -93,7 +97,15 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=60)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--only", default="", help="comma list of blocks: conv_block,mlp,dwconv_bn,attention")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time with the thread's CPU clock (needs --threads 1): robust on a shared "
+                    "machine where wall time includes time other processes held the core")
     args = ap.parse_args()
+    if args.cpu_time:
+        if args.threads != 1:
+            ap.error("--cpu-time needs --threads 1")
+        global CLOCK
+        CLOCK = time.thread_time
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)

@@ -37,17 +37,25 @@ void dw_rows_nhwc(const T* x, const T* w9, const T* bias, int64_t H, int64_t W, 
     for (int64_t w = 0; w < W; ++w) {
       const int64_t dw_lo = w == 0 ? 0 : -1, dw_hi = w == W - 1 ? 0 : 1;
       T* o = out + ((h - h0) * W + w) * ldo;
-      for (int64_t c0 = 0; c0 < C; c0 += VS) {
-        const int n = static_cast<int>(std::min<int64_t>(VS, C - c0));
-        Vec<T> acc = bias ? Vec<T>::loadu(bias + c0, n) : Vec<T>(T(0));
+      int64_t c0 = 0;
+      for (; c0 + VS <= C; c0 += VS) {
+        Vec<T> acc = bias ? Vec<T>::loadu(bias + c0) : Vec<T>(T(0));
         for (int64_t dh = dh_lo; dh <= dh_hi; ++dh) {
           for (int64_t dw = dw_lo; dw <= dw_hi; ++dw) {
             const int64_t tap = (dh + 1) * 3 + (dw + 1);
-            acc = at::vec::fmadd(Vec<T>::loadu(w9 + tap * C + c0, n),
-                                 Vec<T>::loadu(x + ((h + dh) * W + (w + dw)) * C + c0, n), acc);
+            acc = at::vec::fmadd(Vec<T>::loadu(w9 + tap * C + c0),
+                                 Vec<T>::loadu(x + ((h + dh) * W + (w + dw)) * C + c0), acc);
           }
         }
-        acc.store(o + c0, n);
+        acc.store(o + c0);
+      }
+      // scalar channel tail (C = 220, 33...): partial Vectorized loads go through a stack copy
+      for (; c0 < C; ++c0) {
+        T acc = bias ? bias[c0] : T(0);
+        for (int64_t dh = dh_lo; dh <= dh_hi; ++dh)
+          for (int64_t dw = dw_lo; dw <= dw_hi; ++dw)
+            acc += w9[((dh + 1) * 3 + (dw + 1)) * C + c0] * x[((h + dh) * W + (w + dw)) * C + c0];
+        o[c0] = acc;
       }
     }
   }
@@ -72,14 +80,16 @@ void dw_rows_plane(const T* xc, const T* w9, T bias, int64_t H, int64_t W, int64
       }
       o[0] += wc * r[0] + wr * r[1];
       const Vec<T> vl(wl), vc(wc), vr(wr);
-      for (int64_t w = 1; w < W - 1; w += VS) {
-        const int n = static_cast<int>(std::min<int64_t>(VS, W - 1 - w));
-        Vec<T> acc = Vec<T>::loadu(o + w, n);
-        acc = at::vec::fmadd(vl, Vec<T>::loadu(r + w - 1, n), acc);
-        acc = at::vec::fmadd(vc, Vec<T>::loadu(r + w, n), acc);
-        acc = at::vec::fmadd(vr, Vec<T>::loadu(r + w + 1, n), acc);
-        acc.store(o + w, n);
+      int64_t w = 1;
+      for (; w + VS <= W - 1; w += VS) {
+        Vec<T> acc = Vec<T>::loadu(o + w);
+        acc = at::vec::fmadd(vl, Vec<T>::loadu(r + w - 1), acc);
+        acc = at::vec::fmadd(vc, Vec<T>::loadu(r + w), acc);
+        acc = at::vec::fmadd(vr, Vec<T>::loadu(r + w + 1), acc);
+        acc.store(o + w);
       }
+      // scalar tail: partial Vectorized loads go through a stack copy and cost more (7x7 maps)
+      for (; w < W - 1; ++w) o[w] += wl * r[w - 1] + wc * r[w] + wr * r[w + 1];
       o[W - 1] += wl * r[W - 2] + wc * r[W - 1];
     }
   }
