@@ -67,3 +67,26 @@ def test_results_do_not_depend_on_thread_count(op):
         # Same kernel, other thread count: reductions may be split differently, so allow fp32
         # rounding (the per-op tolerance), not more.
         assert_close(outs[2][b], outs[1][b], what=f"{op}[{b}] 2 vs 1 threads")
+
+
+@pytest.mark.parametrize("op", ["conv_block", "mlp", "dwconv_bn"])
+def test_parameters_requiring_grad_on_worker_threads(op):
+    """Regression: kernels whose parallel loops call ATen on worker threads must accept leaf
+    parameters (requires_grad=True), with and without grad mode, at a multi-chunk shape."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        args = conv_args(op, (1, 48, 56, 56, 192)).args
+        args = [
+            a.requires_grad_(True) if isinstance(a, torch.Tensor) and i > 0 else a
+            for i, a in enumerate(args)
+        ]
+        ref = getattr(R, op + "_ref")(*args).detach()
+        for backend in ["auto", *live_backends(op)]:
+            with torch.no_grad():
+                assert_close(getattr(torch.ops.swiftkern, op)(*args, backend), ref)
+            y = getattr(torch.ops.swiftkern, op)(*args, backend)
+            assert_close(y.detach(), ref)
+            y.sum().backward()
+    finally:
+        torch.set_num_threads(old)
