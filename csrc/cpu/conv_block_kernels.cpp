@@ -241,6 +241,9 @@ void pointwise_tiles(const Produce& produce, bool cl, int64_t B, int64_t C, int6
   const T* ls = ptr_or_null<T>(a.ls);
   const Tensor w1t = a.w1.t(), w2t = a.w2.t();
   at::parallel_for(0, B * n_tiles_img, 1, [&](int64_t begin, int64_t end) {
+    // grad mode is thread-local: worker threads would see it on and reject mm(out=) on tensors
+    // that require grad
+    at::NoGradGuard no_grad;
     const int64_t tmax = R * W;
     std::vector<T> dbuf(tmax * C), hbuf(tmax * Hd), ybuf(tmax * Co);
     for (int64_t i = begin; i < end; ++i) {
