@@ -12,6 +12,8 @@ Environment switches:
   SWIFTKERN_NO_EXT=1   build no C++ at all (pure Python; every op uses the reference / Triton)
   SWIFTKERN_NO_CUDA=1  skip CUDA sources even when nvcc and a CUDA build of torch are present
   SWIFTKERN_CUDA_ARCH  CUDA architectures (default "8.0;9.0")
+  SWIFTKERN_CPU_ISAS   CPU kernel libraries to build (default "avx512,avx2"; e.g. "avx2" for a
+                       faster development rebuild)
 """
 
 from __future__ import annotations
@@ -96,8 +98,14 @@ def extensions():
                    "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
         "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
     }
+    wanted = os.environ.get("SWIFTKERN_CPU_ISAS", "avx512,avx2").replace(" ", "").split(",")
+    unknown = set(wanted) - set(isa_flags)
+    if unknown:
+        raise SystemExit(f"SWIFTKERN_CPU_ISAS: unknown ISA(s) {sorted(unknown)}; use {list(isa_flags)}")
     if cpu_sources:
         for isa, flags in isa_flags.items():
+            if isa not in wanted:
+                continue
             exts.append(
                 ce.CppExtension(
                     f"swiftkern._C_cpu_{isa}",
