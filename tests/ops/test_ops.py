@@ -88,6 +88,19 @@ def test_forward_fp32_matches_reference(op, shape, layout, pool):
             assert out[0].is_contiguous()
 
 
+@pytest.mark.parametrize(
+    "op,shape,layout,pool", [c for op in ALL_OPS for c in _cases(op, None, True)]
+)
+def test_forward_fp64_matches_reference(op, shape, layout, pool):
+    args = make(op, shape, layout, pool, dtype=torch.float64)
+    ref = _tuple(REF[op](*args))
+    for backend in _backends(op, torch.float64):
+        out = _tuple(_op(op)(*args, backend))
+        for i, (o, r) in enumerate(zip(out, ref)):
+            assert o.dtype == torch.float64
+            assert_close(o, r, what=f"{op}[{backend}] fp64 output {i}")
+
+
 HALF_CASES = [
     c for op in ALL_OPS for c in _cases(op, None, small_only=True) if "strided" not in c.id
 ]
