@@ -280,3 +280,54 @@ def test_failure_part_way_leaves_the_model_unchanged(monkeypatch):
     assert len(built) == 3
     assert dict(model.named_modules()) == before
     assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
+
+
+def test_timm_feature_apis_keep_working():
+    import timm
+
+    model = timm_model("swiftformer_xs")
+    x = torch.randn(1, 3, 128, 128)
+    opt = swiftkern.optimize(copy.deepcopy(model))
+    with torch.no_grad():
+        assert_close(
+            opt.forward_features(x),
+            model.forward_features(x),
+            torch.float32,
+            MODEL_RTOL,
+            what="forward_features",
+        )
+        ref_final, ref_inter = model.forward_intermediates(x)
+        got_final, got_inter = opt.forward_intermediates(x)
+        assert_close(got_final, ref_final, torch.float32, MODEL_RTOL, what="intermediates final")
+        assert len(got_inter) == len(ref_inter) == 4
+        for a, b in zip(got_inter, ref_inter):
+            assert_close(a, b, torch.float32, MODEL_RTOL, what="intermediate")
+    torch.manual_seed(0)
+    feats = timm.create_model("swiftformer_xs", pretrained=False, features_only=True).eval()
+    from models import randomize_
+
+    randomize_(feats)
+    opt_feats, report = swiftkern.optimize(copy.deepcopy(feats), return_report=True)
+    assert report.swapped
+    with torch.no_grad():
+        for a, b in zip(opt_feats(x), feats(x)):
+            assert_close(a, b, torch.float32, MODEL_RTOL, what="features_only")
+
+
+def test_hf_base_model_is_optimized_too():
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.SwiftFormerConfig(depths=[1, 1, 2, 1], embed_dims=[16, 24, 40, 56])
+    from models import randomize_
+
+    model = randomize_(transformers.SwiftFormerModel(cfg).eval())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x).last_hidden_state
+        opt, report = swiftkern.optimize(
+            copy.deepcopy(model), return_report=True, backend="reference"
+        )
+        got = opt(x).last_hidden_state
+    assert len(report.swapped) >= 20
+    assert_close(got, ref, torch.float32, MODEL_RTOL, what="SwiftFormerModel")
