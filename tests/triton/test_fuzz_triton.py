@@ -1,0 +1,60 @@
+"""Hypothesis fuzzing of the Triton backend in the interpreter (the CPU and reference backends are
+fuzzed in tests/reliability/test_fuzz.py). Few, small examples: each program costs ~4 ms here."""
+
+from __future__ import annotations
+
+import torch
+from cases import attn_args, conv_args
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tolerances import assert_close
+
+from swiftkern.ops import reference as R
+
+CI = settings(
+    max_examples=40,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+
+def _first(out):
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+@CI
+@given(
+    op=st.sampled_from(["dwconv_bn", "conv_block", "mlp", "dwconv_bn_train", "mlp_train"]),
+    b=st.integers(1, 2),
+    c=st.integers(1, 24),
+    h=st.integers(1, 6),
+    w=st.integers(1, 6),
+    ratio=st.sampled_from([1, 4]),
+    layout=st.sampled_from(["nchw", "channels_last", "strided"]),
+    seed=st.integers(0, 2**16),
+)
+def test_fuzz_triton_conv_ops(op, b, c, h, w, ratio, layout, seed):
+    if op.endswith("_train") and b * h * w == 1:
+        return
+    args = conv_args(op, (b, c, h, w, c * ratio), torch.float32, layout, seed).args
+    ref = _first(getattr(R, op + "_ref")(*args))
+    out = _first(getattr(torch.ops.swiftkern, op)(*args, "triton"))
+    assert_close(out, ref, what=f"{op}[triton]")
+
+
+@CI
+@given(
+    b=st.integers(1, 2),
+    n=st.integers(1, 40),
+    d=st.integers(1, 40),
+    pool=st.sampled_from(["sum", "l2", "softmax"]),
+    seed=st.integers(0, 2**16),
+)
+def test_fuzz_triton_attention_core(b, n, d, pool, seed):
+    args = attn_args("additive_attention_core", (b, n, d), pool, seed=seed).args
+    ref = R.additive_attention_core_ref(*args)
+    out = torch.ops.swiftkern.additive_attention_core(*args, "triton")
+    for o, r in zip(out, ref):
+        assert_close(o, r, what=f"core[triton] {pool}")
