@@ -98,6 +98,10 @@ def _register(op_names) -> None:
 
 def load(op_names) -> None:
     global CPU_ISA
+    try:
+        _registry.CUDA_TABLE.update(_registry.load_cuda_table())
+    except (OSError, ValueError) as e:
+        warnings.warn(f"swiftkern: ignoring SWIFTKERN_CUDA_TABLE: {e}", stacklevel=3)
     if os.environ.get("SWIFTKERN_DISABLE_EXT", "0") not in ("", "0"):
         STATUS["swiftkern._C"] = "disabled by SWIFTKERN_DISABLE_EXT"
         return

@@ -33,8 +33,29 @@ _TABLE: dict[tuple[str, str], Kernel] = {}
 # PyTorch it replaces (numbers in README "Performance"). Explicitly named backends still run it.
 SLOWER: dict[tuple[str, str, torch.dtype], str] = {}
 
-# Preference on CUDA devices until a GPU measurement table exists (see README "Backends").
+# Preference on CUDA devices until a GPU measurement table exists (see README "GPU backends").
 CUDA_PREFERENCE: list[str] = ["triton", "cuda"]
+# Per-op order measured on a GPU by `swiftkern bench ops --write-backend-table PATH`, loaded from
+# $SWIFTKERN_CUDA_TABLE (a JSON {op: ["cuda", "triton"], ...}); ops it lacks use CUDA_PREFERENCE.
+CUDA_TABLE: dict[str, list[str]] = {}
+
+
+def load_cuda_table(path: str | None = None) -> dict[str, list[str]]:
+    """Read a backend-order table (see CUDA_TABLE); invalid entries are rejected loudly."""
+    import json
+    import os
+
+    path = path or os.environ.get("SWIFTKERN_CUDA_TABLE")
+    if not path:
+        return {}
+    with open(path) as f:
+        data = json.load(f)
+    table = {}
+    for op, order in data.get("order", data).items():
+        if not isinstance(order, list) or not set(order) <= {"cuda", "triton"}:
+            raise ValueError(f"{path}: {op}: order must be a list of 'cuda'/'triton', got {order}")
+        table[op] = list(order)
+    return table
 
 
 def register_kernel(
@@ -53,7 +74,7 @@ def kernel_for(op: str, backend: str) -> Kernel | None:
     return _TABLE.get((op, backend))
 
 
-def candidates(device: torch.device, backend: str) -> list[str]:
+def candidates(device: torch.device, backend: str, op: str | None = None) -> list[str]:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
@@ -61,7 +82,8 @@ def candidates(device: torch.device, backend: str) -> list[str]:
     if device.type == "cpu":
         return ["cpu", "reference"]
     if device.type == "cuda":
-        return [*CUDA_PREFERENCE, "reference"]
+        order = CUDA_TABLE.get((op or "").removesuffix("_backward"), CUDA_PREFERENCE)
+        return [*order, *[b for b in CUDA_PREFERENCE if b not in order], "reference"]
     return ["reference"]
 
 
@@ -81,7 +103,7 @@ def _usable(op: str, name: str, backend: str, device, dtype) -> Kernel | None:
 def dispatch(op: str, backend: str, device: torch.device, dtype: torch.dtype, *args):
     """Run `op` on the first backend that serves (device, dtype); see module docstring."""
     tried = []
-    for name in candidates(device, backend):
+    for name in candidates(device, backend, op):
         k = _usable(op, name, backend, device, dtype)
         if k is None:
             tried.append(f"{name}: not available for {device.type}/{dtype}")
@@ -98,7 +120,7 @@ def dispatch(op: str, backend: str, device: torch.device, dtype: torch.dtype, *a
 
 def resolve(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
     """Name of the backend `dispatch` would try first for these inputs (None if none)."""
-    for name in candidates(device, backend):
+    for name in candidates(device, backend, op):
         if _usable(op, name, backend, device, dtype) is not None:
             return name
     return None

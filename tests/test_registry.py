@@ -55,3 +55,20 @@ def test_slower_kernels_are_not_picked_by_auto(fake_op):
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend must be one of"):
         _registry.candidates(CPU, "gpu")
+
+
+def test_cuda_order_follows_the_measured_table(tmp_path, monkeypatch):
+    import json
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(_registry, "CUDA_TABLE", {})
+    assert _registry.candidates(cuda, "auto", "conv_block") == ["triton", "cuda", "reference"]
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"order": {"conv_block": ["cuda", "triton"]}}))
+    monkeypatch.setattr(_registry, "CUDA_TABLE", _registry.load_cuda_table(str(path)))
+    assert _registry.candidates(cuda, "auto", "conv_block") == ["cuda", "triton", "reference"]
+    assert _registry.candidates(cuda, "auto", "conv_block_backward")[0] == "cuda"
+    assert _registry.candidates(cuda, "auto", "mlp") == ["triton", "cuda", "reference"]
+    path.write_text(json.dumps({"mlp": ["cpu"]}))
+    with pytest.raises(ValueError, match="order must be"):
+        _registry.load_cuda_table(str(path))

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--dtypes", type=_csv, default=["fp32"], help="fp32,bf16 (fp16 on GPU)")
     o.add_argument("--providers", type=_csv, default=["eager", "compile", "swiftkern"],
                    help="comma list of eager,compile,swiftkern")
+    o.add_argument("--write-backend-table", metavar="PATH", default=None,
+                   help="on a GPU: write the measured per-op cuda/triton order as JSON; load it "
+                        "with SWIFTKERN_CUDA_TABLE=PATH to make backend='auto' follow it")
     _common(o)
     return p
 
@@ -175,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     s = suite.Settings(threads=args.threads, warmup_s=args.warmup, min_sample_s=args.min_sample,
                        device=device, seed=args.seed, roof=roof)
 
+    if args.command == "ops" and args.write_backend_table and device != "cuda":
+        raise SystemExit("--write-backend-table needs a CUDA device: the order it writes is "
+                         "measured, never guessed")
     if args.command == "ops":
         cases = plan_ops(args)
         s.rounds = args.rounds or 15
@@ -234,6 +240,13 @@ def main(argv: list[str] | None = None) -> int:
         _write(args.csv, report.to_csv(rows))
     if args.plot:
         report.plot(rows, args.plot, title=f"{title} | {mline}")
+    if args.command == "ops" and args.write_backend_table:
+        import json
+
+        order = report.backend_order(rows)
+        _write(args.write_backend_table, json.dumps({"machine": mline, "order": order}, indent=1))
+        console.print(f"backend order for {len(order)} op(s) written to "
+                      f"{args.write_backend_table}; use SWIFTKERN_CUDA_TABLE to apply it")
     status = 0
     if any(r.get("check") == "FAIL" for r in rows):
         console.print("[red]some providers' outputs differ from eager beyond tolerance "

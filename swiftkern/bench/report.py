@@ -246,3 +246,29 @@ def render_comparison(cmp: list[dict], console=None, threshold_pct: float | None
                   f"{c['current']:.4g}", f"{c['change_pct']:+.1f}% {word}",
                   "REGRESSION" if c["regression"] else "", style="red" if c["regression"] else None)
     console.print(t)
+
+
+def backend_order(rows: list[dict]) -> dict[str, list[str]]:
+    """Per kernel op, "cuda" and "triton" ordered by measured speed (for SWIFTKERN_CUDA_TABLE).
+
+    For every case both backends ran and passed their check, the ratio of medians is taken; the
+    faster backend by geometric mean of those ratios comes first. Ops where the two never ran
+    side by side are left out (they keep the default order).
+    """
+    import math
+
+    cases: dict[tuple, dict[str, float]] = {}
+    for r in rows:
+        if r.get("family") != "swiftkern" or r.get("backend") not in ("cuda", "triton"):
+            continue
+        if r.get("check") != "ok" or r.get("median_ms") is None:
+            continue
+        op = r.get("kernel_op") or r.get("name")
+        key = (op, r.get("shape"), r.get("mode"), r.get("dtype"))
+        cases.setdefault(key, {})[r["backend"]] = r["median_ms"]
+    logs: dict[str, list[float]] = {}
+    for (op, *_), t in cases.items():
+        if "cuda" in t and "triton" in t:
+            logs.setdefault(op, []).append(math.log(t["cuda"] / t["triton"]))
+    return {op: (["cuda", "triton"] if sum(v) / len(v) < 0 else ["triton", "cuda"])
+            for op, v in logs.items()}
