@@ -23,6 +23,39 @@ class Rule:
     ops: tuple[str, ...]
 
 
+def swiftformer_rules(
+    family: str,
+    classes: tuple[type, type, type, type, type, type],
+    roles,
+    conv_check: Callable[[nn.Module], str | None],
+    pool: str,
+    layout: str,
+    block: Callable[[nn.Module, str], nn.Module],
+    embedding_check: Callable[[nn.Module], str | None],
+) -> dict[type, Rule]:
+    """The table of one SwiftFormer family. classes: (ConvEncoder, LocalRepresentation,
+    attention, Mlp, encoder block, Embedding); the families differ in attribute names (roles),
+    the attention pool and input layout, and how layer scales are stored."""
+    from ..nn import FusedAdditiveAttention, FusedConvBlock, FusedConvBN, FusedMlp
+    from ._checks import attention_reason, mlp_reason
+
+    conv_enc, local_rep, attn, mlp, blk, emb = classes
+    conv_rule = Rule(family, conv_check, lambda m, b: FusedConvBlock(m, roles, b), ("conv_block",))
+    return {
+        conv_enc: conv_rule,
+        local_rep: conv_rule,
+        attn: Rule(
+            family,
+            attention_reason,
+            lambda m, b: FusedAdditiveAttention(m, pool=pool, layout=layout, backend=b),
+            ("additive_attention",),
+        ),
+        mlp: Rule(family, mlp_reason, lambda m, b: FusedMlp(m, b), ("mlp",)),
+        blk: Rule(family, lambda m: None, block, ()),
+        emb: Rule(family, embedding_check, lambda m, b: FusedConvBN(m, "proj", "norm", b), ()),
+    }
+
+
 def rules() -> dict[type, Rule]:
     """All rules for the families whose library is installed (imported lazily)."""
     table: dict[type, Rule] = {}

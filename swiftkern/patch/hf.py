@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from ..nn import (
-    ConvBlockRoles,
-    FusedAdditiveAttention,
-    FusedConvBlock,
-    FusedConvBN,
-    FusedEncoderBlock,
-    FusedMlp,
-)
-from . import Rule
-from ._checks import attention_reason, conv_block_reason, conv_bn_reason, mlp_reason
+from ..nn import ConvBlockRoles, FusedEncoderBlock
+from . import swiftformer_rules
+from ._checks import conv_block_reason, conv_bn_reason
 
 FAMILY = "hf-swiftformer"
 ROLES = ConvBlockRoles(
@@ -29,10 +22,6 @@ _CONV_CHECK = lambda m: conv_block_reason(
 )
 
 
-def _block_reason(m) -> str | None:
-    return None
-
-
 def _block(m, backend):
     ls = ("layer_scale_1", "layer_scale_2") if m.use_layer_scale else (None, None)
     return FusedEncoderBlock(m, *ls, backend=backend)
@@ -45,25 +34,21 @@ def rules() -> dict:
         from transformers.models.swiftformer import modeling_swiftformer as hf
     except ImportError:
         return {}
-    return {
-        hf.SwiftFormerConvEncoder: Rule(
-            FAMILY, _CONV_CHECK, lambda m, b: FusedConvBlock(m, ROLES, b), ("conv_block",)
-        ),
-        hf.SwiftFormerLocalRepresentation: Rule(
-            FAMILY, _CONV_CHECK, lambda m, b: FusedConvBlock(m, ROLES, b), ("conv_block",)
-        ),
-        hf.SwiftFormerEfficientAdditiveAttention: Rule(
-            FAMILY,
-            attention_reason,
-            lambda m, b: FusedAdditiveAttention(m, pool="sum", layout="tokens", backend=b),
-            ("additive_attention",),
-        ),
-        hf.SwiftFormerMlp: Rule(FAMILY, mlp_reason, lambda m, b: FusedMlp(m, b), ("mlp",)),
-        hf.SwiftFormerEncoderBlock: Rule(FAMILY, _block_reason, _block, ()),
-        hf.SwiftFormerEmbeddings: Rule(
-            FAMILY,
-            lambda m: conv_bn_reason(m, "proj", "norm"),
-            lambda m, b: FusedConvBN(m, "proj", "norm", b),
-            (),
-        ),
-    }
+    classes = (
+        hf.SwiftFormerConvEncoder,
+        hf.SwiftFormerLocalRepresentation,
+        hf.SwiftFormerEfficientAdditiveAttention,
+        hf.SwiftFormerMlp,
+        hf.SwiftFormerEncoderBlock,
+        hf.SwiftFormerEmbeddings,
+    )
+    return swiftformer_rules(
+        FAMILY,
+        classes,
+        ROLES,
+        _CONV_CHECK,
+        "sum",
+        "tokens",
+        _block,
+        lambda m: conv_bn_reason(m, "proj", "norm"),
+    )

@@ -6,16 +6,9 @@ import sys
 
 from torch import nn
 
-from ..nn import (
-    ConvBlockRoles,
-    FusedAdditiveAttention,
-    FusedConvBlock,
-    FusedConvBN,
-    FusedEncoderBlock,
-    FusedMlp,
-)
-from . import Rule
-from ._checks import attention_reason, conv_block_reason, conv_bn_reason, mlp_reason
+from ..nn import ConvBlockRoles, FusedEncoderBlock
+from . import swiftformer_rules
+from ._checks import conv_block_reason, conv_bn_reason
 
 FAMILY = "timm-swiftformer"
 ROLES = ConvBlockRoles(
@@ -57,22 +50,14 @@ def rules() -> dict:
         from timm.models import swiftformer as tm
     except ImportError:
         return {}
-    return {
-        tm.ConvEncoder: Rule(
-            FAMILY, _conv_check, lambda m, b: FusedConvBlock(m, ROLES, b), ("conv_block",)
-        ),
-        tm.LocalRepresentation: Rule(
-            FAMILY, _conv_check, lambda m, b: FusedConvBlock(m, ROLES, b), ("conv_block",)
-        ),
-        tm.EfficientAdditiveAttention: Rule(
-            FAMILY,
-            attention_reason,
-            lambda m, b: FusedAdditiveAttention(m, pool="l2", layout="nchw", backend=b),
-            ("additive_attention",),
-        ),
-        tm.Mlp: Rule(FAMILY, mlp_reason, lambda m, b: FusedMlp(m, b), ("mlp",)),
-        tm.Block: Rule(FAMILY, lambda m: None, _block, ()),
-        tm.Embedding: Rule(
-            FAMILY, _embedding_reason, lambda m, b: FusedConvBN(m, "proj", "norm", b), ()
-        ),
-    }
+    classes = (
+        tm.ConvEncoder,
+        tm.LocalRepresentation,
+        tm.EfficientAdditiveAttention,
+        tm.Mlp,
+        tm.Block,
+        tm.Embedding,
+    )
+    return swiftformer_rules(
+        FAMILY, classes, ROLES, _conv_check, "l2", "nchw", _block, _embedding_reason
+    )
