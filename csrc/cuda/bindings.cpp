@@ -252,7 +252,7 @@ Tensor additive_attention_cuda(const Tensor& x, const Tensor& w_qk, const OptT& 
 std::vector<Tensor> additive_attention_backward_cuda(
     const Tensor& grad, const Tensor& x, const Tensor& w_qk, const OptT& b_qk, const Tensor& w_g,
     double scale, const Tensor& w_proj, const OptT& b_proj, const OptT& w_final,
-    const OptT& b_final, c10::string_view pool, c10::List<bool> grad_mask) {
+    const OptT& b_final, c10::string_view pool, const c10::List<bool>& grad_mask) {
   const char* op = "swiftkern_C::additive_attention_backward";
   const c10::cuda::CUDAGuard guard(x.device());
   AttnArgs a = attn_args(x, w_qk, b_qk, w_g, w_proj, b_proj, w_final, b_final, pool, op);
@@ -336,7 +336,7 @@ std::tuple<Tensor, Tensor> additive_attention_core_cuda(const Tensor& q, const T
 std::vector<Tensor> additive_attention_core_backward_cuda(const Tensor& grad, const Tensor& q,
                                                           const Tensor& k, const Tensor& w_g,
                                                           double scale, c10::string_view pool,
-                                                          c10::List<bool> grad_mask) {
+                                                          const c10::List<bool>& grad_mask) {
   const char* op = "swiftkern_C::additive_attention_core_backward";
   const c10::cuda::CUDAGuard guard(q.device());
   CoreArgs a = core_args(q, k, w_g, pool, op);
@@ -643,7 +643,7 @@ Tensor or_empty(const Tensor& t, const Tensor& like, at::IntArrayRef sizes) {
 }
 
 std::vector<Tensor> dwconv_bn_backward_cuda(const Tensor& grad, const Tensor& x, const Tensor& dw_w,
-                                            const OptT& dw_b, c10::List<bool> grad_mask) {
+                                            const OptT& dw_b, const c10::List<bool>& grad_mask) {
   const char* op = "swiftkern_C::dwconv_bn_backward";
   const c10::cuda::CUDAGuard guard(x.device());
   const skc::Dtype dt = check_x(x, op, 4);
@@ -662,7 +662,7 @@ std::vector<Tensor> dwconv_bn_backward_cuda(const Tensor& grad, const Tensor& x,
 std::vector<Tensor> mlp_backward_cuda(const Tensor& grad, const Tensor& x, const Tensor& fc1_w,
                                       const OptT& fc1_b, const Tensor& fc2_w, const OptT& fc2_b,
                                       const OptT& ls, const OptT& residual,
-                                      c10::List<bool> grad_mask) {
+                                      const c10::List<bool>& grad_mask) {
   const char* op = "swiftkern_C::mlp_backward";
   const c10::cuda::CUDAGuard guard(x.device());
   const skc::Dtype dt = check_x(x, op, 4);
@@ -688,7 +688,7 @@ std::vector<Tensor> conv_block_backward_cuda(const Tensor& grad, const Tensor& x
                                              const Tensor& dw_w, const OptT& dw_b,
                                              const Tensor& pw1_w, const OptT& pw1_b,
                                              const Tensor& pw2_w, const OptT& pw2_b,
-                                             const OptT& ls, c10::List<bool> grad_mask) {
+                                             const OptT& ls, const c10::List<bool>& grad_mask) {
   const char* op = "swiftkern_C::conv_block_backward";
   const c10::cuda::CUDAGuard guard(x.device());
   const skc::Dtype dt = check_x(x, op, 4);
@@ -779,7 +779,7 @@ Tensor opt_grad(const Tensor& t, const OptT& like_arg, const Tensor& x) {
 std::vector<Tensor> dwconv_bn_train_backward_cuda(const Tensor& grad, const Tensor& x,
                                                   const Tensor& dw_w, const OptT& dw_b,
                                                   const OptT& bn_weight, const OptT& bn_bias,
-                                                  double eps, c10::List<bool> grad_mask) {
+                                                  double eps, const c10::List<bool>& grad_mask) {
   const char* op = "swiftkern_C::dwconv_bn_train_backward";
   const c10::cuda::CUDAGuard guard(x.device());
   const skc::Dtype dt = check_x(x, op, 4);
@@ -812,7 +812,7 @@ std::vector<Tensor> conv_block_train_backward_cuda(
     const Tensor& grad, const Tensor& x, const Tensor& dw_w, const OptT& dw_b,
     const OptT& bn_weight, const OptT& bn_bias, double eps, const Tensor& pw1_w,
     const OptT& pw1_b, const Tensor& pw2_w, const OptT& pw2_b, const OptT& ls,
-    c10::List<bool> grad_mask) {
+    const c10::List<bool>& grad_mask) {
   const char* op = "swiftkern_C::conv_block_train_backward";
   const c10::cuda::CUDAGuard guard(x.device());
   const skc::Dtype dt = check_x(x, op, 4);
@@ -858,7 +858,7 @@ std::vector<Tensor> mlp_train_backward_cuda(const Tensor& grad, const Tensor& x,
                                             const OptT& bn_weight, const OptT& bn_bias, double eps,
                                             const Tensor& fc1_w, const OptT& fc1_b,
                                             const Tensor& fc2_w, const OptT& fc2_b, const OptT& ls,
-                                            const OptT& residual, c10::List<bool> grad_mask) {
+                                            const OptT& residual, const c10::List<bool>& grad_mask) {
   const char* op = "swiftkern_C::mlp_train_backward";
   const c10::cuda::CUDAGuard guard(x.device());
   const skc::Dtype dt = check_x(x, op, 4);
