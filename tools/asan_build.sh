@@ -3,7 +3,7 @@
 # it. Any sanitizer report is fatal (-fno-sanitize-recover=all, halt_on_error), so a clean exit
 # means no report.
 #
-#   tools/asan_build.sh [BUILD_DIR]        (default /tmp/swiftkern-asan)
+#   tools/asan_build.sh [BUILD_DIR]        (default build/asan in the source tree)
 #
 # 1. CMake build with SWIFTKERN_SANITIZE=ON (separate build dir; -O1 -g1 keeps it quick to compile
 #    and the reports symbolized) and ctest: tests/cpp/test_ops, a plain C++ process, runs every
@@ -16,7 +16,7 @@
 #    e.g. "-x"), PYTEST_K (pytest -k selection), plus those of tools/cmake_build.sh.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD="${1:-/tmp/swiftkern-asan}"
+BUILD="${1:-$ROOT/build/asan}"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 export PYTHON
 

@@ -2,7 +2,7 @@
 # C++ deployment build: configure + build CMakeLists.txt against the venv's libtorch out of the
 # source tree, then run ctest (tests/cpp/test_ops: every CPU op through the dispatcher).
 #
-#   tools/cmake_build.sh [BUILD_DIR [extra cmake -D args...]]     (default /tmp/swiftkern-cmake)
+#   tools/cmake_build.sh [BUILD_DIR [extra cmake -D args...]]     (default build/cmake in the source tree)
 #
 # Env: PYTHON (default .venv/bin/python; locates torch), CUDA_HOME (default: the toolkit that the
 # nvcc on PATH runs, else /usr/local/cuda-13.0), JOBS (default: nproc), SKIP_CTEST=1 (build only),
@@ -12,7 +12,7 @@
 # and torch's own nvrtc (site-packages/nvidia/cu13/lib; the system toolkit may not ship nvrtc).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD="${1:-/tmp/swiftkern-cmake}"
+BUILD="${1:-$ROOT/build/cmake}"
 shift || true
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 JOBS="${JOBS:-$(nproc)}"

@@ -3,7 +3,7 @@
 tools/cmake_build.sh configures, builds and runs ctest out of the source tree; tests/cpp/test_ops
 calls every swiftkern_C op that has a CPU kernel through the dispatcher against hand-computed values
 and a libtorch composition. Slow (builds the library: ~2 CPU-minutes).
-Build dir: $SWIFTKERN_CMAKE_BUILD_DIR (default /tmp/swiftkern-cmake; reused, so reruns are
+Build dir: $SWIFTKERN_CMAKE_BUILD_DIR (default build/cmake of this checkout; reused, so reruns are
 incremental).
 """
 
@@ -18,7 +18,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUILD = os.environ.get("SWIFTKERN_CMAKE_BUILD_DIR", "/tmp/swiftkern-cmake")
+BUILD = os.environ.get("SWIFTKERN_CMAKE_BUILD_DIR", os.path.join(ROOT, "build", "cmake"))
 
 pytestmark = [
     pytest.mark.slow,

@@ -5,7 +5,7 @@ tools/asan_build.sh builds the kernel library and tests/cpp/test_ops with
 dir), runs the C++ op test under them (leak detection on), then the Python op tests with the
 "cpu" backend served by the sanitized library (tests/sanitizers/asan_plugin.py). Every report is
 fatal, so success means none. Slow (a second build of the library: ~2-3 CPU-minutes).
-Build dir: $SWIFTKERN_ASAN_BUILD_DIR (default /tmp/swiftkern-asan; reused, so reruns are
+Build dir: $SWIFTKERN_ASAN_BUILD_DIR (default build/asan of this checkout; reused, so reruns are
 incremental).
 """
 
@@ -20,9 +20,9 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cpp"))
-from test_cmake_build import check_program_summary, run_ctest_program  # noqa: E402
+from test_cmake_build import ROOT, check_program_summary, run_ctest_program  # noqa: E402
 
-BUILD = os.environ.get("SWIFTKERN_ASAN_BUILD_DIR", "/tmp/swiftkern-asan")
+BUILD = os.environ.get("SWIFTKERN_ASAN_BUILD_DIR", os.path.join(ROOT, "build", "asan"))
 
 pytestmark = [
     pytest.mark.slow,
