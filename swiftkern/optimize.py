@@ -99,6 +99,21 @@ def _serving(rule: Rule, backend: str, device, dtype) -> tuple[str | None, str]:
     return ("+".join(sorted(set(names))) or "torch"), ""
 
 
+# backend="auto" on CPU: widest block whose C++ kernel measured faster than the eager module
+# (2 threads, README "Performance"): at C=320 (SwiftFormer-L3 stage 3) conv_block ran 0.76x and
+# mlp 0.86x of eager, attention at D=512 0.92x; at C<=220 every op was 1.1-3.7x faster.
+CPU_AUTO_MAX_CHANNELS = 256
+
+
+def _channels(module: nn.Module) -> int | None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+        if isinstance(m, nn.Linear):
+            return m.in_features
+    return None
+
+
 def _known_base(module: nn.Module, table: dict[type, Rule]) -> type | None:
     for cls in type(module).__mro__[1:]:
         if cls in table:
@@ -149,6 +164,19 @@ def _walk(model: nn.Module, table, backend, device, dtype, report: OptimizeRepor
             return
         reason = rule.check(module)
         serving = ""
+        c = _channels(module)
+        if (
+            reason is None
+            and rule.ops
+            and backend == "auto"
+            and device.type == "cpu"
+            and c is not None
+            and c > CPU_AUTO_MAX_CHANNELS
+        ):
+            reason = (
+                f"C={c} > {CPU_AUTO_MAX_CHANNELS}: the CPU kernel measured slower than the "
+                "original at this width; original kept (backend='cpu' forces it)"
+            )
         if reason is None:
             serving, reason = _serving(rule, backend, device, dtype)
         if not serving:
