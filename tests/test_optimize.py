@@ -331,3 +331,15 @@ def test_hf_base_model_is_optimized_too():
         got = opt(x).last_hidden_state
     assert len(report.swapped) >= 20
     assert_close(got, ref, torch.float32, MODEL_RTOL, what="SwiftFormerModel")
+
+
+def test_auto_keeps_wide_cpu_blocks_where_kernels_measured_slower():
+    from timm.models import swiftformer as tm
+
+    from swiftkern.optimize import CPU_AUTO_MAX_CHANNELS
+
+    wide = torch.nn.Sequential(tm.ConvEncoder(CPU_AUTO_MAX_CHANNELS + 64, 64))
+    _, report = swiftkern.optimize(wide, return_report=True)
+    assert not report.swapped and "measured slower" in report.skipped[0].reason
+    _, report = swiftkern.optimize(wide, backend="reference", return_report=True)
+    assert report.swapped
