@@ -104,8 +104,14 @@ def bn_uses_batch_stats(bn: nn.BatchNorm2d) -> bool:
     return bn.training or not bn.track_running_stats or bn.running_mean is None
 
 
-def bn_after_forward(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: int):
-    """Running-stat bookkeeping of nn.BatchNorm2d after a batch-statistics forward."""
+def fold_sources(layer: nn.Module, bn: nn.BatchNorm2d) -> list:
+    """The tensors a folded (layer, BN) weight is computed from: the cache key of `cached`."""
+    return [layer.weight, layer.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var]
+
+
+def bn_after_forward(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, x: torch.Tensor):
+    """Running-stat bookkeeping of nn.BatchNorm2d after a batch-statistics forward over x."""
+    count = x.shape[0] * x.shape[2] * x.shape[3]
     if not (bn.training and bn.track_running_stats):
         return
     momentum = 0.0 if bn.momentum is None else bn.momentum

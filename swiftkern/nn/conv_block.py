@@ -8,7 +8,15 @@ import torch
 from torch import nn
 
 from .. import ops
-from ._base import FusedModule, _dotted, bn_after_forward, bn_uses_batch_stats, fold_conv_bn, vector
+from ._base import (
+    FusedModule,
+    _dotted,
+    bn_after_forward,
+    bn_uses_batch_stats,
+    fold_conv_bn,
+    fold_sources,
+    vector,
+)
 
 
 @dataclass(frozen=True)
@@ -70,11 +78,11 @@ class FusedConvBlock(FusedModule):
                 ls,
                 backend=self.backend,
             )
-            bn_after_forward(bn, mean, var, x.shape[0] * x.shape[2] * x.shape[3])
+            bn_after_forward(bn, mean, var, x)
             return y
         dw_w, dw_b = self.cached(
             "dw",
-            [dw.weight, dw.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var],
+            fold_sources(dw, bn),
             lambda: fold_conv_bn(dw.weight, dw.bias, bn),
         )
         return ops.conv_block(x, dw_w, dw_b, w1, pw1.bias, w2, pw2.bias, ls, backend=self.backend)

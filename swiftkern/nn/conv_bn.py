@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import FusedModule, bn_uses_batch_stats, fold_conv_bn
+from ._base import FusedModule, bn_uses_batch_stats, fold_conv_bn, fold_sources
 
 
 class FusedConvBN(FusedModule):
@@ -24,7 +24,7 @@ class FusedConvBN(FusedModule):
             return bn(conv(x))
         w, b = self.cached(
             "conv",
-            [conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var],
+            fold_sources(conv, bn),
             lambda: fold_conv_bn(conv.weight, conv.bias, bn),
         )
         return F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)

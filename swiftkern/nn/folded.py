@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import FusedModule, bn_uses_batch_stats, fold_conv_bn
+from ._base import FusedModule, bn_uses_batch_stats, fold_conv_bn, fold_sources
 
 
 class FoldedBatchNorm2d(FusedModule):
@@ -40,7 +40,7 @@ class FoldedConv2d(FusedModule):
             return self.original_forward(x)
         w, b = self.cached(
             "conv",
-            [self.weight, self.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var],
+            fold_sources(self, bn),
             lambda: fold_conv_bn(self.weight, self.bias, bn),
         )
         if self.padding_mode != "zeros":

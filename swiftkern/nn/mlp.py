@@ -6,7 +6,7 @@ import torch
 
 from .. import ops
 from ..ops import reference as ref
-from ._base import FusedModule, bn_after_forward, bn_uses_batch_stats
+from ._base import FusedModule, bn_after_forward, bn_uses_batch_stats, fold_sources
 from .conv_block import drop_active
 
 
@@ -42,11 +42,11 @@ class FusedMlp(FusedModule):
                 residual,
                 backend=self.backend,
             )
-            bn_after_forward(bn, mean, var, x.shape[0] * x.shape[2] * x.shape[3])
+            bn_after_forward(bn, mean, var, x)
             return y
         w1, b1 = self.cached(
             "fc1",
-            [fc1.weight, fc1.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var],
+            fold_sources(fc1, bn),
             lambda: ref.fold_bn_into_next(
                 fc1.weight.reshape(fc1.weight.shape[0], -1),
                 fc1.bias,
