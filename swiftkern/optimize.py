@@ -107,7 +107,7 @@ CPU_AUTO_MAX_CHANNELS = 256
 
 def _channels(module: nn.Module) -> int | None:
     for m in module.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.Conv2d) or getattr(m, "original_cls", None) is nn.Conv2d:
             return m.in_channels
         if isinstance(m, nn.Linear):
             return m.in_features

@@ -59,8 +59,8 @@ def swiftformer_rules(
 def rules() -> dict[type, Rule]:
     """All rules for the families whose library is installed (imported lazily)."""
     table: dict[type, Rule] = {}
-    from . import hf, timm_swiftformer
+    from . import hf, timm_swiftformer, timm_vits
 
-    for mod in (hf, timm_swiftformer):
+    for mod in (hf, timm_swiftformer, timm_vits):
         table.update(mod.rules())
     return table
