@@ -212,7 +212,13 @@ class FusedRepMixerBlock(FusedModule):
         z = mlp.conv(x)
         w1, w2 = pointwise(mlp.fc1.weight), pointwise(mlp.fc2.weight)
         return ops.mlp(
-            z, w1, mlp.fc1.bias, w2, mlp.fc2.bias, gamma(self.layer_scale), x,
+            z,
+            w1,
+            mlp.fc1.bias,
+            w2,
+            mlp.fc2.bias,
+            gamma(self.layer_scale),
+            x,
             backend=self.backend,
         )
 
