@@ -132,7 +132,8 @@ def roofline_report(batch: int = 64) -> None:
             for e in (2, 4):
                 r = roofline(op, dict(B=batch, dtype_bytes=e, **s))
                 rows.append(_roofline_row(op, stage, e, r))
-    for op in ("additive_attention_core", "additive_attention"):
+    for op in ("additive_attention_core", "additive_attention",
+               "additive_attention_core_backward", "additive_attention_backward"):
         for stage in ("stage4",):  # SwiftFormer uses attention in the last block of each stage
             s = SWIFTFORMER_XS_SHAPES[stage]
             for e in (2, 4):

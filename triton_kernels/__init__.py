@@ -6,8 +6,10 @@ under the name "triton": for CUDA tensors, plus CPU tensors when ``TRITON_INTERP
 these kernels without a GPU). Triton itself is imported on the first call of a launcher: importing
 it costs 0.4-1.8 s here (measured), too much for ``import swiftkern``.
 
-Modules: ``_conv`` (dwconv_bn, mlp, conv_block and their train forms / backward), ``_attention``
-(additive attention core and module), ``_roofline`` (bytes / FLOPs model, no Triton needed).
+Modules: ``_conv`` (dwconv_bn, mlp, conv_block and their train forms / backward), ``_backward``
+(mlp / conv_block backward), ``_attention`` (additive attention core and module),
+``_attention_backward`` (their backward), ``_specs`` (every shipped config, for the AOT report),
+``_roofline`` (bytes / FLOPs model, no Triton needed).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ LAUNCHERS: dict[str, tuple[str, str]] = {
     "dwconv_bn_backward": ("_conv", "dwconv_bn_backward"),
     "mlp_backward": ("_backward", "mlp_backward"),
     "conv_block_backward": ("_backward", "conv_block_backward"),
+    "additive_attention_core_backward": ("_attention_backward", "additive_attention_core_backward"),
+    "additive_attention_backward": ("_attention_backward", "additive_attention_backward"),
 }
 
 

@@ -33,6 +33,28 @@ def _normalize_rows(v, rmask):
 
 
 @triton.jit
+def _pool_accumulate(qn, wg, scale, nmask, g, m, acc_l, POOL: tl.constexpr):
+    """Adds one [BLOCK_N, BLOCK_D] tile of normalized queries to a split's partial pool state
+    (g, m, acc_l) (module docstring); shared by the forward and the backward's recompute."""
+    s = tl.sum(qn * wg[None, :], axis=1) * scale
+    if POOL == 0:
+        g += tl.sum(qn, axis=0)
+    elif POOL == 1:
+        s = tl.where(nmask, s, 0.0)
+        g += tl.sum(s[:, None] * qn, axis=0)
+        acc_l += tl.sum(s * s, axis=0)
+    else:
+        s = tl.where(nmask, s, -float("inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=0))
+        alpha = tl.exp(m - m_new)
+        pexp = tl.exp(s - m_new)
+        acc_l = acc_l * alpha + tl.sum(pexp, axis=0)
+        g = g * alpha + tl.sum(pexp[:, None] * qn, axis=0)
+        m = m_new
+    return g, m, acc_l
+
+
+@triton.jit
 def _attn_pool_partial_kernel(
     q_ptr, wg_ptr, qn_ptr, ws_g_ptr, ws_ml_ptr,
     N, D, TOK_PER_SPLIT, scale,
@@ -62,21 +84,7 @@ def _attn_pool_partial_kernel(
         qn = _normalize_rows(q, nmask)
         tl.store(qn_ptr + (b * N + n64)[:, None] * D + d[None, :],
                  _cast_out(qn, qn_ptr), mask=msk)
-        s = tl.sum(qn * wg[None, :], axis=1) * scale
-        if POOL == 0:
-            g += tl.sum(qn, axis=0)
-        elif POOL == 1:
-            s = tl.where(nmask, s, 0.0)
-            g += tl.sum(s[:, None] * qn, axis=0)
-            acc_l += tl.sum(s * s, axis=0)
-        else:
-            s = tl.where(nmask, s, -float("inf"))
-            m_new = tl.maximum(m, tl.max(s, axis=0))
-            alpha = tl.exp(m - m_new)
-            pexp = tl.exp(s - m_new)
-            acc_l = acc_l * alpha + tl.sum(pexp, axis=0)
-            g = g * alpha + tl.sum(pexp[:, None] * qn, axis=0)
-            m = m_new
+        g, m, acc_l = _pool_accumulate(qn, wg, scale, nmask, g, m, acc_l, POOL)
     row = b * nsplit + sp
     tl.store(ws_g_ptr + row * BLOCK_D + d, g)
     tl.store(ws_ml_ptr + row * 2, m)
@@ -84,20 +92,32 @@ def _attn_pool_partial_kernel(
 
 
 @triton.jit
-def _merge_global_query(ws_g_ptr, ws_ml_ptr, b, NSPLIT, POOL: tl.constexpr,
-                        BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
-    """G [BLOCK_D] of batch b from its NSPLIT partial rows; one row live at a time (a
-    [splits, D] tile would spill at D=512)."""
+def _merge_pool_norm(ws_ml_ptr, b, NSPLIT, POOL: tl.constexpr, BLOCK_S: tl.constexpr):
+    """(mmax, z) of batch b from its NSPLIT partial rows: softmax: mmax = max of the split maxima,
+    z = sum_n exp(s_n - mmax); l2: z = ||s||_2 over all tokens; sum: unused (z = 1)."""
     sidx = tl.arange(0, BLOCK_S)
     smask = sidx < NSPLIT
     rows = b * NSPLIT + sidx
-    d = tl.arange(0, BLOCK_D)
+    mmax = tl.sum(tl.zeros((BLOCK_S,), tl.float32), axis=0)
+    z = mmax + 1.0
     if POOL == 2:
         m = tl.load(ws_ml_ptr + rows * 2, mask=smask, other=-float("inf"))
         lsum = tl.load(ws_ml_ptr + rows * 2 + 1, mask=smask, other=0.0)
         mmax = tl.max(m, axis=0)
         # empty splits carry m = -inf -> weight 0
-        denom = tl.sum(tl.where(smask, tl.exp(m - mmax), 0.0) * lsum, axis=0)
+        z = tl.sum(tl.where(smask, tl.exp(m - mmax), 0.0) * lsum, axis=0)
+    if POOL == 1:
+        z = tl.sqrt(tl.sum(tl.load(ws_ml_ptr + rows * 2 + 1, mask=smask, other=0.0), axis=0))
+    return mmax, z
+
+
+@triton.jit
+def _merge_global_query(ws_g_ptr, ws_ml_ptr, b, NSPLIT, POOL: tl.constexpr,
+                        BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """G [BLOCK_D] of batch b from its NSPLIT partial rows; one row live at a time (a
+    [splits, D] tile would spill at D=512)."""
+    mmax, z = _merge_pool_norm(ws_ml_ptr, b, NSPLIT, POOL, BLOCK_S)
+    d = tl.arange(0, BLOCK_D)
     G = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for sp in range(0, NSPLIT):
         row = b * NSPLIT + sp
@@ -107,10 +127,9 @@ def _merge_global_query(ws_g_ptr, ws_ml_ptr, b, NSPLIT, POOL: tl.constexpr,
         else:
             G += g
     if POOL == 1:
-        ss = tl.sum(tl.load(ws_ml_ptr + rows * 2 + 1, mask=smask, other=0.0), axis=0)
-        G = G / tl.maximum(tl.sqrt(ss), 1e-12)
+        G = G / tl.maximum(z, 1e-12)
     if POOL == 2:
-        G = G / denom
+        G = G / z
     return G
 
 

@@ -15,6 +15,8 @@ Model (stated, not measured on a GPU here):
   * "eager_bytes": the unfused module in PyTorch eager (one kernel per layer, BN folded in eval).
 shapes: dict with B, C, H, W (conv ops; optional "hidden" (default 4C), "c_out", "dtype_bytes"
 (2 = fp16/bf16, 4 = fp32)) or B, N, D (attention ops; optional "T" for the final layer).
+Backward: additive_attention_core_backward / additive_attention_backward (every gradient wanted;
+the eager comparison is autograd through the reference, which keeps the forward's activations).
 """
 
 from __future__ import annotations
@@ -109,13 +111,57 @@ def _attention(op: str, s: dict) -> dict:
                 + LAUNCH_US * eager_launches)
 
 
+def _attention_backward(op: str, s: dict) -> dict:
+    """Every gradient wanted. Core: pass 1 reads q, k, dgk; pass 2 reads them again (+ the
+    residual's qn gradient in the module) and writes dq, dk. The module recomputes its forward
+    (qk GEMM, the core, proj for w_final's gradient) and runs each GEMM's two gradient GEMMs."""
+    b, n, d = s["B"], s["N"], s["D"]
+    t_out = s.get("T", d)
+    e = s.get("dtype_bytes", 2)
+    tok = b * n * d * e
+    splits = min(32, max(1, -(-528 // b)))
+    ws = b * splits * (2 * d + 2) * 4 * 2 + b * -(-n // 8) * d * 4 * 2
+    elem = 40.0 * b * n * d  # normalize x2 + their backward, score, dG, da, ds, dqn
+    if op == "additive_attention_core_backward":
+        bytes_min = 5 * tok + 2 * d * e
+        moved = 3 * tok + 5 * tok + ws + 2 * d * e
+        # autograd through the reference: ~4 elementwise / reduction kernels per forward op,
+        # each reading ~2 and writing ~1 token tensor of saved activations
+        eager = 16 * tok + 2 * d * e
+        gemm = 0.0
+        launches, eager_launches = 2, 20
+    else:
+        w_bytes = (2 * d * d + 2 * d + d + d * d + d + t_out * d + t_out) * e
+        out = b * n * t_out * e
+        bytes_min = out + 2 * tok + 2 * w_bytes  # read dy, x, weights; write dx, weight grads
+        fwd_gemm = 2.0 * b * n * (2 * d * d + d * d + d * t_out)
+        gemm = fwd_gemm * 3  # recompute + dX + dW of every GEMM
+        recompute = 3 * tok + 4 * tok + 3 * tok  # qk GEMM, core forward, proj (+ bias)
+        core_bwd = 10 * tok + ws
+        # dWf (out + tok), dy @ Wf (out + tok), dWp (2), dgk (2), dx (3), dWqk (3),
+        # bias sums (3 + out)
+        rest = 2 * (out + tok) + 2 * tok + 2 * tok + 3 * tok + 3 * tok + 3 * tok + out
+        moved = recompute + core_bwd + rest + 3 * w_bytes
+        # eager autograd saves the forward's activations (no recompute; read back instead)
+        eager = 5 * tok + 16 * tok + rest + 3 * w_bytes
+        launches, eager_launches = 19, 31
+    rate = TC_FLOPS if e == 2 else FP32_FLOPS
+    t = max(moved / BW, gemm / rate + elem / FP32_FLOPS) * 1e6 + LAUNCH_US * launches
+    return dict(bytes_min=bytes_min, bytes_moved=moved, eager_bytes=eager, flops=gemm + elem,
+                l2_bytes=0, launches=launches, predicted_h100_us=t,
+                eager_predicted_h100_us=max(eager / BW, gemm / rate + elem / FP32_FLOPS) * 1e6
+                + LAUNCH_US * eager_launches)
+
+
 def roofline(op: str, shapes: dict) -> dict:
     """Bytes / FLOPs / predicted H100 microseconds of the Triton implementation of `op`.
 
     Returns dict(bytes_min, bytes_moved, eager_bytes, flops, l2_bytes, launches,
     predicted_h100_us, eager_predicted_h100_us). See the module docstring for the model.
     """
-    if op.startswith("additive_attention"):
+    if op in ("additive_attention_core_backward", "additive_attention_backward"):
+        return _attention_backward(op, shapes)
+    if op in ("additive_attention_core", "additive_attention"):
         return _attention(op, shapes)
     if op.split("_backward")[0] in ("dwconv_bn", "dwconv_bn_train", "mlp", "mlp_train",
                                     "conv_block", "conv_block_train"):

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 import triton.language as tl
 
 from . import _attention as A
+from . import _attention_backward as AB
 from . import _backward as BW
 from . import _conv as K
 
-_PTR_FP32 = {"ws_ptr", "ws_g_ptr", "ws_ml_ptr", "mean_ptr", "scale_ptr", "shift_ptr"}
+_PTR_FP32 = {"ws_ptr", "ws_g_ptr", "ws_ml_ptr", "ws_dg_ptr", "ws_dw_ptr", "mean_ptr", "scale_ptr",
+             "shift_ptr"}
 _FLOAT_ARGS = {"scale"}
 _DT = {"fp32": tl.float32, "fp16": tl.float16, "bf16": tl.bfloat16}
 
@@ -89,6 +91,15 @@ def all_specs() -> list[Spec]:
                                   cfg["num_warps"], "tok"))
                 specs.append(Spec(A._attn_apply_kernel, f"D<={key},{pool}", dt,
                                   dict(POOL=pid, BLOCK_N=cfg["BLOCK_N"], BLOCK_D=key,
+                                       BLOCK_S=A.MAX_SPLITS), cfg["num_warps"], "tok"))
+        for key, cfg in AB.ATTN_BWD_CONFIGS.items():
+            for pool, pid in A.POOL_IDS.items():
+                specs.append(Spec(AB._attn_bwd_partial_kernel, f"D<={key},{pool}", dt,
+                                  dict(POOL=pid, NEED_DG=True, BLOCK_N=cfg["P1_BLOCK_N"],
+                                       BLOCK_D=key), cfg["p1_warps"], "tok"))
+                specs.append(Spec(AB._attn_bwd_apply_kernel, f"D<={key},{pool}", dt,
+                                  dict(POOL=pid, HAS_DQN=True, NEED_DQ=True, NEED_DK=True,
+                                       BLOCK_N=cfg["BLOCK_N"], BLOCK_D=key,
                                        BLOCK_S=A.MAX_SPLITS), cfg["num_warps"], "tok"))
     specs.append(Spec(BW._gelu_fwd_bwd_kernel, "default", "fp32", dict(BLOCK=BW.GELU_BLOCK), 4))
     return specs

@@ -58,3 +58,22 @@ def test_fuzz_triton_attention_core(b, n, d, pool, seed):
     out = torch.ops.swiftkern.additive_attention_core(*args, "triton")
     for o, r in zip(out, ref):
         assert_close(o, r, what=f"core[triton] {pool}")
+
+
+@settings(CI, max_examples=15)
+@given(
+    b=st.integers(1, 2),
+    n=st.integers(1, 40),
+    d=st.integers(1, 40),
+    pool=st.sampled_from(["sum", "l2", "softmax"]),
+    seed=st.integers(0, 2**16),
+)
+def test_fuzz_triton_attention_core_backward(b, n, d, pool, seed):
+    from swiftkern.ops._define import reference_backward
+
+    args = attn_args("additive_attention_core", (b, n, d), pool, seed=seed).args
+    g = torch.randn((b, n, d), generator=torch.Generator().manual_seed(seed + 1))
+    ref = reference_backward(R.additive_attention_core_ref, (0, 1, 2))(g, *args, [True] * 3)
+    got = torch.ops.swiftkern.additive_attention_core_backward(g, *args, "triton", [True] * 3)
+    for i, (o, r) in enumerate(zip(got, ref)):
+        assert_close(o, r, torch.float32, what=f"core backward[triton] {pool} grad {i}")
