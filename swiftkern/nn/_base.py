@@ -43,6 +43,11 @@ class FusedModule(nn.Module):
         self._cache: dict[str, tuple] = {}
 
     def __getattr__(self, name: str):
+        d = self.__dict__
+        for store in ("_parameters", "_buffers", "_modules"):
+            got = d[store].get(name, d) if store in d else d
+            if got is not d:
+                return got
         try:
             return super().__getattr__(name)
         except AttributeError:
@@ -71,19 +76,24 @@ class FusedModule(nn.Module):
         recomputed as soon as any source tensor is changed in place (optimizer step,
         load_state_dict) or replaced (.to()), so they are never stale.
         """
-        needs_graph = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in tensors
-        )
-        if needs_graph or torch.compiler.is_compiling():
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+            return build()  # autograd needs the graph from the sources
+        if torch.compiler.is_compiling():
             return build()
-        sig = tuple(
-            (id(t), t._version, t.dtype, t.device) if t is not None else None for t in tensors
-        )
         hit = self._cache.get(key)
-        if hit is not None and hit[0] == sig:
-            return hit[1]
+        if hit is not None:
+            old, versions, value = hit
+            if len(old) == len(tensors) and all(
+                a is t and (t is None or (t._version == v and t.dtype == d and t.device == dev))
+                for a, t, (v, d, dev) in zip(old, tensors, versions)
+            ):
+                return value
         value = build()
-        self._cache[key] = (sig, value)
+        self._cache[key] = (
+            list(tensors),
+            [(None, None, None) if t is None else (t._version, t.dtype, t.device) for t in tensors],
+            value,
+        )
         return value
 
     def __getstate__(self):

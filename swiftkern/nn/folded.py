@@ -8,22 +8,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import FusedModule, bn_uses_batch_stats, fold_conv_bn, fold_sources
+from ._base import FusedModule, fold_conv_bn
 
 
 class FoldedBatchNorm2d(FusedModule):
     """Stand-in for the BN of a folded pair (shares its parameters and buffers)."""
 
+    def __init__(self, original: nn.Module, backend: str = "auto"):
+        super().__init__(original, backend)
+        # timm BatchNormAct2d: drop then act after the normalization (names fixed at build).
+        self.__dict__["post"] = tuple(n for n in ("drop", "act") if n in self._modules)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if bn_uses_batch_stats(self):
+        if batch_stats(self):
             return self.original_forward(x)
-        # timm BatchNormAct2d: drop then act after the normalization.
-        drop, act = getattr(self, "drop", None), getattr(self, "act", None)
-        if drop is not None:
-            x = drop(x)
-        if act is not None:
-            x = act(x)
+        mods = self._modules
+        for name in self.post:
+            x = mods[name](x)
         return x
+
+
+def batch_stats(bn: nn.Module) -> bool:
+    """bn_uses_batch_stats without nn.Module attribute lookups (hot path of every folded conv)."""
+    return bn.training or not bn.track_running_stats or bn._buffers.get("running_mean") is None
 
 
 class FoldedConv2d(FusedModule):
@@ -36,11 +43,19 @@ class FoldedConv2d(FusedModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bn = self.partner_bn
-        if bn_uses_batch_stats(bn):
+        if batch_stats(bn):
             return self.original_forward(x)
+        p, bp, bb = self._parameters, bn._parameters, bn._buffers
         w, b = self.cached(
             "conv",
-            fold_sources(self, bn),
+            [
+                p["weight"],
+                p.get("bias"),
+                bp.get("weight"),
+                bp.get("bias"),
+                bb["running_mean"],
+                bb["running_var"],
+            ],
             lambda: fold_conv_bn(self.weight, self.bias, bn),
         )
         if self.padding_mode != "zeros":
