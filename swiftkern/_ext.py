@@ -62,7 +62,9 @@ def _wrap(fn):
         # Kernels run below autograd (inside the custom op), so detaching is free; it keeps
         # requires_grad flags away from ATen calls made on at::parallel_for worker threads, where
         # grad mode is not the caller's (mm(out=) would refuse leaf parameters there).
-        args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+        args = tuple(
+            a.detach() if isinstance(a, torch.Tensor) and a.requires_grad else a for a in args
+        )
         try:
             return fn(*args)
         except NotImplementedError as e:

@@ -84,7 +84,7 @@ def additive_attention(
     Returns:
         [B, N, T] contiguous, dtype of x. Differentiable in x and every weight.
     """
-    return torch.ops.swiftkern.additive_attention(
+    return ADDITIVE_ATTENTION(
         x,
         w_qk,
         b_qk,
@@ -117,6 +117,6 @@ def additive_attention_core(
         ``(gk, qn)``, both [B, N, D] contiguous: ``gk = G * normalize(k)`` with the global query
         ``G = sum_n POOL(s)_n * normalize(q)_n`` and ``qn = normalize(q)`` (for the residual).
     """
-    return torch.ops.swiftkern.additive_attention_core(
+    return ADDITIVE_ATTENTION_CORE(
         q, k, w_g.reshape(-1), float(scale), pool, backend
     )

@@ -57,7 +57,7 @@ def conv_block(
     and bias [C] with the BatchNorm folded in (ops.fold_bn). pw1_w: [hidden, C], pw2_w: [C, hidden].
     ls: [C] layer scale or None. GELU is exact (erf).
     """
-    return torch.ops.swiftkern.conv_block(x, dw_w, dw_b, pw1_w, pw1_b, pw2_w, pw2_b, ls, backend)
+    return CONV_BLOCK(x, dw_w, dw_b, pw1_w, pw1_b, pw2_w, pw2_b, ls, backend)
 
 
 def conv_block_train(
@@ -80,6 +80,6 @@ def conv_block_train(
     Returns ``(y, batch_mean, batch_var)`` of that BN (biased variance); the caller updates the
     running statistics with ``ops.update_running_stats``.
     """
-    return torch.ops.swiftkern.conv_block_train(
+    return CONV_BLOCK_TRAIN(
         x, dw_w, dw_b, bn_weight, bn_bias, float(eps), pw1_w, pw1_b, pw2_w, pw2_b, ls, backend
     )

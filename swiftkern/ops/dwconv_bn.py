@@ -38,7 +38,7 @@ def dwconv_bn(
 
     x: [B, C, H, W], NCHW or channels_last (output keeps it). dw_w: [C, 1, 3, 3], dw_b: [C].
     """
-    return torch.ops.swiftkern.dwconv_bn(x, dw_w, dw_b, backend)
+    return DWCONV_BN(x, dw_w, dw_b, backend)
 
 
 def dwconv_bn_train(
@@ -56,6 +56,6 @@ def dwconv_bn_train(
     Returns ``(y, batch_mean, batch_var)``; batch_var is biased (as used to normalize). Update
     running statistics with ``ops.update_running_stats`` (what nn.BatchNorm2d does).
     """
-    return torch.ops.swiftkern.dwconv_bn_train(
+    return DWCONV_BN_TRAIN(
         x, dw_w, dw_b, bn_weight, bn_bias, float(eps), backend
     )

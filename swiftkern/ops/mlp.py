@@ -46,7 +46,7 @@ def mlp(
     x: [B, C, H, W] NCHW or channels_last (kept). fc1_w: [hidden, C], fc2_w: [C_out, hidden].
     ls: [C_out] or None. residual: [B, C_out, H, W] or None (no residual add).
     """
-    return torch.ops.swiftkern.mlp(x, fc1_w, fc1_b, fc2_w, fc2_b, ls, residual, backend)
+    return MLP(x, fc1_w, fc1_b, fc2_w, fc2_b, ls, residual, backend)
 
 
 def mlp_train(
@@ -64,6 +64,6 @@ def mlp_train(
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train form: the pre-norm BN uses batch statistics. Returns (y, batch_mean, batch_var)."""
-    return torch.ops.swiftkern.mlp_train(
+    return MLP_TRAIN(
         x, bn_weight, bn_bias, float(eps), fc1_w, fc1_b, fc2_w, fc2_b, ls, residual, backend
     )
