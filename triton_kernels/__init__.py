@@ -8,7 +8,8 @@ it costs 0.4-1.8 s here (measured), too much for ``import swiftkern``.
 
 Modules: ``_conv`` (dwconv_bn, mlp, conv_block and their train forms / backward), ``_backward``
 (mlp / conv_block backward), ``_attention`` (additive attention core and module),
-``_attention_backward`` (their backward), ``_specs`` (every shipped config, for the AOT report),
+``_attention_backward`` (their backward), ``_train_backward`` (backward of the train forms:
+BatchNorm through batch statistics), ``_specs`` (every shipped config, for the AOT report),
 ``_roofline`` (bytes / FLOPs model, no Triton needed).
 """
 
@@ -37,6 +38,9 @@ LAUNCHERS: dict[str, tuple[str, str]] = {
     "conv_block_backward": ("_backward", "conv_block_backward"),
     "additive_attention_core_backward": ("_attention_backward", "additive_attention_core_backward"),
     "additive_attention_backward": ("_attention_backward", "additive_attention_backward"),
+    "dwconv_bn_train_backward": ("_train_backward", "dwconv_bn_train_backward"),
+    "mlp_train_backward": ("_train_backward", "mlp_train_backward"),
+    "conv_block_train_backward": ("_train_backward", "conv_block_train_backward"),
 }
 
 

@@ -15,9 +15,10 @@ from . import _attention as A
 from . import _attention_backward as AB
 from . import _backward as BW
 from . import _conv as K
+from . import _train_backward as TB
 
 _PTR_FP32 = {"ws_ptr", "ws_g_ptr", "ws_ml_ptr", "ws_dg_ptr", "ws_dw_ptr", "mean_ptr", "scale_ptr",
-             "shift_ptr"}
+             "shift_ptr", "coef_ptr"}
 _FLOAT_ARGS = {"scale"}
 _DT = {"fp32": tl.float32, "fp16": tl.float16, "bf16": tl.bfloat16}
 
@@ -31,6 +32,7 @@ class Spec:
     num_warps: int
     layout: str | None = None  # "cl" / "nchw": which stride args the JIT sees as 1 (specialized)
     num_stages: int = 3
+    fp32_ptrs: tuple = ()  # activation pointers that are fp32 whatever `dtype` (backward buffers)
 
     def constants(self) -> dict:
         c = dict(self.constexprs)
@@ -55,7 +57,7 @@ class Spec:
             if a in consts:
                 sig[a] = "constexpr"
             elif a.endswith("_ptr"):
-                fp32 = a in _PTR_FP32 or self.dtype == "fp32"
+                fp32 = a in _PTR_FP32 or a in self.fp32_ptrs or self.dtype == "fp32"
                 sig[a] = "*fp32" if fp32 else f"*{self.dtype}"
             elif a in _FLOAT_ARGS:
                 sig[a] = "fp32"
@@ -76,6 +78,23 @@ def all_specs() -> list[Spec]:
                 specs.append(Spec(K._dwconv_bn_stats_kernel, cname, dt,
                                   dict(HAS_DWB=True, **tiles), w, lay))
                 specs.append(Spec(K._dwconv_bn_wgrad_kernel, cname, dt, dict(tiles), w, lay))
+                # backward of the train forms: BN reduce / affine, with g the op's gradient (dt)
+                # or the MLP backward's fp32 one; every output of the affine kernel is fp32
+                dw = dict(HAS_DW=True, HAS_DWB=True, **tiles)
+                for g32 in ((False, True) if dt != "fp32" else (False,)):
+                    name = cname + (",g fp32" if g32 else "")
+                    gp = ("g_ptr",) if g32 else ()
+                    specs.append(Spec(TB._bn_bwd_reduce_kernel, name, dt, dict(dw), w, lay,
+                                      fp32_ptrs=gp))
+                    specs.append(Spec(TB._bn_affine_kernel, name, dt, dict(HAS_G=True, **dw), w,
+                                      lay, fp32_ptrs=gp + ("out_ptr",)))
+                if dt != "fp32":
+                    # dwconv_bn_backward on the train forms' fp32 dz: fp32 activations, dt weights
+                    specs.append(Spec(K._dwconv_bn_fwd_kernel, cname + ",x fp32", dt,
+                                      dict(HAS_DWB=False, **tiles), w, lay,
+                                      fp32_ptrs=("x_ptr", "out_ptr")))
+                    specs.append(Spec(K._dwconv_bn_wgrad_kernel, cname + ",g fp32", dt,
+                                      dict(tiles), w, lay, fp32_ptrs=("g_ptr",)))
             for key, cfg in K.MLP_CONFIGS.items():
                 # compiled at the widest channel count the config serves, every input present
                 c = dict(HAS_DW=True, HAS_DWB=True, HAS_AFFINE=True, HAS_B1=True, HAS_B2=True,

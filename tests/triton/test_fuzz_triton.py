@@ -77,3 +77,31 @@ def test_fuzz_triton_attention_core_backward(b, n, d, pool, seed):
     got = torch.ops.swiftkern.additive_attention_core_backward(g, *args, "triton", [True] * 3)
     for i, (o, r) in enumerate(zip(got, ref)):
         assert_close(o, r, torch.float32, what=f"core backward[triton] {pool} grad {i}")
+
+
+TRAIN_IDX = {"dwconv_bn_train": (0, 1, 2, 3, 4), "mlp_train": (0, 1, 2, 4, 5, 6, 7, 8, 9),
+             "conv_block_train": (0, 1, 2, 3, 4, 6, 7, 8, 9, 10)}
+
+
+@settings(CI, max_examples=12)
+@given(
+    op=st.sampled_from(sorted(TRAIN_IDX)),
+    b=st.integers(1, 2),
+    c=st.integers(1, 24),
+    h=st.integers(1, 6),
+    w=st.integers(1, 6),
+    layout=st.sampled_from(["nchw", "channels_last", "strided"]),
+    seed=st.integers(0, 2**16),
+)
+def test_fuzz_triton_train_backward(op, b, c, h, w, layout, seed):
+    from swiftkern.ops._define import reference_backward
+
+    if b * h * w == 1:
+        return
+    args = conv_args(op, (b, c, h, w, 2 * c), torch.float32, layout, seed).args
+    g = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(seed + 1))
+    mask = [True] * len(TRAIN_IDX[op])
+    ref = reference_backward(getattr(R, op + "_ref"), TRAIN_IDX[op])(g, *args, mask)
+    got = getattr(torch.ops.swiftkern, op + "_backward")(g, *args, "triton", mask)
+    for i, (o, r) in enumerate(zip(got, ref)):
+        assert_close(o, r, torch.float32, what=f"{op}_backward[triton] grad {i}")
