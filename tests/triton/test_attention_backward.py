@@ -200,3 +200,21 @@ def test_op_autograd_through_triton(pool):
 
     for i, (g, r) in enumerate(zip(grads("triton"), grads("reference"))):
         assert_close(g, r, torch.float32, what=f"op {pool} grad {i}")
+
+
+def test_torch_compile_fullgraph_backward():
+    # the backward op inside a compiled graph (fake impl of additive_attention_backward)
+    args = attn_args("additive_attention", (2, 9, 16), "softmax").args
+
+    def grads(compiled):
+        a = [t.detach().clone().requires_grad_(True) if i in MOD_IDX else t
+             for i, t in enumerate(args)]
+        f = lambda *t: ops.additive_attention(*t, backend="triton" if compiled else "reference")
+        if compiled:
+            f = torch.compile(f, fullgraph=True, backend="aot_eager")
+        f(*a).sum().backward()
+        return [a[i].grad for i in MOD_IDX]
+
+    torch._dynamo.reset()
+    for i, (g, r) in enumerate(zip(grads(True), grads(False))):
+        assert_close(g, r, torch.float32, what=f"compiled grad {i}")
