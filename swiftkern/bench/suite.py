@@ -418,8 +418,10 @@ def model_candidates(model: torch.nn.Module, x: torch.Tensor, providers: list[st
                 note=f"CPUExecutionProvider, {s.threads} threads")
         if "swiftkern" in providers:
             if dt == "fp32":
-                live = [b for b in ("cpu", "cuda", "triton", "reference")
-                        if _backend_live(b, s.device)]
+                # "auto" is what optimize(model) gives a user (it keeps modules whose kernel
+                # measured slower); the named backends force their kernel on every module.
+                live = ["auto"] + [b for b in ("cpu", "cuda", "triton", "reference")
+                                   if _backend_live(b, s.device)]
                 for b in live:
                     if not _wanted(b, backends, s.device):
                         continue
