@@ -72,22 +72,36 @@ def _train_steps(model, steps, seed=0, size=32, channels_last=False):
     return losses
 
 
-@pytest.mark.parametrize("family", ["hf", "timm"])
+@pytest.mark.parametrize("family", ["hf", "timm", "timm-fastvit", "timm-repvit"])
 def test_train_mode_tracks_eager_over_steps(family):
     """Losses, parameters and BN running statistics track eager over SGD steps (20 for the tiny
-    HF model; 3 for timm XS, which is 10x larger)."""
+    HF model and the other-ViT families; 3 for timm XS, which is 10x larger)."""
+    backend = "reference"
     if family == "hf":
         base = hf_model("tiny", drop_path_rate=0.0)
-    else:
+    elif family == "timm":
         base = timm_model("swiftformer_xs", num_classes=10)
-    steps = 20 if family == "hf" else 3
+    else:  # fused blocks of other ViTs, through the C++ kernels where they serve
+        base = timm_model(family.split("-")[1] + ("_t8" if "fastvit" in family else "_m0_9"),
+                          num_classes=10)
+        backend = "auto"
+    steps = 3 if family == "timm" else 20
+    # 64x64 for repvit / fastvit: at 32x32 their last stage is 1x1 and eager PyTorch takes
+    # seconds per training step there (measured: 6 s forward for repvit_m0_9 at batch 2).
+    size = 64 if backend == "auto" else 32
     ref, ref_cl = copy.deepcopy(base), copy.deepcopy(base)
-    opt = swiftkern.optimize(copy.deepcopy(base), backend="reference")
-    la = _train_steps(ref, steps)
-    lb = _train_steps(opt, steps)
+    opt = swiftkern.optimize(copy.deepcopy(base), backend=backend)
+    la = _train_steps(ref, steps, size=size)
+    lb = _train_steps(opt, steps, size=size)
     # An equally valid eager run (channels_last input: other conv algorithms, other rounding)
-    # measures how far fp32 rounding alone drifts over these steps.
-    lc = _train_steps(ref_cl, steps, channels_last=True)
+    # measures how far fp32 rounding alone drifts over these steps. Not for repvit / fastvit:
+    # eager channels_last training of repvit_m0_9 did not finish a step in minutes here; they
+    # are held to the plain end-to-end tolerance (drift 0).
+    if backend == "auto":
+        ref_cl = ref
+        lc = la
+    else:
+        lc = _train_steps(ref_cl, steps, size=size, channels_last=True)
     # Step 0 is one forward: per-block tolerance. Later steps: end-to-end tolerance, or twice the
     # drift of the eager variant where the trajectory amplifies rounding more than that.
     assert abs(la[0] - lb[0]) <= 1e-4 * max(1.0, abs(la[0]))
@@ -107,7 +121,7 @@ def test_train_mode_tracks_eager_over_steps(family):
     # back to eval: no stale folded weights
     ref.eval()
     opt.eval()
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, size, size)
     y_ref = _run(ref, x)
     drift = (_run(ref_cl.eval(), x) - y_ref).abs().max().item()
     err = (_run(opt, x) - y_ref).abs().max().item()
@@ -132,8 +146,12 @@ def test_idempotent_and_state_dict_round_trip():
     assert_close(_run(other, x), y1, torch.float32, MODEL_RTOL, what="state_dict -> optimized")
 
 
-def test_deepcopy_and_pickle():
-    opt = swiftkern.optimize(hf_model("tiny"), backend="reference")
+@pytest.mark.parametrize("name", ["hf-tiny", "repvit_m0_9", "fastvit_t8"])
+def test_deepcopy_and_pickle(name):
+    if name == "hf-tiny":
+        opt = swiftkern.optimize(hf_model("tiny"), backend="reference")
+    else:
+        opt = swiftkern.optimize(timm_model(name, num_classes=10))
     x = torch.randn(1, 3, 64, 64)
     y = _run(opt, x)
     assert torch.equal(_run(copy.deepcopy(opt), x), y)
