@@ -100,9 +100,12 @@ def _serving(rule: Rule, backend: str, device, dtype) -> tuple[str | None, str]:
 
 
 # backend="auto" on CPU: widest block whose C++ kernel measured faster than the eager module
-# (2 threads, README "Performance"): at C=320 (SwiftFormer-L3 stage 3) conv_block ran 0.76x and
-# mlp 0.86x of eager, attention at D=512 0.92x; at C<=220 every op was 1.1-3.7x faster.
+# (2 threads, `swiftkern bench ops --shape ...`). mlp at C=384 ran 0.81x of eager at batch 8 and
+# attention at D=384-512 0.98-1.08x (1.2x at batch 1); at C<=256 every op was 1.1-3.7x faster.
+# conv_block has no limit: since its wide shapes run the big-GEMM strategy it measured 1.01-1.30x
+# at C=320/384/512 (it ran 0.6-0.9x with per-tile GEMMs).
 CPU_AUTO_MAX_CHANNELS = 256
+CPU_AUTO_LIMITED_OPS = ("mlp", "additive_attention")
 
 
 def _channels(module: nn.Module) -> int | None:
@@ -167,7 +170,7 @@ def _walk(model: nn.Module, table, backend, device, dtype, report: OptimizeRepor
         c = _channels(module)
         if (
             reason is None
-            and rule.ops
+            and set(rule.ops) & set(CPU_AUTO_LIMITED_OPS)
             and backend == "auto"
             and device.type == "cpu"
             and c is not None

@@ -356,8 +356,13 @@ def test_auto_keeps_wide_cpu_blocks_where_kernels_measured_slower():
 
     from swiftkern.optimize import CPU_AUTO_MAX_CHANNELS
 
-    wide = torch.nn.Sequential(tm.ConvEncoder(CPU_AUTO_MAX_CHANNELS + 64, 64))
+    c = CPU_AUTO_MAX_CHANNELS + 64
+    wide = torch.nn.Sequential(tm.Mlp(c, 4 * c))
     _, report = swiftkern.optimize(wide, return_report=True)
     assert not report.swapped and "measured slower" in report.skipped[0].reason
     _, report = swiftkern.optimize(wide, backend="reference", return_report=True)
     assert report.swapped
+    # conv blocks measured faster at every width: swapped
+    _, report = swiftkern.optimize(torch.nn.Sequential(tm.ConvEncoder(c, 4 * c)),
+                                   return_report=True)
+    assert report.swapped and not report.skipped, str(report)

@@ -218,10 +218,15 @@ inline int64_t rows_per_tile(int64_t H, int64_t W, int64_t Hd, int64_t elem) {
 
 enum class Strategy { kTile, kUnfused };
 
-inline Strategy pick_strategy(int64_t n_tiles) {
+inline Strategy pick_strategy(int64_t n_tiles, int64_t weight_bytes) {
   const std::string s = env_str("SWIFTKERN_CPU_CONV_STRATEGY");
   if (s == "tile") return Strategy::kTile;
   if (s == "unfused") return Strategy::kUnfused;
+  // Every tile streams both pointwise weights through its core; past ~2 MB (C >= 320 with a 4C
+  // hidden) they no longer stay in cache and the tiles ran 0.35-0.8x of eager, while the big
+  // GEMMs ran 1.0-1.3x (swiftkern bench ops, C=320/384/512, 2 threads). At C=192 (1.2 MB) tiles
+  // still won (1.35x vs 1.08x).
+  if (weight_bytes > (2 << 20)) return Strategy::kUnfused;
   // Tiles run one per thread with single-threaded GEMMs; with fewer tiles than ~2 per thread
   // the multi-threaded big GEMMs win (measured: benchmarks/cpu_kernels_bench.py).
   const int64_t nt = at::get_num_threads();
@@ -297,12 +302,22 @@ void pointwise_unfused(const Tensor& d, bool cl, const PwArgs& a, const T* res, 
     });
   } else {
     Tensor d3 = blob<T>(d.data_ptr<T>(), {B, C, HW}, {C * HW, HW, 1});
-    Tensor hh = at::matmul(a.w1, d3);  // [B, Hd, HW]
+    // One multi-threaded mm per image: at::matmul broadcast the weight into a bmm, which ran
+    // 3-4x slower per image than B=1 at C=384, 7x7 (bench ops, 2 threads).
+    Tensor hh = at::empty({B, Hd, HW}, d.options());
+    for (int64_t b = 0; b < B; ++b) {
+      Tensor o = hh[b];
+      at::mm_out(o, a.w1, d3[b]);
+    }
     T* hp = hh.data_ptr<T>();
     at::parallel_for(0, B * Hd, 4, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) bias_gelu_rows<T>(hp + r * HW, 1, HW, b1 ? b1 + r % Hd : nullptr);
     });
-    Tensor y = at::matmul(a.w2, hh);  // [B, Co, HW]
+    Tensor y = at::empty({B, Co, HW}, d.options());
+    for (int64_t b = 0; b < B; ++b) {
+      Tensor o = y[b];
+      at::mm_out(o, a.w2, hh[b]);
+    }
     const T* yp = y.data_ptr<T>();
     at::parallel_for(0, B * Co, 4, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
@@ -346,7 +361,7 @@ Tensor mlp_impl(const Tensor& x_in, const PwArgs& a, const OptTensor& residual) 
   if (out.numel() == 0) return out;
   const int64_t R = rows_per_tile(H, W, Hd, sizeof(T));
   const int64_t n_tiles = B * ((H + R - 1) / R);
-  if (pick_strategy(n_tiles) == Strategy::kUnfused) {
+  if (pick_strategy(n_tiles, (a.w1.numel() + a.w2.numel()) * int64_t(sizeof(T))) == Strategy::kUnfused) {
     pointwise_unfused<T>(x, cl, a, rp, out.data_ptr<T>());
     return out;
   }
@@ -374,7 +389,7 @@ Tensor conv_block_impl(const Tensor& x_in, const Tensor& dw_w, const OptTensor& 
   const T* bias = ptr_or_null<T>(bt);
   const int64_t R = rows_per_tile(H, W, Hd, sizeof(T));
   const int64_t n_tiles = B * ((H + R - 1) / R);
-  if (pick_strategy(n_tiles) == Strategy::kUnfused) {
+  if (pick_strategy(n_tiles, (a.w1.numel() + a.w2.numel()) * int64_t(sizeof(T))) == Strategy::kUnfused) {
     Tensor d = at::empty(x.sizes(), x.options().memory_format(fmt(cl)));
     dwconv_full<T>(x, w9t, bias, cl, d);
     pointwise_unfused<T>(d, cl, a, x.data_ptr<T>(), out.data_ptr<T>());
