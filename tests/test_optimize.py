@@ -225,8 +225,9 @@ def test_verify_passes_on_a_correct_model():
     assert any(isinstance(m, FusedModule) for m in opt.modules())
 
 
-def test_bf16_logits_cosine():
-    model = hf_model("tiny")
+@pytest.mark.parametrize("name", ["hf-tiny", "repvit_m0_9", "fastvit_t8", "efficientvit_m0"])
+def test_bf16_logits_cosine(name):
+    model = hf_model("tiny") if name == "hf-tiny" else timm_model(name, num_classes=10)
     x = torch.randn(2, 3, 64, 64)
     ref = _run(model, x)
     opt = swiftkern.optimize(model, dtype=torch.bfloat16, inplace=False)
