@@ -6,6 +6,15 @@ kernel (the output is allocated in x's memory format). A program owns BLOCK_P pi
 flattened (b, h, w) index and all channels of the block, which keeps the whole conv block in
 registers: dwconv3x3 + folded BN prologue -> tl.dot pw1 -> exact GELU -> tl.dot pw2 (accumulated
 over hidden chunks) -> ls + residual epilogue. The 3x3 halo is re-read from L1/L2, not DRAM.
+That single kernel spilled registers past a padded width of 256 channels, so wider blocks
+(SwiftFormer-L1/L3 stages 3-4: C = 320, 384, 512, hidden 4C) take a two-kernel split:
+_mlp_hidden_kernel (prologue + pw1 + b1 + GELU, tiled over (pixels, hidden), K-loop over C) writes
+the hidden activation [P, HID] to a scratch buffer, _mlp_out_kernel (pw2 + b2 + ls + residual,
+tiled over (pixels, C_out), K-loop over HID) reads it back. The hidden then costs one write and
+one read through memory (in x's dtype), which the single kernel avoids. The train forms feed the
+same dispatch after the batch-statistics kernel; the backward launchers (_backward,
+_train_backward) never run the fused forward (GEMMs in torch, channel-tiled kernels), so they
+serve any width as they are.
 
 Pixel indices are int64 before any multiply by a stride, so tensors past 2^31 elements address
 correctly. Every load converts to fp32 at once (bf16 arithmetic is wrong in the interpreter, and
@@ -235,6 +244,103 @@ def _fused_mlp_fwd_kernel(
              mask=omask)
 
 
+# --- wide channels (C > 256): two kernels, the hidden activation goes through memory -----------
+@triton.jit
+def _mlp_hidden_kernel(
+    x_ptr, dww_ptr, dwb_ptr, w1_ptr, b1_ptr, h_ptr, mean_ptr, scale_ptr, shift_ptr,
+    P, H, W, C_IN, HID,
+    sxb, sxc, sxh, sxw,
+    HAS_DW: tl.constexpr, HAS_DWB: tl.constexpr, HAS_AFFINE: tl.constexpr,
+    HAS_B1: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
+):
+    """h[P, HID] = GELU(W1 z + b1) over a [BLOCK_P pixels, BLOCK_N hidden] tile, K-loop over C_IN
+    in BLOCK_K chunks; z = dwconv(x) (HAS_DW) or x, then the optional train-form BN
+    (z - mean) * scale + shift (mean first, as in _fused_mlp_fwd_kernel). The prologue is
+    recomputed per hidden tile: HID / BLOCK_N times the 9-tap dwconv, whose x re-reads hit L2
+    because the hidden tiles of one pixel tile are neighbouring program ids (1-D grid, hidden
+    tile fastest). h is a row-major scratch buffer in the dtype pw2 consumes (DOT_DT rounding
+    happens at the store instead of at the dot: same values, half the bytes for fp16/bf16)."""
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(HID, BLOCK_N)
+    pid_p = pid // n_tiles
+    bb, hh, ww, pmask = _pixel_coords(pid_p, P, H, W, BLOCK_P)
+    hidx = (pid % n_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+    hmask = hidx < HID
+    xoff = _off(bb, hh, ww, sxb, sxh, sxw)
+    acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, C_IN, BLOCK_K):
+        ci = k0 + tl.arange(0, BLOCK_K)
+        cimask = ci < C_IN
+        if HAS_DW:
+            z = _dw_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, ci, cimask, H, W,
+                         sxb, sxc, sxh, sxw, HAS_DWB)
+        else:
+            z = tl.load(x_ptr + xoff[:, None] + ci.to(tl.int64)[None, :] * sxc,
+                        mask=pmask[:, None] & cimask[None, :], other=0.0).to(tl.float32)
+        if HAS_AFFINE:
+            # padded channels load 0 everywhere: (0 - 0) * 0 + 0 keeps them out of the dot
+            mu = tl.load(mean_ptr + ci, mask=cimask, other=0.0)
+            sc = tl.load(scale_ptr + ci, mask=cimask, other=0.0)
+            sh = tl.load(shift_ptr + ci, mask=cimask, other=0.0)
+            z = (z - mu[None, :]) * sc[None, :] + sh[None, :]
+        w1 = tl.load(w1_ptr + hidx[None, :] * C_IN + ci[:, None],
+                     mask=cimask[:, None] & hmask[None, :], other=0.0).to(tl.float32)
+        acc = tl.dot(z.to(DOT_DT), w1.to(DOT_DT), acc, input_precision=INPUT_PREC,
+                     out_dtype=tl.float32)
+    if HAS_B1:
+        acc += tl.load(b1_ptr + hidx, mask=hmask, other=0.0).to(tl.float32)[None, :]
+    acc = _gelu(acc)
+    rows = (pid_p * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64) * HID
+    tl.store(h_ptr + rows[:, None] + hidx[None, :], _cast_out(acc, h_ptr),
+             mask=pmask[:, None] & hmask[None, :])
+
+
+@triton.jit
+def _mlp_out_kernel(
+    h_ptr, w2_ptr, b2_ptr, ls_ptr, res_ptr, out_ptr,
+    P, H, W, HID, C_OUT,
+    srb, src, srh, srw, sob, soc, soh, sow,
+    HAS_B2: tl.constexpr, HAS_LS: tl.constexpr, HAS_RES: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
+):
+    """out = res + ls * (W2 h + b2) over a [BLOCK_P pixels, BLOCK_N out channels] tile, K-loop over
+    HID in BLOCK_K chunks of the scratch h written by _mlp_hidden_kernel. 1-D grid, channel tile
+    fastest: the C_OUT / BLOCK_N programs that re-read one pixel tile's h rows run together (L2)."""
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(C_OUT, BLOCK_N)
+    pid_p = pid // n_tiles
+    bb, hh, ww, pmask = _pixel_coords(pid_p, P, H, W, BLOCK_P)
+    co = (pid % n_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+    comask = co < C_OUT
+    rows = (pid_p * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64) * HID
+    acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, HID, BLOCK_K):
+        hk = k0 + tl.arange(0, BLOCK_K)
+        kmask = hk < HID
+        h = tl.load(h_ptr + rows[:, None] + hk[None, :], mask=pmask[:, None] & kmask[None, :],
+                    other=0.0).to(tl.float32)
+        w2 = tl.load(w2_ptr + co[None, :] * HID + hk[:, None],
+                     mask=kmask[:, None] & comask[None, :], other=0.0).to(tl.float32)
+        acc = tl.dot(h.to(DOT_DT), w2.to(DOT_DT), acc, input_precision=INPUT_PREC,
+                     out_dtype=tl.float32)
+    if HAS_B2:
+        acc += tl.load(b2_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
+    if HAS_LS:
+        acc *= tl.load(ls_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
+    omask = pmask[:, None] & comask[None, :]
+    co64 = co.to(tl.int64)
+    if HAS_RES:
+        roff = _off(bb, hh, ww, srb, srh, srw)
+        acc += tl.load(res_ptr + roff[:, None] + co64[None, :] * src, mask=omask,
+                       other=0.0).to(tl.float32)
+    ooff = _off(bb, hh, ww, sob, soh, sow)
+    tl.store(out_ptr + ooff[:, None] + co64[None, :] * soc, _cast_out(acc, out_ptr),
+             mask=omask)
+
+
 # --------------------------------------------------------------------------------------------
 # Configs (every one is tested in the interpreter and AOT-compiled for sm_80/sm_90)
 # --------------------------------------------------------------------------------------------
@@ -245,11 +351,23 @@ DW_CONFIGS = {"default": dict(BLOCK_P=32, BLOCK_C=32, num_warps=4)}
 # Fused MLP tiles by the padded channel width max(BLOCK_CI, BLOCK_CO). The dwconv prologue holds a
 # BLOCK_P x BLOCK_CI fp32 tile: more than 16 elements per thread spilled at sm_90 (AOT report),
 # hence BLOCK_P 16 from C > 128 on. C > 256 (SwiftFormer-L1/L3 stage 4) spilled at every tile
-# tried (16 x 512 at 8 and 16 warps): not shipped, those blocks fall back (Unsupported).
+# tried (16 x 512 at 8 and 16 warps): those widths take the two-kernel split (SPLIT_CONFIG).
 MLP_CONFIGS = {
     64: dict(BLOCK_P=32, BLOCK_H=64, num_warps=8, num_stages=2),
     128: dict(BLOCK_P=32, BLOCK_H=32, num_warps=8, num_stages=2),
     256: dict(BLOCK_P=16, BLOCK_H=32, num_warps=8, num_stages=2),
+}
+
+
+# Wider channels: _mlp_hidden_kernel then _mlp_out_kernel (the hidden activation goes through a
+# [P, HID] scratch buffer). Each program holds one BLOCK_P x BLOCK_N fp32 accumulator and K-loops
+# over C_IN / HID, so one config serves every width; picked when the padded width exceeds
+# max(MLP_CONFIGS), or forced with config="split". AOT report (fp32 at sm_80 is the tightest: the
+# ieee dot runs on FMA units): hidden with BLOCK_K 32 spilled 64 B, out at 4 warps x BLOCK_K 64
+# spilled 500-670 B; out with 3 stages sat at 255 registers.
+SPLIT_CONFIG = {
+    "hidden": dict(BLOCK_P=64, BLOCK_N=128, BLOCK_K=16, num_warps=8, num_stages=2),
+    "out": dict(BLOCK_P=64, BLOCK_N=64, BLOCK_K=32, num_warps=8, num_stages=2),
 }
 
 
@@ -258,11 +376,19 @@ def _pad_c(c: int) -> int:
 
 
 def mlp_config_key(c_in: int, c_out: int) -> int:
+    """Single-kernel config for these widths; Unsupported past the widest (use "split" there)."""
     w = max(_pad_c(c_in), _pad_c(c_out))
     for k in sorted(MLP_CONFIGS):
         if w <= k:
             return k
     raise Unsupported(f"channels {max(c_in, c_out)} > {max(MLP_CONFIGS)} (no fused config)")
+
+
+def fused_config(c_in: int, c_out: int) -> int | str:
+    """The config the mlp / conv_block launchers pick: a MLP_CONFIGS key, or "split"."""
+    if max(_pad_c(c_in), _pad_c(c_out)) > max(MLP_CONFIGS):
+        return "split"
+    return mlp_config_key(c_in, c_out)
 
 
 def dot_dtype(dtype: torch.dtype):
@@ -349,7 +475,9 @@ def _fused(x, dw_w, dw_b, bn, w1, b1, w2, b2, ls, residual, config=None):
     x, residual = _unit_stride(x), _unit_stride(residual)
     b, c_in, h, w = x.shape
     hid, c_out = w1.shape[0], w2.shape[0]
-    key = mlp_config_key(c_in, c_out) if config is None else config
+    key = fused_config(c_in, c_out) if config is None else config
+    if key == "split":
+        return _fused_split(x, dw_w, dw_b, bn, w1, b1, w2, b2, ls, residual)
     cfg = MLP_CONFIGS[key]
     if max(_pad_c(c_in), _pad_c(c_out)) > key:
         raise ValueError(f"config {key} too narrow for channels {c_in}->{c_out}")
@@ -373,6 +501,46 @@ def _fused(x, dw_w, dw_b, bn, w1, b1, w2, b2, ls, residual, config=None):
         BLOCK_P=cfg["BLOCK_P"], BLOCK_CI=_pad_c(c_in), BLOCK_CO=_pad_c(c_out),
         BLOCK_H=cfg["BLOCK_H"], DOT_DT=dot_dtype(x.dtype), INPUT_PREC=_input_prec(x.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return out
+
+
+def _fused_split(x, dw_w, dw_b, bn, w1, b1, w2, b2, ls, residual):
+    """Two-kernel form of _fused for any width: pw1 (+ prologue) + GELU into a [P, HID] scratch in
+    x's dtype, then pw2 + epilogue. x and residual already have a unit inner stride."""
+    b, c_in, h, w = x.shape
+    hid, c_out = w1.shape[0], w2.shape[0]
+    out = _empty_like_x(x, c_out)
+    p = b * h * w
+    if out.numel() == 0:
+        return out
+    ca, cb = SPLIT_CONFIG["hidden"], SPLIT_CONFIG["out"]
+    w1c, w2c = w1.contiguous(), w2.contiguous()
+    dummy = w1c
+    dot_dt, prec = dot_dtype(x.dtype), _input_prec(x.dtype)
+    hbuf = torch.empty((p, hid), device=x.device, dtype=x.dtype)
+    if hid > 0:
+        grid = (triton.cdiv(p, ca["BLOCK_P"]) * triton.cdiv(hid, ca["BLOCK_N"]),)
+        _mlp_hidden_kernel[grid](
+            x, dummy if dw_w is None else dw_w.contiguous(), dummy if dw_b is None else _c(dw_b),
+            w1c, dummy if b1 is None else _c(b1), hbuf,
+            *((dummy, dummy, dummy) if bn is None else bn),
+            p, h, w, c_in, hid, *_s4(x),
+            HAS_DW=dw_w is not None, HAS_DWB=dw_b is not None, HAS_AFFINE=bn is not None,
+            HAS_B1=b1 is not None,
+            BLOCK_P=ca["BLOCK_P"], BLOCK_N=ca["BLOCK_N"], BLOCK_K=ca["BLOCK_K"],
+            DOT_DT=dot_dt, INPUT_PREC=prec,
+            num_warps=ca["num_warps"], num_stages=ca["num_stages"],
+        )
+    res = residual if residual is not None else out
+    grid = (triton.cdiv(p, cb["BLOCK_P"]) * triton.cdiv(c_out, cb["BLOCK_N"]),)
+    _mlp_out_kernel[grid](
+        hbuf, w2c, dummy if b2 is None else _c(b2), dummy if ls is None else _c(ls), res, out,
+        p, h, w, hid, c_out, *_s4(res), *_s4(out),
+        HAS_B2=b2 is not None, HAS_LS=ls is not None, HAS_RES=residual is not None,
+        BLOCK_P=cb["BLOCK_P"], BLOCK_N=cb["BLOCK_N"], BLOCK_K=cb["BLOCK_K"],
+        DOT_DT=dot_dt, INPUT_PREC=prec,
+        num_warps=cb["num_warps"], num_stages=cb["num_stages"],
     )
     return out
 

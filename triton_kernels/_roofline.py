@@ -13,6 +13,9 @@ Model (stated, not measured on a GPU here):
     assumed to hit L2 (50 MB) and are not counted; they are listed separately as l2_bytes.
   * "bytes_min": read every input and write every output exactly once (weights included).
   * "eager_bytes": the unfused module in PyTorch eager (one kernel per layer, BN folded in eval).
+  * mlp / conv_block (and train forms) with max(C, c_out) > 256 run as two kernels (the fused
+    single kernel spilled registers there): the hidden activation goes through memory, one write
+    and one read of B*H*W*hidden elements in the input dtype, and one more launch.
 shapes: dict with B, C, H, W (conv ops; optional "hidden" (default 4C), "c_out", "dtype_bytes"
 (2 = fp16/bf16, 4 = fp32)) or B, N, D (attention ops; optional "T" for the final layer).
 Backward: additive_attention_core_backward / additive_attention_backward (every gradient wanted;
@@ -25,6 +28,8 @@ BW = 3.0e12
 TC_FLOPS = 790e12
 FP32_FLOPS = 60e12
 LAUNCH_US = 3.0
+# mlp / conv_block wider than this (max of C_in, C_out) run as two kernels (_conv.SPLIT_CONFIG)
+SPLIT_MIN_C = 256
 
 
 def _conv(op: str, s: dict) -> dict:
@@ -46,6 +51,13 @@ def _conv(op: str, s: dict) -> dict:
         gemm, elem = 0.0, 18.0 * p * c
     moved = bytes_min
     launches = 1
+    l2 = (w_bytes * -(-p // 32)) + (2 * act_in if has_dw else 0)
+    if not op.startswith("dwconv") and "_backward" not in op and max(c, c_out) > SPLIT_MIN_C:
+        # two-kernel split: the hidden is written and read back once (x's dtype); the prologue
+        # input is re-read per 128-wide hidden tile and h per 64-wide output tile (from L2)
+        moved += 2 * p * hid * e
+        launches += 1
+        l2 += act_in * -(-hid // 128) + p * hid * e * -(-c_out // 64)
     if train:  # batch-statistics pass re-reads the input (the data does not fit in L2)
         nprog = -(-p // 64)
         moved += act_in + nprog * 3 * c * 4 * 2
@@ -72,7 +84,7 @@ def _conv(op: str, s: dict) -> dict:
     rate = TC_FLOPS if e == 2 else FP32_FLOPS
     t = max(moved / BW, gemm / rate + elem / FP32_FLOPS) * 1e6 + LAUNCH_US * launches
     return dict(bytes_min=bytes_min, bytes_moved=moved, eager_bytes=eager, flops=flops,
-                l2_bytes=(w_bytes * -(-p // 32)) + (2 * act_in if has_dw else 0),
+                l2_bytes=l2,
                 launches=launches, predicted_h100_us=t,
                 eager_predicted_h100_us=max(eager / BW, gemm / rate + elem / FP32_FLOPS) * 1e6
                 + LAUNCH_US * (7 + (2 if train else 0)))

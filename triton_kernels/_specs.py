@@ -103,6 +103,21 @@ def all_specs() -> list[Spec]:
                          INPUT_PREC="ieee" if dt == "fp32" else "tf32")
                 specs.append(Spec(K._fused_mlp_fwd_kernel, f"C<={key}", dt, c, cfg["num_warps"],
                                   lay, cfg["num_stages"]))
+            # wide-channel split (width-independent tiles); the hidden kernel also without the
+            # dwconv prologue (mlp / mlp_train), whose loads differ from the heaviest form
+            prec = "ieee" if dt == "fp32" else "tf32"
+            ca, cb = K.SPLIT_CONFIG["hidden"], K.SPLIT_CONFIG["out"]
+            for has_dw in (True, False):
+                c = dict(HAS_DW=has_dw, HAS_DWB=has_dw, HAS_AFFINE=True, HAS_B1=True,
+                         BLOCK_P=ca["BLOCK_P"], BLOCK_N=ca["BLOCK_N"], BLOCK_K=ca["BLOCK_K"],
+                         DOT_DT=_DT[dt], INPUT_PREC=prec)
+                specs.append(Spec(K._mlp_hidden_kernel, "split" + ("" if has_dw else ",no dw"),
+                                  dt, c, ca["num_warps"], lay, ca["num_stages"]))
+            c = dict(HAS_B2=True, HAS_LS=True, HAS_RES=True, BLOCK_P=cb["BLOCK_P"],
+                     BLOCK_N=cb["BLOCK_N"], BLOCK_K=cb["BLOCK_K"], DOT_DT=_DT[dt],
+                     INPUT_PREC=prec)
+            specs.append(Spec(K._mlp_out_kernel, "split", dt, c, cb["num_warps"], lay,
+                              cb["num_stages"]))
         for key, cfg in A.ATTN_CONFIGS.items():
             for pool, pid in A.POOL_IDS.items():
                 specs.append(Spec(A._attn_pool_partial_kernel, f"D<={key},{pool}", dt,

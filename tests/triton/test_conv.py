@@ -85,10 +85,85 @@ def test_every_fused_config(key):
 
 
 def test_too_wide_raises_unsupported():
+    # no single-kernel config past 256 channels: the launchers take the two-kernel split there
     from swiftkern._registry import Unsupported
 
     with pytest.raises(Unsupported):
         K.mlp_config_key(300, 300)
+    assert K.fused_config(300, 300) == "split"
+    assert K.fused_config(256, 256) == 256
+    assert K.fused_config(220, 300) == "split"
+
+
+# --- wide channels (C > 256): the two-kernel split (_mlp_hidden_kernel + _mlp_out_kernel) --------
+# Few pixels: interpreter time grows with programs x K-chunks, and the tiles are width-independent.
+WIDE = {
+    "c257": (1, 257, 2, 3, 300),  # odd C; hidden not a multiple of the 128-wide hidden tile
+    "c320": (1, 320, 2, 3, 1280),  # SwiftFormer-L3 stage 3 width, hidden 4C
+    "c260": (1, 260, 3, 2, 1040),
+}
+# conv_block's dwconv prologue costs (hidden tiles x C chunks x 9 taps) interpreter steps per
+# layout (~8 s at C = 320, hidden 1280); the strided view runs as a copy, through mlp.
+WIDE_CASES = [("conv_block", "c257", ("nchw", "channels_last")),
+              ("conv_block", "c320", ("channels_last",)),
+              ("mlp", "c257", LAYOUTS), ("mlp", "c320", ("nchw", "channels_last")),
+              ("mlp", "c260", ("nchw", "channels_last"))]
+# The split forced on narrow odd shapes: several pixel tiles (99 pixels > BLOCK_P 64), several
+# hidden / output tiles with ragged last ones, N = 1, H = 1.
+SPLIT_FORCED = {"ragged": ODD["ragged"], "n1": ODD["n1"], "h1": ODD["h1"],
+                "tiles": (1, 72, 9, 11, 200)}
+
+
+@pytest.mark.parametrize("op,shape,layouts", WIDE_CASES)
+def test_wide_fused(op, shape, layouts):
+    c = WIDE[shape][1]
+    assert K.fused_config(c, c) == "split"
+    for layout in layouts:
+        args = _args(op, WIDE[shape], layout)
+        out = check(getattr(K, op), getattr(R, op + "_ref"), args, what=f"{op} {shape} {layout}")
+        if layout == "channels_last":
+            assert out[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("shape", list(SPLIT_FORCED))
+@pytest.mark.parametrize("op", ["conv_block", "mlp"])
+def test_wide_split_forced_on_odd_shapes(op, shape):
+    for layout in ("nchw", "channels_last"):
+        args = _args(op, SPLIT_FORCED[shape], layout)
+        check(lambda *a: getattr(K, op)(*a, config="split"), getattr(R, op + "_ref"), args,
+              what=f"split {op} {shape} {layout}")
+
+
+def test_wide_without_optional_inputs_and_c_out_differs():
+    x, w1, _, w2, _, _, _ = _args("mlp", WIDE["c257"])
+    check(K.mlp, R.mlp_ref, [x, w1, None, w2, None, None, None], what="wide mlp bare")
+    _, dw, _, pw1, _, pw2, _, _ = _args("conv_block", WIDE["c257"])
+    check(K.conv_block, R.conv_block_ref, [x, dw, None, pw1, None, pw2, None, None],
+          what="wide conv_block bare")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 300, 2, 3, generator=g)
+    w1 = torch.randn(520, 300, generator=g) * 300**-0.5
+    w2 = torch.randn(36, 520, generator=g) * 520**-0.5
+    res = torch.randn(1, 36, 2, 3, generator=g)
+    check(K.mlp, R.mlp_ref, [x, w1, None, w2, None, torch.rand(36, generator=g), res],
+          what="mlp 300->36")
+
+
+@pytest.mark.parametrize("op,layouts", [("conv_block_train", ("channels_last",)),
+                                        ("mlp_train", ("nchw", "channels_last"))])
+def test_wide_train_forms(op, layouts):
+    for layout in layouts:
+        args = _args(op, WIDE["c257"], layout)
+        check(getattr(K, op), getattr(R, op + "_ref"), args, what=f"{op} c257 {layout}")
+
+
+@pytest.mark.parametrize("op,dtype,shape,layout", [
+    ("conv_block", torch.bfloat16, "c257", "channels_last"),
+    ("mlp", torch.float16, "c257", "nchw"),
+])
+def test_wide_half(op, dtype, shape, layout):
+    args = _args(op, WIDE[shape], layout)
+    check(getattr(K, op), getattr(R, op + "_ref"), args, dtype, what=f"{op} {shape} {dtype}")
 
 
 def test_conv_block_real_shape():
@@ -205,3 +280,15 @@ def test_backward_half():
         err = (a.double() - r32.double()).abs().max().item()
         mx = r32.abs().max().item()
         assert err <= 2 * base + 1e-3 * max(1.0, mx), f"grad {i}: {err} vs {base}"
+
+
+@pytest.mark.parametrize("op", ["conv_block", "mlp"])
+def test_wide_backward(op):
+    # the backward never ran the fused forward (GEMMs in torch, dwconv tiled over channels):
+    # checked at a width the single kernel does not serve
+    bwd, ref, idx = BWD[op]
+    args = _args(op, WIDE["c257"], "channels_last")
+    g, ref_grads = grads_of(ref, args, idx)
+    got = bwd(g, *args, [True] * len(idx))
+    for i, (a, b) in enumerate(zip(got, ref_grads)):
+        assert_close(a, b, torch.float32, what=f"wide {op} grad {i}")
