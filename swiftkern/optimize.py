@@ -101,11 +101,12 @@ def _serving(rule: Rule, backend: str, device, dtype) -> tuple[str | None, str]:
 
 # backend="auto" on CPU: widest block whose C++ kernel measured faster than the eager module
 # (2 threads, `swiftkern bench ops --shape ...`). mlp at C=384 ran 0.81x of eager at batch 8 and
-# attention at D=384-512 0.98-1.08x (1.2x at batch 1); at C<=256 every op was 1.1-3.7x faster.
+# attention at D=384-512 0.98-1.08x (1.2x at batch 1), dwconv_bn at C=384 batch 8 0.93x (2.6x at
+# batch 1); at C<=256 every op was 1.1-3.7x faster.
 # conv_block has no limit: since its wide shapes run the big-GEMM strategy it measured 1.01-1.30x
 # at C=320/384/512 (it ran 0.6-0.9x with per-tile GEMMs).
 CPU_AUTO_MAX_CHANNELS = 256
-CPU_AUTO_LIMITED_OPS = ("mlp", "additive_attention")
+CPU_AUTO_LIMITED_OPS = ("mlp", "additive_attention", "dwconv_bn")
 
 
 def _channels(module: nn.Module) -> int | None:
