@@ -24,7 +24,6 @@ from transformers.models.swiftformer.modeling_swiftformer import (
     SwiftFormerMlp,
 )
 
-import swiftkern
 from swiftkern.ops.reference import fold_bn, fold_bn_into_next
 
 ops = torch.ops.swiftkern
@@ -96,7 +95,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=60)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--only", default="", help="comma list of blocks: conv_block,mlp,dwconv_bn,attention")
+    ap.add_argument("--only", default="",
+                    help="comma list of blocks: conv_block,mlp,dwconv_bn,attention")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time with the thread's CPU clock (needs --threads 1): robust on a shared "
                     "machine where wall time includes time other processes held the core")
@@ -121,7 +121,8 @@ def main() -> None:
         try:
             fb()
         except NotImplementedError as e:
-            print(f"{name:<22}{shape:<18}  swiftkern cpu kernel missing: {str(e).splitlines()[0][:60]}")
+            why = str(e).splitlines()[0][:60]
+            print(f"{name:<22}{shape:<18}  swiftkern cpu kernel missing: {why}")
             return
         ta, tb = alternate(fa, fb, args.reps)
         print(f"{name:<22}{shape:<18}{ta:>10.3f}{tb:>14.3f}{ta / tb:>8.2f}x")
@@ -143,7 +144,8 @@ def main() -> None:
                 ka = mlp_args(m, ls, dtype)
                 row("mlp (x + ls*Mlp(x))", shape, lambda: x + ls4 * m(x),
                     lambda: ops.mlp(x, *ka, x, "cpu"))
-                row("mlp cl", shape, lambda: xcl + ls4 * m(xcl), lambda: ops.mlp(xcl, *ka, xcl, "cpu"))
+                row("mlp cl", shape, lambda: xcl + ls4 * m(xcl),
+                    lambda: ops.mlp(xcl, *ka, xcl, "cpu"))
             if only is None or "dwconv_bn" in only:
                 conv = torch.nn.Conv2d(c, c, 3, padding=1, groups=c).to(dtype)
                 bn = randomize_(torch.nn.BatchNorm2d(c)).to(dtype)

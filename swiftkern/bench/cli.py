@@ -48,8 +48,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="default: cuda if available, else cpu")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--backends", type=_csv, default=None,
-                   help="swiftkern backends to include: auto (what optimize(model) does), cpu, cuda, "
-                   "triton, reference (default: auto + every live one)")
+                   help="swiftkern backends to include: auto (what optimize(model) does), "
+                   "cpu, cuda, triton, reference (default: auto + every live one)")
     g.add_argument("--no-roofline", action="store_true", help="skip the roofline column")
     g.add_argument("--refresh-roofline", action="store_true",
                    help="re-measure the machine's GEMM/bandwidth roofline (cached otherwise)")

@@ -187,7 +187,7 @@ class FusedRepMixer(FusedModule):
             return self.original_forward(x)
 
         def build():
-            like = self.mixer.identity.weight if self.mixer.identity is not None else x
+            like = next((t for t in srcs if t is not None), x)  # dtype / device of the weights
             wm, bm = mobileone_branches(self.mixer, self.dim, like)
             wn, bn = mobileone_branches(self.norm, self.dim, like)
             g = gamma(self.layer_scale)
@@ -196,7 +196,8 @@ class FusedRepMixer(FusedModule):
                 dw, db = dw * g.reshape(-1, 1, 1, 1), db * g
             return dw + centre(self.dim, dw), db
 
-        w, b = self.cached("dw", sources(*mods, self.layer_scale), build)
+        srcs = sources(*mods, self.layer_scale)
+        w, b = self.cached("dw", srcs, build)
         return ops.dwconv_bn(x, w, b, backend=self.backend)
 
 

@@ -194,3 +194,16 @@ def test_fused_block_under_torch_compile():
     x = torch.randn(2, c, 6, 7)
     with torch.no_grad():
         assert_close(compiled(x), ref(x), what="compiled")
+
+
+def test_repmixer_with_non_affine_identity_bn():
+    ref, _, c = _case("repmixer-33")
+    bn = torch.nn.BatchNorm2d(c, affine=False).eval()
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    ref.m.mixer.identity = bn
+    opt = swiftkern.optimize(copy.deepcopy(ref))
+    _swapped(opt, reparam.FusedRepMixer)
+    x = torch.randn(2, c, 5, 6)
+    with torch.no_grad():
+        assert_close(opt(x), ref(x), what="non-affine identity BN")
