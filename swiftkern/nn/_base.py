@@ -111,7 +111,8 @@ def vector(t) -> torch.Tensor | None:
 
 
 def bn_uses_batch_stats(bn: nn.BatchNorm2d) -> bool:
-    return bn.training or not bn.track_running_stats or bn.running_mean is None
+    # _buffers lookup instead of attribute access: this runs on every fused forward
+    return bn.training or not bn.track_running_stats or bn._buffers.get("running_mean") is None
 
 
 def fold_sources(layer: nn.Module, bn: nn.BatchNorm2d) -> list:

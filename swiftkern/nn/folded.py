@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import FusedModule, fold_conv_bn
+from ._base import FusedModule, bn_uses_batch_stats, fold_conv_bn
 
 
 class FoldedBatchNorm2d(FusedModule):
@@ -20,17 +20,12 @@ class FoldedBatchNorm2d(FusedModule):
         self.__dict__["post"] = tuple(n for n in ("drop", "act") if n in self._modules)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if batch_stats(self):
+        if bn_uses_batch_stats(self):
             return self.original_forward(x)
         mods = self._modules
         for name in self.post:
             x = mods[name](x)
         return x
-
-
-def batch_stats(bn: nn.Module) -> bool:
-    """bn_uses_batch_stats without nn.Module attribute lookups (hot path of every folded conv)."""
-    return bn.training or not bn.track_running_stats or bn._buffers.get("running_mean") is None
 
 
 class FoldedConv2d(FusedModule):
@@ -43,7 +38,7 @@ class FoldedConv2d(FusedModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bn = self.partner_bn
-        if batch_stats(bn):
+        if bn_uses_batch_stats(bn):
             return self.original_forward(x)
         p, bp, bb = self._parameters, bn._parameters, bn._buffers
         w, b = self.cached(

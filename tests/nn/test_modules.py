@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from models import randomize_
+from models import Holder, randomize_
 from tolerances import assert_close
 
 from swiftkern.nn import FusedAdditiveAttention
@@ -47,15 +47,6 @@ def _modules():
             (f"timm-block-{c}", tm.Block(c), x),
         ]
     return out
-
-
-class Holder(torch.nn.Module):
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
-
-    def forward(self, x):
-        return self.m(x)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

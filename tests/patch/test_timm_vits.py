@@ -9,7 +9,7 @@ import copy
 
 import pytest
 import torch
-from models import logits, randomize_, timm_model
+from models import Holder, logits, randomize_, timm_model
 from tolerances import MODEL_RTOL, assert_close
 
 import swiftkern
@@ -21,15 +21,6 @@ from timm.models import fastvit as fv  # noqa: E402
 from timm.models import repvit as rv  # noqa: E402
 
 BACKENDS = ["auto", "reference"]
-
-
-class Holder(torch.nn.Module):
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
-
-    def forward(self, x):
-        return self.m(x)
 
 
 def _blocks(c: int):
