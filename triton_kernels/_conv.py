@@ -182,6 +182,27 @@ def _dwconv_bn_wgrad_kernel(
 
 
 @triton.jit
+def _pw2_epilogue(acc, b2_ptr, ls_ptr, res_ptr, out_ptr, co, comask, bb, hh, ww, pmask,
+                  srb, src, srh, srw, sob, soc, soh, sow,
+                  HAS_B2: tl.constexpr, HAS_LS: tl.constexpr, HAS_RES: tl.constexpr):
+    """out = res + ls * (acc + b2) for a [pixels, C_out] tile (shared by the fused and the
+    wide-channel output kernels)."""
+    if HAS_B2:
+        acc += tl.load(b2_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
+    if HAS_LS:
+        acc *= tl.load(ls_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
+    omask = pmask[:, None] & comask[None, :]
+    co64 = co.to(tl.int64)
+    if HAS_RES:
+        roff = _off(bb, hh, ww, srb, srh, srw)
+        acc += tl.load(res_ptr + roff[:, None] + co64[None, :] * src, mask=omask,
+                       other=0.0).to(tl.float32)
+    ooff = _off(bb, hh, ww, sob, soh, sow)
+    tl.store(out_ptr + ooff[:, None] + co64[None, :] * soc, _cast_out(acc, out_ptr),
+             mask=omask)
+
+
+@triton.jit
 def _fused_mlp_fwd_kernel(
     x_ptr, dww_ptr, dwb_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, ls_ptr, res_ptr, out_ptr,
     mean_ptr, scale_ptr, shift_ptr,
@@ -229,19 +250,8 @@ def _fused_mlp_fwd_kernel(
                      mask=hmask[:, None] & comask[None, :], other=0.0).to(tl.float32)
         acc = tl.dot(h.to(DOT_DT), w2.to(DOT_DT), acc, input_precision=INPUT_PREC,
                      out_dtype=tl.float32)
-    if HAS_B2:
-        acc += tl.load(b2_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
-    if HAS_LS:
-        acc *= tl.load(ls_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
-    omask = pmask[:, None] & comask[None, :]
-    co64 = co.to(tl.int64)
-    if HAS_RES:
-        roff = _off(bb, hh, ww, srb, srh, srw)
-        acc += tl.load(res_ptr + roff[:, None] + co64[None, :] * src, mask=omask,
-                       other=0.0).to(tl.float32)
-    ooff = _off(bb, hh, ww, sob, soh, sow)
-    tl.store(out_ptr + ooff[:, None] + co64[None, :] * soc, _cast_out(acc, out_ptr),
-             mask=omask)
+    _pw2_epilogue(acc, b2_ptr, ls_ptr, res_ptr, out_ptr, co, comask, bb, hh, ww, pmask,
+                  srb, src, srh, srw, sob, soc, soh, sow, HAS_B2, HAS_LS, HAS_RES)
 
 
 # --- wide channels (C > 256): two kernels, the hidden activation goes through memory -----------
@@ -326,19 +336,8 @@ def _mlp_out_kernel(
                      mask=kmask[:, None] & comask[None, :], other=0.0).to(tl.float32)
         acc = tl.dot(h.to(DOT_DT), w2.to(DOT_DT), acc, input_precision=INPUT_PREC,
                      out_dtype=tl.float32)
-    if HAS_B2:
-        acc += tl.load(b2_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
-    if HAS_LS:
-        acc *= tl.load(ls_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
-    omask = pmask[:, None] & comask[None, :]
-    co64 = co.to(tl.int64)
-    if HAS_RES:
-        roff = _off(bb, hh, ww, srb, srh, srw)
-        acc += tl.load(res_ptr + roff[:, None] + co64[None, :] * src, mask=omask,
-                       other=0.0).to(tl.float32)
-    ooff = _off(bb, hh, ww, sob, soh, sow)
-    tl.store(out_ptr + ooff[:, None] + co64[None, :] * soc, _cast_out(acc, out_ptr),
-             mask=omask)
+    _pw2_epilogue(acc, b2_ptr, ls_ptr, res_ptr, out_ptr, co, comask, bb, hh, ww, pmask,
+                  srb, src, srh, srw, sob, soc, soh, sow, HAS_B2, HAS_LS, HAS_RES)
 
 
 # --------------------------------------------------------------------------------------------
