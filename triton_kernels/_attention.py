@@ -55,6 +55,24 @@ def _pool_accumulate(qn, wg, scale, nmask, g, m, acc_l, POOL: tl.constexpr):
 
 
 @triton.jit
+def _pool_init(BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Empty partial pool state (g, m, acc_l): zeros, m = -inf (fp32 scalars)."""
+    g = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    m = tl.max(tl.full((BLOCK_N,), -float("inf"), tl.float32), axis=0)
+    acc_l = tl.sum(tl.zeros((BLOCK_N,), tl.float32), axis=0)
+    return g, m, acc_l
+
+
+@triton.jit
+def _store_partials(ws_g_ptr, ws_ml_ptr, b, g, m, acc_l):
+    """Split pid1 of batch b: ws_g[b, pid1, :BLOCK_D] = g, ws_ml[b, pid1, 0:2] = (m, acc_l)."""
+    row = b * tl.num_programs(1) + tl.program_id(1)
+    tl.store(ws_g_ptr + row * g.shape[0] + tl.arange(0, g.shape[0]), g)
+    tl.store(ws_ml_ptr + row * 2, m)
+    tl.store(ws_ml_ptr + row * 2 + 1, acc_l)
+
+
+@triton.jit
 def _attn_pool_partial_kernel(
     q_ptr, wg_ptr, qn_ptr, ws_g_ptr, ws_ml_ptr,
     N, D, TOK_PER_SPLIT, scale,
@@ -64,15 +82,11 @@ def _attn_pool_partial_kernel(
     """Pass 1 for batch b = pid0, tokens [pid1*TOK_PER_SPLIT, +TOK_PER_SPLIT): writes qn and the
     split's partial state ws_g[b, pid1, :D], ws_ml[b, pid1, 0:2] = (m, l or ss)."""
     b = tl.program_id(0).to(tl.int64)
-    sp = tl.program_id(1)
-    nsplit = tl.num_programs(1)
     d = tl.arange(0, BLOCK_D)
     dmask = d < D
     wg = tl.load(wg_ptr + d, mask=dmask, other=0.0).to(tl.float32)
-    g = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    m = tl.max(tl.full((BLOCK_N,), -float("inf"), tl.float32), axis=0)
-    acc_l = tl.sum(tl.zeros((BLOCK_N,), tl.float32), axis=0)
-    start = sp * TOK_PER_SPLIT
+    g, m, acc_l = _pool_init(BLOCK_N, BLOCK_D)
+    start = tl.program_id(1) * TOK_PER_SPLIT
     end = tl.minimum(start + TOK_PER_SPLIT, N)
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
@@ -85,10 +99,7 @@ def _attn_pool_partial_kernel(
         tl.store(qn_ptr + (b * N + n64)[:, None] * D + d[None, :],
                  _cast_out(qn, qn_ptr), mask=msk)
         g, m, acc_l = _pool_accumulate(qn, wg, scale, nmask, g, m, acc_l, POOL)
-    row = b * nsplit + sp
-    tl.store(ws_g_ptr + row * BLOCK_D + d, g)
-    tl.store(ws_ml_ptr + row * 2, m)
-    tl.store(ws_ml_ptr + row * 2 + 1, acc_l)
+    _store_partials(ws_g_ptr, ws_ml_ptr, b, g, m, acc_l)
 
 
 @triton.jit
@@ -182,11 +193,15 @@ def _splits(b: int, n: int, block_n: int, max_splits: int = MAX_SPLITS) -> tuple
     return triton.cdiv(n, per), per
 
 
-def additive_attention_core(q, k, w_g, scale, pool, config=None, max_splits=MAX_SPLITS):
-    if q.dtype not in SUPPORTED:
-        raise Unsupported(f"dtype {q.dtype}")
-    if q.device.type != "cuda" and not INTERPRET:
+def _check(t: torch.Tensor) -> None:
+    if t.dtype not in SUPPORTED:
+        raise Unsupported(f"dtype {t.dtype}")
+    if t.device.type != "cuda" and not INTERPRET:
         raise Unsupported("Triton kernels run on CUDA tensors (or CPU under TRITON_INTERPRET=1)")
+
+
+def additive_attention_core(q, k, w_g, scale, pool, config=None, max_splits=MAX_SPLITS):
+    _check(q)
     bsz, n, d = q.shape
     # only the unit channel stride variant is AOT-verified (tools/triton_report.py)
     q = q if q.stride(2) == 1 else q.contiguous()
@@ -219,9 +234,19 @@ def additive_attention_core(q, k, w_g, scale, pool, config=None, max_splits=MAX_
 
 
 def additive_attention(x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final, b_final, pool):
-    """GEMMs through cuBLAS (torch), the pooling core in Triton. qk is one GEMM; q and k are
-    strided views of it, which the core reads through their strides (no split copy)."""
+    """The whole module, [B, N, D] -> [B, N, T]. Widths with a fused config (padded max(D, T) <=
+    max(_attention_fused.FUSED_CONFIGS)) run the two fused kernels of _attention_fused (GEMMs
+    included, x read twice, only the output written). Wider ones: GEMMs through cuBLAS (torch),
+    the pooling core in Triton; qk is one GEMM, q and k strided views of it, which the core reads
+    through their strides (no split copy)."""
+    from . import _attention_fused as AF
+
+    _check(x)
     d = x.shape[-1]
+    key = AF.fused_config_key(d, d if w_final is None else w_final.shape[0], x.dtype)
+    if key is not None and x.dim() == 3:
+        return AF.fused_forward(x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final, b_final,
+                                pool, key)
     qk = F.linear(x, w_qk, b_qk)
     gk, qn = additive_attention_core(qk[..., :d], qk[..., d:], w_g, scale, pool)
     out = torch.baddbmm(qn, gk, w_proj.t().expand(x.shape[0], d, d)) if x.dim() == 3 else None

@@ -13,6 +13,7 @@ import triton.language as tl
 
 from . import _attention as A
 from . import _attention_backward as AB
+from . import _attention_fused as AF
 from . import _backward as BW
 from . import _conv as K
 from . import _train_backward as TB
@@ -126,6 +127,27 @@ def all_specs() -> list[Spec]:
                 specs.append(Spec(A._attn_apply_kernel, f"D<={key},{pool}", dt,
                                   dict(POOL=pid, BLOCK_N=cfg["BLOCK_N"], BLOCK_D=key,
                                        BLOCK_S=A.MAX_SPLITS), cfg["num_warps"], "tok"))
+        # fused module forward, compiled at the config's width (the launcher always uses it);
+        # kernel B with every optional input, and without the final linear (stores per chunk)
+        prec = "ieee" if dt == "fp32" else "tf32"
+        for key, cfg in AF.FUSED_CONFIGS.items():
+            if dt == "fp32" and key > AF.FP32_MAX_WIDTH:
+                continue
+            ca, cb = cfg["pool"], cfg["apply"]
+            for pool, pid in A.POOL_IDS.items():
+                specs.append(Spec(AF._attn_fused_pool_kernel, f"D<={key},{pool}", dt,
+                                  dict(HAS_BQK=True, POOL=pid, BLOCK_N=ca["BLOCK_N"], BLOCK_D=key,
+                                       BLOCK_K=ca["BLOCK_K"], DOT_DT=_DT[dt], INPUT_PREC=prec),
+                                  ca["num_warps"], num_stages=ca["num_stages"]))
+                for final in (True, False):
+                    specs.append(Spec(
+                        AF._attn_fused_apply_kernel,
+                        f"D,T<={key},{pool}" + ("" if final else ",no final"), dt,
+                        dict(HAS_BQK=True, HAS_BP=True, HAS_FINAL=final, HAS_BF=final, POOL=pid,
+                             BLOCK_N=cb["BLOCK_N"], BLOCK_D=key, BLOCK_T=key,
+                             BLOCK_K=cb["BLOCK_K"], BLOCK_J=cb["BLOCK_J"], BLOCK_S=A.MAX_SPLITS,
+                             DOT_DT=_DT[dt], INPUT_PREC=prec),
+                        cb["num_warps"], num_stages=cb["num_stages"]))
         for key, cfg in AB.ATTN_BWD_CONFIGS.items():
             for pool, pid in A.POOL_IDS.items():
                 specs.append(Spec(AB._attn_bwd_partial_kernel, f"D<={key},{pool}", dt,

@@ -27,7 +27,8 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     # Every module in this folder needs the interpreter; fail loudly if a kernel module was
     # already imported in compiled mode (it would then need a GPU).
     for _m in ("swiftkern.triton_kernels._conv", "swiftkern.triton_kernels._attention",
-               "swiftkern.triton_kernels._attention_backward"):
+               "swiftkern.triton_kernels._attention_backward",
+               "swiftkern.triton_kernels._attention_fused"):
         if _m in sys.modules and not getattr(sys.modules[_m], "INTERPRET", False):
             raise RuntimeError(f"{_m} was imported before TRITON_INTERPRET=1 was set")
 

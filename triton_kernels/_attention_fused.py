@@ -1,0 +1,209 @@
+"""Fused forward of the whole additive attention module (SPEC.md section 1): two kernels that
+read x, the weights and a few partials, and write only the output.
+
+  Kernel A (_attn_fused_pool_kernel, grid B x SPLITS): per token tile q = x Wq^T + bq (tl.dot,
+  K-loop over the input dim), normalize, score and pool into the split's partial state (the
+  layout and helpers of _attention: ws_g / ws_ml, _pool_accumulate). Neither q nor qn is stored.
+  Kernel B (_attn_fused_apply_kernel, grid B x token tiles): merges G from the partials, recomputes
+  the tile's q (for its row norms) and k, keeps gk = G * normalize(k) in registers as the A operand
+  of the proj GEMM ("G * k fused into proj"), and per BLOCK_J-wide chunk j of proj's output
+  recomputes q's column chunk: t_j = gk Wp^T[:, j] + bp[j] + q[:, j] / ||q||. With a final linear
+  t_j is the K-chunk of out += t_j Wf^T[j, :] (bf added at the end); without one t_j is stored.
+
+DRAM traffic: x twice (A, then B right after: an L2 hit when x is small, see _roofline), the
+weights, B*SPLITS*(D+2) fp32 partials, and out once; the eager/torch path moves ~16 token tensors.
+The price is FLOPs: q is computed three times (A, B's norms, B's chunks), 5 D^2 + D T multiply-adds
+per token instead of 3 D^2 + D T, which is cheap next to memory for fp16/bf16 on tensor cores.
+
+Numerics: fp32 accumulation everywhere; GEMM operands in the input dtype for fp16/bf16 (as the
+eager reference) and fp32 with input_precision="ieee" for fp32 inputs (dot_dtype/_input_prec of
+_conv). Every load converts to fp32 at once (the interpreter's bf16 arithmetic is wrong). Token
+offsets are int64. x must have a unit channel stride (the launcher copies otherwise).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _attention as A
+from ._conv import _cast_out, _input_prec, dot_dtype
+
+
+@triton.jit
+def _x_linear(x_ptr, xrow, nmask, w_ptr, b_ptr, cols, cmask, D,
+              HAS_B: tl.constexpr, BLOCK_K: tl.constexpr, DOT_DT: tl.constexpr,
+              INPUT_PREC: tl.constexpr):
+    """fp32 [BLOCK_N, len(cols)] tile of x W[cols]^T (+ b[cols]): x rows at element offsets xrow
+    (int64, unit channel stride), W [*, D] row-major; K-loop over D in BLOCK_K chunks. Masked
+    columns come out 0; masked rows hold the bias (callers mask them)."""
+    acc = tl.zeros((xrow.shape[0], cols.shape[0]), dtype=tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        kmask = kk < D
+        xa = tl.load(x_ptr + xrow[:, None] + kk[None, :], mask=nmask[:, None] & kmask[None, :],
+                     other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + cols[None, :] * D + kk[:, None], mask=kmask[:, None] & cmask[None, :],
+                    other=0.0).to(tl.float32)
+        acc = tl.dot(xa.to(DOT_DT), w.to(DOT_DT), acc, input_precision=INPUT_PREC,
+                     out_dtype=tl.float32)
+    if HAS_B:
+        acc += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def _attn_fused_pool_kernel(
+    x_ptr, wqk_ptr, bqk_ptr, wg_ptr, ws_g_ptr, ws_ml_ptr,
+    N, D, TOK_PER_SPLIT, scale,
+    sxb, sxn,
+    HAS_BQK: tl.constexpr, POOL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_K: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
+):
+    """Kernel A for batch b = pid0, tokens [pid1*TOK_PER_SPLIT, +TOK_PER_SPLIT): the split's
+    partial pool state of normalize(x Wq^T + bq) into ws_g[b, pid1], ws_ml[b, pid1]."""
+    b = tl.program_id(0).to(tl.int64)
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < D
+    wg = tl.load(wg_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    g, m, acc_l = A._pool_init(BLOCK_N, BLOCK_D)
+    start = tl.program_id(1) * TOK_PER_SPLIT
+    end = tl.minimum(start + TOK_PER_SPLIT, N)
+    for n0 in range(start, end, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        nmask = n < end
+        xrow = b * sxb + n.to(tl.int64) * sxn
+        q = _x_linear(x_ptr, xrow, nmask, wqk_ptr, bqk_ptr, d, dmask, D, HAS_BQK, BLOCK_K,
+                      DOT_DT, INPUT_PREC)
+        qn = A._normalize_rows(q, nmask)
+        g, m, acc_l = A._pool_accumulate(qn, wg, scale, nmask, g, m, acc_l, POOL)
+    A._store_partials(ws_g_ptr, ws_ml_ptr, b, g, m, acc_l)
+
+
+@triton.jit
+def _attn_fused_apply_kernel(
+    x_ptr, wqk_ptr, bqk_ptr, ws_g_ptr, ws_ml_ptr, wp_ptr, bp_ptr, wf_ptr, bf_ptr, out_ptr,
+    N, D, T, NSPLIT,
+    sxb, sxn,
+    HAS_BQK: tl.constexpr, HAS_BP: tl.constexpr, HAS_FINAL: tl.constexpr, HAS_BF: tl.constexpr,
+    POOL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
+    DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
+):
+    """Kernel B: out[b, tile] = final(proj(G * normalize(k)) + normalize(q)) for BLOCK_N tokens;
+    out is [B, N, T] contiguous (T = D without a final linear)."""
+    b = tl.program_id(0).to(tl.int64)
+    G = A._merge_global_query(ws_g_ptr, ws_ml_ptr, b, NSPLIT, POOL, BLOCK_S, BLOCK_D)
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = n < N
+    n64 = n.to(tl.int64)
+    xrow = b * sxb + n64 * sxn
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < D
+    q = _x_linear(x_ptr, xrow, nmask, wqk_ptr, bqk_ptr, d, dmask, D, HAS_BQK, BLOCK_K, DOT_DT,
+                  INPUT_PREC)
+    q_inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(q * q, axis=1)), 1e-12)
+    k = _x_linear(x_ptr, xrow, nmask, wqk_ptr + D * D, bqk_ptr + D, d, dmask, D, HAS_BQK,
+                  BLOCK_K, DOT_DT, INPUT_PREC)
+    # the proj GEMM's A operand, rounded to the dot dtype as the eager reference rounds gk
+    gk = (G[None, :] * A._normalize_rows(k, nmask)).to(DOT_DT)
+    if HAS_FINAL:
+        tt = tl.arange(0, BLOCK_T)
+        tmask = tt < T
+        acc = tl.zeros((BLOCK_N, BLOCK_T), dtype=tl.float32)
+    for j0 in range(0, D, BLOCK_J):
+        jj = j0 + tl.arange(0, BLOCK_J)
+        jmask = jj < D
+        t = _x_linear(x_ptr, xrow, nmask, wqk_ptr, bqk_ptr, jj, jmask, D, HAS_BQK, BLOCK_K,
+                      DOT_DT, INPUT_PREC) * q_inv[:, None]
+        wp = tl.load(wp_ptr + jj[None, :] * D + d[:, None], mask=dmask[:, None] & jmask[None, :],
+                     other=0.0).to(tl.float32)
+        t = tl.dot(gk, wp.to(DOT_DT), t, input_precision=INPUT_PREC, out_dtype=tl.float32)
+        if HAS_BP:
+            t += tl.load(bp_ptr + jj, mask=jmask, other=0.0).to(tl.float32)[None, :]
+        if HAS_FINAL:
+            wf = tl.load(wf_ptr + tt[None, :] * D + jj[:, None],
+                         mask=jmask[:, None] & tmask[None, :], other=0.0).to(tl.float32)
+            acc = tl.dot(t.to(DOT_DT), wf.to(DOT_DT), acc, input_precision=INPUT_PREC,
+                         out_dtype=tl.float32)
+        else:
+            tl.store(out_ptr + (b * N + n64)[:, None] * T + jj[None, :], _cast_out(t, out_ptr),
+                     mask=nmask[:, None] & jmask[None, :])
+    if HAS_FINAL:
+        if HAS_BF:
+            acc += tl.load(bf_ptr + tt, mask=tmask, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + (b * N + n64)[:, None] * T + tt[None, :], _cast_out(acc, out_ptr),
+                 mask=nmask[:, None] & tmask[None, :])
+
+
+# Configs by the padded width max(D, T); every one is run in the interpreter and AOT-compiled
+# spill-free for sm_80/sm_90 (tools/triton_report.py). Kernel B holds gk [BLOCK_N, BLOCK_D] (the
+# proj dot's A operand, K = the whole width) and the final's accumulator [BLOCK_N, BLOCK_T] across
+# the proj loop. Measured in the AOT report: num_stages 2 spilled 8-64 B in kernel A (its K-loop
+# nests inside the token loop), so nothing is software-pipelined; fp32 (ieee dots on the FMA units,
+# operands unpacked to registers) spilled 100-300 B in kernel B at width 256 and ~1.7 KB at 512
+# with every tile tried, so fp32 is fused up to FP32_MAX_WIDTH and wider fp32 takes the torch path.
+FUSED_CONFIGS = {
+    64: dict(pool=dict(BLOCK_N=32, BLOCK_K=16, num_warps=8, num_stages=1),
+             apply=dict(BLOCK_N=32, BLOCK_K=16, BLOCK_J=16, num_warps=4, num_stages=1)),
+    128: dict(pool=dict(BLOCK_N=32, BLOCK_K=16, num_warps=8, num_stages=1),
+              apply=dict(BLOCK_N=16, BLOCK_K=16, BLOCK_J=16, num_warps=8, num_stages=1)),
+    256: dict(pool=dict(BLOCK_N=16, BLOCK_K=16, num_warps=8, num_stages=1),
+              apply=dict(BLOCK_N=16, BLOCK_K=16, BLOCK_J=16, num_warps=8, num_stages=1)),
+    512: dict(pool=dict(BLOCK_N=16, BLOCK_K=16, num_warps=8, num_stages=1),
+              apply=dict(BLOCK_N=16, BLOCK_K=16, BLOCK_J=16, num_warps=8, num_stages=1)),
+}
+FP32_MAX_WIDTH = 128  # widest padded width fused for fp32 inputs
+
+
+def fused_config_key(d: int, t: int, dtype: torch.dtype = torch.float16) -> int | None:
+    """The FUSED_CONFIGS key for widths D -> T at this dtype, or None where no fused config
+    fits (the module then runs the torch-GEMM path of _attention)."""
+    w = max(16, triton.next_power_of_2(max(d, t)))
+    top = FP32_MAX_WIDTH if dtype == torch.float32 else max(FUSED_CONFIGS)
+    return next((k for k in sorted(FUSED_CONFIGS) if w <= k <= top), None)
+
+
+def fused_forward(x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final, b_final, pool, key,
+                  max_splits=A.MAX_SPLITS):
+    """additive_attention_ref's result from kernels A and B with config FUSED_CONFIGS[key].
+    x: [B, N, D] (any strides; copied to a unit channel stride), out: [B, N, T] contiguous."""
+    x = x if x.stride(2) == 1 else x.contiguous()
+    bsz, n, d = x.shape
+    t_out = d if w_final is None else w_final.shape[0]
+    out = torch.empty((bsz, n, t_out), device=x.device, dtype=x.dtype)
+    if out.numel() == 0:
+        return out
+    if max(16, triton.next_power_of_2(max(d, t_out))) > key:
+        raise ValueError(f"config {key} too narrow for D={d}, T={t_out}")
+    # tiles always at the config's width: only those variants are AOT-compiled (_specs)
+    block_d = block_t = key
+    ca, cb = FUSED_CONFIGS[key]["pool"], FUSED_CONFIGS[key]["apply"]
+    nsplit, per = A._splits(bsz, n, ca["BLOCK_N"], max_splits)
+    ws_g = torch.empty((bsz * nsplit, block_d), device=x.device, dtype=torch.float32)
+    ws_ml = torch.empty((bsz * nsplit, 2), device=x.device, dtype=torch.float32)
+    wqk = w_qk.contiguous()
+    dummy = wqk
+    bqk = dummy if b_qk is None else b_qk.contiguous()
+    dot_dt, prec, pid = dot_dtype(x.dtype), _input_prec(x.dtype), A.POOL_IDS[pool]
+    _attn_fused_pool_kernel[(bsz, nsplit)](
+        x, wqk, bqk, w_g.reshape(-1).contiguous(), ws_g, ws_ml, n, d, per, float(scale),
+        x.stride(0), x.stride(1),
+        HAS_BQK=b_qk is not None, POOL=pid, BLOCK_N=ca["BLOCK_N"], BLOCK_D=block_d,
+        BLOCK_K=ca["BLOCK_K"], DOT_DT=dot_dt, INPUT_PREC=prec, num_warps=ca["num_warps"],
+        num_stages=ca["num_stages"],
+    )
+    _attn_fused_apply_kernel[(bsz, triton.cdiv(n, cb["BLOCK_N"]))](
+        x, wqk, bqk, ws_g, ws_ml, w_proj.contiguous(),
+        dummy if b_proj is None else b_proj.contiguous(),
+        dummy if w_final is None else w_final.contiguous(),
+        dummy if b_final is None else b_final.contiguous(), out,
+        n, d, t_out, nsplit, x.stride(0), x.stride(1),
+        HAS_BQK=b_qk is not None, HAS_BP=b_proj is not None, HAS_FINAL=w_final is not None,
+        HAS_BF=w_final is not None and b_final is not None, POOL=pid, BLOCK_N=cb["BLOCK_N"],
+        BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_K=cb["BLOCK_K"], BLOCK_J=cb["BLOCK_J"],
+        BLOCK_S=triton.next_power_of_2(nsplit), DOT_DT=dot_dt, INPUT_PREC=prec,
+        num_warps=cb["num_warps"], num_stages=cb["num_stages"],
+    )
+    return out
