@@ -18,6 +18,14 @@ Model (stated, not measured on a GPU here):
     and one read of B*H*W*hidden elements in the input dtype, and one more launch.
 shapes: dict with B, C, H, W (conv ops; optional "hidden" (default 4C), "c_out", "dtype_bytes"
 (2 = fp16/bf16, 4 = fp32)) or B, N, D (attention ops; optional "T" for the final layer).
+additive_attention (module forward): where the fused kernels fit (padded max(D, T) <= 512 for
+fp16/bf16, <= 128 for fp32) kernel A reads x and Wq and writes B*SPLITS*(D+2) fp32 partials;
+kernel B reads x again, every weight and the partials, and writes the output. Kernel B's re-read
+of x and Wq (both just read by kernel A) is counted in l2_bytes, not bytes_moved, only when x is
+<= 20 MB (L2_REUSE_BYTES: 50 MB H100 L2, B launched right after A); otherwise both count twice in
+DRAM. FLOPs count q three times (the
+price of never storing it). Wider / fp32-wide shapes: torch GEMMs around the Triton core (6
+kernels, ~16 token tensors of traffic).
 Backward: additive_attention_core_backward / additive_attention_backward (every gradient wanted;
 the eager comparison is autograd through the reference, which keeps the forward's activations).
 """
@@ -30,6 +38,18 @@ FP32_FLOPS = 60e12
 LAUNCH_US = 3.0
 # mlp / conv_block wider than this (max of C_in, C_out) run as two kernels (_conv.SPLIT_CONFIG)
 SPLIT_MIN_C = 256
+# The fused additive_attention forward (_attention_fused): padded widths max(D, T) it serves
+# (fp16/bf16, fp32) and the token tiles (kernel A, kernel B) per padded width (tests/triton check
+# that these match _attention_fused.FUSED_CONFIGS).
+FUSED_MAX_WIDTH, FUSED_MAX_WIDTH_FP32 = 512, 128
+FUSED_BLOCK_N = {64: (32, 32), 128: (32, 16), 256: (16, 16), 512: (16, 16)}
+# Kernel B re-reads x (and Wq) right after kernel A: counted as an L2 hit (H100 L2: 50 MB) only
+# when x is at most this big, else as DRAM traffic.
+L2_REUSE_BYTES = 20e6
+
+
+def _pad(w: int) -> int:
+    return max(64, 1 << (w - 1).bit_length())
 
 
 def _conv(op: str, s: dict) -> dict:
@@ -98,6 +118,7 @@ def _attention(op: str, s: dict) -> dict:
     splits = min(32, max(1, -(-528 // b)))
     ws = b * splits * (d + 2) * 4 * 2
     elem = 12.0 * b * n * d  # two normalizes, score dot, pooling, G*k
+    l2 = 0
     if op == "additive_attention_core":
         bytes_min = 4 * tok + d * e
         moved = bytes_min + ws
@@ -106,19 +127,40 @@ def _attention(op: str, s: dict) -> dict:
         launches, eager_launches = 2, 8
     else:
         w_bytes = (2 * d * d + 2 * d + d + d * d + d + t_out * d + t_out) * e
+        wq = (d * d + d) * e
         out = b * n * t_out * e
         bytes_min = tok + out + w_bytes
-        gemm = 2.0 * b * n * (2 * d * d + d * d + d * t_out)
-        # qk GEMM (write 2 tok), core (read 2, write 2), proj baddbmm (read 2, write 1),
-        # bias add (read 1 write 1), final (read 1 write out)
-        moved = tok + 2 * tok + (4 * tok + ws) + 3 * tok + 2 * tok + (tok + out) + w_bytes
         eager = tok + 2 * tok + 2 * (2 * tok) + 2 * tok + 2 * tok + 3 * tok + 3 * tok \
             + 3 * tok + (tok + out) + w_bytes
-        launches, eager_launches = 6, 12
+        eager_launches = 12
+        if _pad(max(d, t_out)) <= (FUSED_MAX_WIDTH_FP32 if e == 4 else FUSED_MAX_WIDTH):
+            # fused: kernel A reads x + Wq, writes partials; kernel B reads x again, every weight
+            # and the partials, writes out. q is computed 3x (A, B's norms, B's column chunks).
+            gemm = 2.0 * b * n * (5 * d * d + d * t_out)
+            bn_a, bn_b = FUSED_BLOCK_N[_pad(max(d, t_out))]
+            # kernel A's splits (_attention._splits: at most one per token block)
+            blocks = -(-n // bn_a)
+            per = -(-blocks // max(1, min(32, blocks, -(-528 // b)))) * bn_a
+            splits = -(-n // per)
+            ws = b * splits * (d + 2) * 4 * 2
+            again = tok + wq  # kernel B's re-read of x and Wq right after kernel A
+            moved = tok + w_bytes + ws + out + (0 if tok <= L2_REUSE_BYTES else again)
+            progs_a, progs_b = b * splits, b * -(-n // bn_b)
+            # B's own x tile again for k and per 16-wide proj chunk (L1/L2), per-program weight
+            # and partial re-reads
+            l2 = (again if tok <= L2_REUSE_BYTES else 0) + tok * (1 + -(-d // 16)) \
+                + progs_a * wq + progs_b * (w_bytes + wq + splits * (d + 2) * 4)
+            launches = 2
+        else:
+            gemm = 2.0 * b * n * (2 * d * d + d * d + d * t_out)
+            # qk GEMM (write 2 tok), core (read 2, write 2), proj baddbmm (read 2, write 1),
+            # bias add (read 1 write 1), final (read 1 write out)
+            moved = tok + 2 * tok + (4 * tok + ws) + 3 * tok + 2 * tok + (tok + out) + w_bytes
+            launches = 6
     rate = TC_FLOPS if e == 2 else FP32_FLOPS
     t = max(moved / BW, gemm / rate + elem / FP32_FLOPS) * 1e6 + LAUNCH_US * launches
     return dict(bytes_min=bytes_min, bytes_moved=moved, eager_bytes=eager, flops=gemm + elem,
-                l2_bytes=0, launches=launches, predicted_h100_us=t,
+                l2_bytes=l2, launches=launches, predicted_h100_us=t,
                 eager_predicted_h100_us=max(eager / BW, gemm / rate + elem / FP32_FLOPS) * 1e6
                 + LAUNCH_US * eager_launches)
 
