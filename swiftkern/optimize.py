@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -214,6 +215,93 @@ def _cast_inputs_hook(dtype: torch.dtype):
     return hook
 
 
+# fused modules whose kernels (or oneDNN convolutions) prefer channels_last activations
+_CONV_FUSED = ("Folded", "FusedConvBlock", "FusedConvBN", "FusedRep", "FusedResidualDwConvBN")
+
+
+class ChannelsLastInside:
+    """Forward hooks on the optimized root: 4-D floating inputs in NCHW run channels_last inside
+    the model (the fused kernels work on NHWC tiles and oneDNN's channels_last convolutions are
+    faster here: the 3->24 stem conv 2.1 -> 0.35 ms at batch 1), and every 4-D tensor the model
+    returns comes back NCHW-contiguous, as the original would return it for NCHW input.
+    Eval mode only: in train mode inputs pass unchanged (no training run was measured faster).
+    A picklable object (deepcopy / pickle of the optimized model keep working); the per-call
+    state lives in a thread-local that is not pickled."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state) -> None:
+        self._local = threading.local()
+
+    def _stack(self) -> list:
+        st = getattr(self._local, "stack", None)
+        if st is None:
+            st = self._local.stack = []
+        return st
+
+    @staticmethod
+    def _to_cl(t):
+        if (
+            isinstance(t, torch.Tensor)
+            and t.dim() == 4
+            and t.is_floating_point()
+            and t.is_contiguous()
+            and not t.is_contiguous(memory_format=torch.channels_last)
+        ):
+            return t.contiguous(memory_format=torch.channels_last), True
+        return t, False
+
+    def pre(self, module, args, kwargs):
+        if torch.compiler.is_compiling():
+            return None
+        if module.training:  # measured for inference only; training keeps the caller's layout
+            self._stack().append(False)
+            return None
+        changed = False
+        new_args = []
+        for a in args:
+            a, c = self._to_cl(a)
+            new_args.append(a)
+            changed |= c
+        new_kwargs = {}
+        for k, v in kwargs.items():
+            v, c = self._to_cl(v)
+            new_kwargs[k] = v
+            changed |= c
+        self._stack().append(changed)
+        return (tuple(new_args), new_kwargs) if changed else None
+
+    def post(self, module, args, kwargs, output):
+        if torch.compiler.is_compiling():
+            return None
+        st = self._stack()
+        if not st or not st.pop():
+            return None
+        return _nchw_outputs(output)
+
+
+def _nchw_outputs(out):
+    if isinstance(out, torch.Tensor):
+        return out.contiguous() if out.dim() == 4 else out
+    if isinstance(out, dict):  # also HF ModelOutput (setting a key updates the attribute)
+        for k in list(out.keys()):
+            v = out[k]
+            nv = _nchw_outputs(v)
+            if nv is not v:
+                out[k] = nv
+        return out
+    if isinstance(out, list):
+        return [_nchw_outputs(o) for o in out]
+    if isinstance(out, tuple):
+        items = [_nchw_outputs(o) for o in out]
+        return type(out)(*items) if hasattr(out, "_fields") else type(out)(items)
+    return out
+
+
 def _first_tensor(out):
     if isinstance(out, torch.Tensor):
         return out
@@ -296,6 +384,7 @@ def optimize(
     inplace: bool = True,
     verify=None,
     return_report: bool = False,
+    channels_last: bool | None = None,
 ):
     """Swap swiftkern's fused modules into `model` (HF transformers and timm SwiftFormer, ...).
 
@@ -309,6 +398,9 @@ def optimize(
             the optimized model on it and raise ValueError, with per-layer differences, if they
             disagree (the model is then left as it was).
         return_report: also return the :class:`OptimizeReport`.
+        channels_last: run the model channels_last inside (NCHW inputs are converted on entry,
+            4-D outputs are returned NCHW-contiguous again, see :class:`ChannelsLastInside`).
+            None (default): on for CPU models in which a convolution was swapped or folded.
     Idempotent: optimizing an optimized model changes nothing. On any error the model is left
     unchanged.
     """
@@ -331,13 +423,31 @@ def optimize(
             target.register_forward_pre_hook(_cast_inputs_hook(dtype), with_kwargs=True)
             target._swiftkern_cast_hook = True
         _walk(target, rules(), backend, device, dtype or mdtype, report, log)
+        if channels_last is None:
+            channels_last = device.type == "cpu" and any(
+                e.fused.startswith(_CONV_FUSED) for e in report.swapped
+            )
+        if channels_last and not getattr(target, "_swiftkern_layout_hook", False):
+            hook = ChannelsLastInside()
+            handles = (
+                target.register_forward_pre_hook(hook.pre, with_kwargs=True),
+                target.register_forward_hook(hook.post, with_kwargs=True, always_call=True),
+            )
+            log.append(("hooks", handles))
+            target._swiftkern_layout_hook = True
         if verify is not None:
             ref_model = original.to(dtype) if dtype is not None else original
             if dtype is not None:
                 ref_model.register_forward_pre_hook(_cast_inputs_hook(dtype), with_kwargs=True)
             _verify(ref_model, target, verify, [e.path for e in report.swapped])
     except BaseException:
-        for parent, name, old in reversed(log):
+        for entry in reversed(log):
+            if entry[0] == "hooks":
+                for h in entry[1]:
+                    h.remove()
+                target.__dict__.pop("_swiftkern_layout_hook", None)
+                continue
+            parent, name, old = entry
             parent._modules[name] = old
         if cast_back is not None and inplace:
             target.to(cast_back)

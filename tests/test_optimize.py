@@ -367,3 +367,95 @@ def test_auto_keeps_wide_cpu_blocks_where_kernels_measured_slower():
     _, report = swiftkern.optimize(torch.nn.Sequential(tm.ConvEncoder(c, 4 * c)),
                                    return_report=True)
     assert report.swapped and not report.skipped, str(report)
+
+
+def _layouts_seen(model, x, **kwargs):
+    """Memory formats of the inputs of every Conv2d-like leaf during one forward."""
+    seen = []
+
+    def rec(_m, args):
+        t = args[0]
+        if isinstance(t, torch.Tensor) and t.dim() == 4:
+            seen.append("cl" if not t.is_contiguous() else "nchw")
+
+    handles = [
+        m.register_forward_pre_hook(rec)
+        for m in model.modules()
+        if type(m).__name__ in ("FoldedConv2d", "FusedConvBlock")
+    ]
+    try:
+        with torch.no_grad():
+            out = model(x, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen, out
+
+
+def test_channels_last_inside_and_nchw_outside():
+    model = hf_model("tiny")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x, output_hidden_states=True)
+    opt, report = swiftkern.optimize(copy.deepcopy(model), return_report=True)
+    seen, out = _layouts_seen(opt, x, output_hidden_states=True)
+    assert seen and set(seen) == {"cl"}, seen  # every conv ran channels_last inside
+    assert x.is_contiguous()  # the caller's tensor is not touched
+    assert_close(out.logits, ref.logits, torch.float32, MODEL_RTOL, what="logits")
+    assert len(out.hidden_states) == len(ref.hidden_states)
+    for a, b in zip(out.hidden_states, ref.hidden_states):
+        assert b.dim() != 4 or a.is_contiguous(), a.stride()  # handed back NCHW
+        assert_close(a, b, torch.float32, MODEL_RTOL, what="hidden state")
+    # channels_last input: nothing converted, the model's own layout behaviour
+    xc = x.contiguous(memory_format=torch.channels_last)
+    seen, out = _layouts_seen(opt, xc, output_hidden_states=True)
+    assert set(seen) == {"cl"}
+    assert_close(out.logits, ref.logits, torch.float32, MODEL_RTOL, what="logits (cl input)")
+    # opt-out and idempotence: one pair of hooks, whatever optimize() is called again with
+    off = swiftkern.optimize(copy.deepcopy(model), channels_last=False)
+    seen, _ = _layouts_seen(off, x)
+    assert set(seen) == {"nchw"}
+    again = swiftkern.optimize(opt)
+    assert len(again._forward_pre_hooks) == 1 and len(again._forward_hooks) == 1
+    # an exception inside forward leaves no stale state behind (the post hook always runs)
+    with pytest.raises(RuntimeError, match="channels"):
+        opt(torch.randn(2, 5, 64, 64))
+    assert not opt._forward_hooks[next(iter(opt._forward_hooks))].__self__._stack()
+    seen, out = _layouts_seen(opt, x)
+    assert set(seen) == {"cl"}
+
+
+def test_channels_last_inside_keeps_feature_maps_nchw():
+    import timm
+    from models import randomize_
+
+    torch.manual_seed(0)
+    feats = timm.create_model("swiftformer_xs", pretrained=False, features_only=True).eval()
+    randomize_(feats)
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        ref = feats(x)
+    opt = swiftkern.optimize(copy.deepcopy(feats))
+    seen, got = _layouts_seen(opt, x)
+    assert set(seen) == {"cl"}
+    assert isinstance(got, list) and len(got) == len(ref)
+    for a, b in zip(got, ref):
+        assert a.is_contiguous() and a.shape == b.shape
+        assert_close(a, b, torch.float32, MODEL_RTOL, what="feature map")
+
+
+def test_channels_last_inside_is_off_without_convolutions():
+    from timm.models import swiftformer as tm
+
+    opt, report = swiftkern.optimize(torch.nn.Sequential(tm.Mlp(16, 64)), return_report=True)
+    assert report.swapped and not opt._forward_pre_hooks
+
+
+def test_channels_last_inside_only_in_eval():
+    opt = swiftkern.optimize(hf_model("tiny"))
+    opt.train()
+    seen, _ = _layouts_seen(opt, torch.randn(2, 3, 64, 64))
+    assert set(seen) == {"nchw"}
+    opt.eval()
+    seen, _ = _layouts_seen(opt, torch.randn(2, 3, 64, 64))
+    assert set(seen) == {"cl"}

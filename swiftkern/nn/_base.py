@@ -5,6 +5,7 @@ state are unchanged, and the original class's forward can always serve as the fa
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..ops import reference as ref
@@ -138,3 +139,18 @@ def bn_after_forward(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, 
 
 def fold_conv_bn(conv_w, conv_b, bn: nn.BatchNorm2d):
     return ref.fold_bn(conv_w, conv_b, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+
+
+def folded_conv2d(owner: FusedModule, x: torch.Tensor, w, b, conv: nn.Conv2d) -> torch.Tensor:
+    """conv2d with a folded (w, b) and the hyper-parameters of `conv`. For a channels_last input
+    the weight is kept channels_last too (cached on `owner`): given an NCHW weight, oneDNN
+    reorders it on every call (measured 0.15-0.37 ms for a 220x112x3x3 weight here)."""
+    if (
+        x.dim() == 4
+        and w.dim() == 4
+        and w.shape[-1] * w.shape[-2] > 1
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        w = owner.cached("conv_cl", [w], lambda: w.contiguous(memory_format=torch.channels_last))
+    return F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ._base import FusedModule, bn_uses_batch_stats, fold_conv_bn, fold_sources
+from ._base import FusedModule, bn_uses_batch_stats, fold_conv_bn, fold_sources, folded_conv2d
 
 
 class FusedConvBN(FusedModule):
@@ -27,4 +26,4 @@ class FusedConvBN(FusedModule):
             fold_sources(conv, bn),
             lambda: fold_conv_bn(conv.weight, conv.bias, bn),
         )
-        return F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return folded_conv2d(self, x, w, b, conv)

@@ -5,10 +5,9 @@ activation of timm's BatchNormAct2d). In train mode both run their original math
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ._base import FusedModule, bn_uses_batch_stats, fold_conv_bn
+from ._base import FusedModule, bn_uses_batch_stats, fold_conv_bn, folded_conv2d
 
 
 class FoldedBatchNorm2d(FusedModule):
@@ -55,4 +54,4 @@ class FoldedConv2d(FusedModule):
         )
         if self.padding_mode != "zeros":
             return self.original_cls._conv_forward(self, x, w, b)
-        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        return folded_conv2d(self, x, w, b, self)
