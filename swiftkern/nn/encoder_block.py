@@ -47,5 +47,6 @@ class FusedEncoderBlock(FusedModule):
         res = attn.forward_tokens(x.permute(0, 2, 3, 1).reshape(b, h * w, c))
         res = res.view(b, h, w, -1).permute(0, 3, 1, 2)
         ls1 = self._ls(0)
-        x = x + (res if ls1 is None else ls1.reshape(1, -1, 1, 1) * res)
+        # one pass instead of two (mul, then add); addcmul computes x + (1 * ls1) * res
+        x = x + res if ls1 is None else torch.addcmul(x, ls1.reshape(1, -1, 1, 1), res)
         return mlp.forward_fused(x, ls=self._ls(1), residual=x)
