@@ -38,6 +38,16 @@ CUDA_PREFERENCE: list[str] = ["triton", "cuda"]
 # Per-op order measured on a GPU by `swiftkern bench ops --write-backend-table PATH`, loaded from
 # $SWIFTKERN_CUDA_TABLE (a JSON {op: ["cuda", "triton"], ...}); ops it lacks use CUDA_PREFERENCE.
 CUDA_TABLE: dict[str, list[str]] = {}
+# Until then, the backward of the pointwise conv ops prefers the CUDA C++ kernels: the Triton
+# launchers run those GEMMs in cuBLAS on fp32 intermediates, which the paper model
+# (triton_kernels/_roofline.py, `python tools/triton_report.py --roofline`) predicts at 2.5-3.5x
+# the eager PyTorch backward on an H100 (XS stage 1, batch 64, bf16: mlp_backward 969 us vs
+# 338 us); the CUDA C++ backward runs them on the storage dtype, as eager does (not measured).
+CUDA_PAPER_ORDER: dict[str, list[str]] = {
+    op: ["cuda", "triton"]
+    for op in ("mlp_backward", "conv_block_backward", "mlp_train_backward",
+               "conv_block_train_backward")
+}
 
 
 def load_cuda_table(path: str | None = None) -> dict[str, list[str]]:
@@ -82,7 +92,9 @@ def candidates(device: torch.device, backend: str, op: str | None = None) -> lis
     if device.type == "cpu":
         return ["cpu", "reference"]
     if device.type == "cuda":
-        order = CUDA_TABLE.get((op or "").removesuffix("_backward"), CUDA_PREFERENCE)
+        order = CUDA_TABLE.get((op or "").removesuffix("_backward")) or CUDA_PAPER_ORDER.get(
+            op or "", CUDA_PREFERENCE
+        )
         return [*order, *[b for b in CUDA_PREFERENCE if b not in order], "reference"]
     return ["reference"]
 

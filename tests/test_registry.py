@@ -63,6 +63,9 @@ def test_cuda_order_follows_the_measured_table(tmp_path, monkeypatch):
     cuda = torch.device("cuda")
     monkeypatch.setattr(_registry, "CUDA_TABLE", {})
     assert _registry.candidates(cuda, "auto", "conv_block") == ["triton", "cuda", "reference"]
+    # no measurement yet: the paper model's order (Triton's pointwise backward predicted slower)
+    assert _registry.candidates(cuda, "auto", "mlp_backward") == ["cuda", "triton", "reference"]
+    assert _registry.candidates(cuda, "auto", "dwconv_bn_backward")[0] == "triton"
     path = tmp_path / "table.json"
     path.write_text(json.dumps({"order": {"conv_block": ["cuda", "triton"]}}))
     monkeypatch.setattr(_registry, "CUDA_TABLE", _registry.load_cuda_table(str(path)))

@@ -110,6 +110,120 @@ def _conv(op: str, s: dict) -> dict:
                 + LAUNCH_US * (7 + (2 if train else 0)))
 
 
+def _cast(n: int, e: int) -> int:
+    """Bytes of converting n elements between the input dtype (e bytes) and fp32 (no-op for
+    fp32: .float() / .to() return the tensor itself)."""
+    return 0 if e == 4 else n * (e + 4)
+
+
+def _mlp_grads_traffic(p: int, c: int, hd: int, co: int, e: int, z_bytes: int, ls: bool):
+    """(bytes, launches) of _backward._mlp_grads with every gradient wanted: z ([p, c], z_bytes
+    per element) and the gradient to fp32 rows, a = z W1^T + b1, gu = g ls, gh = gu W2,
+    GELU fwd/bwd (one Triton kernel), the layer-scale gradient (u = h W2^T + b2, sum g u), the
+    bias sums, dW2 = gu^T h, dW1 = ga^T z, dz = ga W1. Every tensor op reads its inputs and
+    writes its output once (fp32 intermediates)."""
+    f = 4
+    steps = [
+        p * c * (z_bytes + f),  # z -> fp32 rows (a copy unless z is fp32 channels_last)
+        p * co * (e + f),  # grad -> fp32 rows
+        p * c * f + p * hd * f,  # a = z W1^T
+        2 * p * hd * f,  # a += b1
+        p * co * f + p * hd * f,  # gh = gu W2
+        4 * p * hd * f,  # GELU fwd/bwd: read a, gh; write h, ga
+        p * co * f,  # db2 = sum gu
+        p * co * f + p * hd * f,  # dW2 = gu^T h
+        p * hd * f,  # db1 = sum ga
+        p * hd * f + p * c * f,  # dW1 = ga^T z
+        p * hd * f + p * c * f,  # dz = ga W1
+    ]
+    if ls:
+        steps += [
+            2 * p * co * f,  # gu = g * ls
+            p * hd * f + p * co * f,  # u = h W2^T
+            2 * p * co * f,  # u += b2
+            3 * p * co * f,  # g * u
+            p * co * f,  # dls = sum
+        ]
+    return sum(steps), len(steps)
+
+
+def _conv_backward(op: str, s: dict) -> dict:
+    """Backward of the conv ops as triton_kernels/_backward.py and _train_backward.py run them
+    (every gradient wanted): split into Triton kernels and torch ops, GEMMs in cuBLAS, fp32
+    intermediates; the forward pieces the gradients need are recomputed (the backward op only
+    receives the forward's inputs). Counted per step: every activation-sized tensor it reads
+    and writes, once; [C]-sized reductions and per-tile partials are left out."""
+    fwd_op = op[: -len("_backward")]
+    b, c, h, w = s["B"], s["C"], s["H"], s["W"]
+    e = s.get("dtype_bytes", 2)
+    f = 4
+    p = b * h * w
+    is_pw = fwd_op.startswith(("mlp", "conv_block"))
+    hd = s.get("hidden", 4 * c) if is_pw else 0
+    co = s.get("c_out", c) if is_pw else c
+    has_dw = fwd_op.startswith(("dwconv", "conv_block"))
+    train = fwd_op.endswith("_train")
+    ls = is_pw
+    w_bytes = (10 * c if has_dw else 0) * e + ((c * hd + hd + hd * co + 2 * co) * e if is_pw else 0)
+    act = p * c
+    moved, launches = 0, 0
+
+    def add(nbytes, n=1):
+        nonlocal moved, launches
+        moved += nbytes
+        launches += n
+
+    if train:
+        add(act * e)  # batch statistics (recomputes the dwconv)
+    if is_pw:
+        if train:
+            add(act * (e + f))  # z = BN(dwconv(x)) in fp32
+            z_bytes = f
+        elif has_dw:
+            add(2 * act * e)  # z = dwconv_bn(x) recomputed
+            z_bytes = e
+        else:
+            z_bytes = e  # mlp: z is x
+        nb, nl = _mlp_grads_traffic(p, c, hd, co, e, z_bytes, ls)
+        add(nb, nl)
+        if train:
+            add(2 * act * f)  # dz rows -> x's layout (fp32)
+        elif has_dw:
+            add(act * (f + e) + _cast(act, e))  # dz rows -> x dtype -> fp32
+        else:
+            add(act * (f + e))  # dx rows -> x's dtype and layout
+    if train:
+        g_bytes = f if is_pw else e
+        add(act * (g_bytes + e))  # BN backward reduce (recomputes the dwconv)
+        add(act * (g_bytes + e + f))  # BN backward affine -> dz fp32
+    if has_dw:
+        g_bytes = f if (train or is_pw) else e
+        add(2 * act * g_bytes)  # dx: dwconv of the gradient with the flipped kernel
+        add(act * (g_bytes + e))  # dW / db per-tile partial sums
+        if is_pw:
+            add(_cast(act, e) + 3 * act * f + _cast(act, e), 3)  # + residual grad, to x dtype
+        elif train:
+            add(_cast(act, e))
+    elif train and is_pw:
+        add(_cast(act, e))  # mlp_train: dz -> x dtype
+    fwd = _conv(fwd_op, s)
+    bytes_min = p * co * e + 2 * act * e + 2 * w_bytes  # read grad, x; write dx; weights + grads
+    gemm = 2.0 * p * (c * hd + hd * co) * (3 + (0.5 if ls else 0)) if is_pw else 0.0
+    elem = 3.0 * (fwd["flops"] - 2.0 * p * (c * hd + hd * co) if is_pw else fwd["flops"])
+    rate = TC_FLOPS if e == 2 else FP32_FLOPS
+    # cuBLAS GEMMs on fp32 intermediates run at the fp32 rate (no tensor cores)
+    t = max(moved / BW, gemm / FP32_FLOPS + elem / FP32_FLOPS) * 1e6 + LAUNCH_US * launches
+    # eager autograd: every forward op's backward reads its saved input(s) and the incoming
+    # gradient and writes a gradient: about twice the forward's bytes, 2x its GEMM FLOPs
+    eager = 2 * fwd["eager_bytes"]
+    eager_gemm = 2.0 * 2.0 * p * (c * hd + hd * co) if is_pw else 0.0
+    eager_t = max(eager / BW, eager_gemm / rate + elem / FP32_FLOPS) * 1e6 \
+        + LAUNCH_US * 2 * (7 + (2 if train else 0))
+    return dict(bytes_min=bytes_min, bytes_moved=moved, eager_bytes=eager, flops=gemm + elem,
+                l2_bytes=0, launches=launches, predicted_h100_us=t,
+                eager_predicted_h100_us=eager_t)
+
+
 def _attention(op: str, s: dict) -> dict:
     b, n, d = s["B"], s["N"], s["D"]
     t_out = s.get("T", d)
@@ -217,9 +331,12 @@ def roofline(op: str, shapes: dict) -> dict:
         return _attention_backward(op, shapes)
     if op in ("additive_attention_core", "additive_attention"):
         return _attention(op, shapes)
-    if op.split("_backward")[0] in ("dwconv_bn", "dwconv_bn_train", "mlp", "mlp_train",
-                                    "conv_block", "conv_block_train"):
+    conv_ops = ("dwconv_bn", "dwconv_bn_train", "mlp", "mlp_train", "conv_block",
+                "conv_block_train")
+    if op in conv_ops:
         return _conv(op, shapes)
+    if op.endswith("_backward") and op[: -len("_backward")] in conv_ops:
+        return _conv_backward(op, shapes)
     raise ValueError(f"no roofline model for {op!r}")
 
 

@@ -126,3 +126,24 @@ def test_triton_on_cpu_only_when_named():
     assert suite._wanted("triton", ["triton"], "cpu")
     assert suite._wanted("triton", None, "cuda")
     assert suite._wanted("cpu", None, "cpu") and not suite._wanted("cpu", ["reference"], "cpu")
+
+
+@pytest.mark.parametrize("op", ["dwconv_bn", "mlp", "conv_block", "dwconv_bn_train", "mlp_train",
+                                "conv_block_train"])
+def test_conv_backward_roofline_is_its_own_model(op):
+    """The backward ops are modelled as their Triton launchers run them (several kernels and torch
+    ops, fp32 intermediates), not as the forward: more bytes than the minimum, more launches."""
+    from swiftkern.triton_kernels import roofline
+
+    s = dict(B=8, C=48, H=56, W=56, dtype_bytes=2)
+    fwd, bwd = roofline(op, dict(s)), roofline(op + "_backward", dict(s))
+    assert bwd["launches"] > fwd["launches"]
+    assert bwd["bytes_moved"] > bwd["bytes_min"] > 0
+    assert bwd["predicted_h100_us"] > fwd["predicted_h100_us"]
+    # dwconv backward: dx (read grad, write dx) + dW partials (read grad and x): 4 of the 3
+    # activation tensors the minimum moves
+    if op == "dwconv_bn":
+        assert bwd["bytes_moved"] / bwd["bytes_min"] == pytest.approx(4 / 3, rel=1e-3)
+    # fp32 inputs: no conversions, so fewer bytes per element than bf16 relative to the minimum
+    s4 = dict(s, dtype_bytes=4)
+    assert roofline(op + "_backward", s4)["bytes_moved"] <= 2 * bwd["bytes_moved"]
