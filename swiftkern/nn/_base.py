@@ -116,9 +116,18 @@ def bn_uses_batch_stats(bn: nn.BatchNorm2d) -> bool:
     return bn.training or not bn.track_running_stats or bn._buffers.get("running_mean") is None
 
 
-def fold_sources(layer: nn.Module, bn: nn.BatchNorm2d) -> list:
-    """The tensors a folded (layer, BN) weight is computed from: the cache key of `cached`."""
-    return [layer.weight, layer.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var]
+def fold_sources(*modules: nn.Module | None) -> list:
+    """Every tensor a folded / re-parameterized weight is computed from, the cache key of
+    `cached`: weight, bias, running statistics and layer-scale gamma of each module (None where a
+    module has none). Direct _parameters / _buffers lookups: this runs on every fused forward."""
+    out: list = []
+    for m in modules:
+        if m is None:
+            continue
+        p, b = m._parameters, m._buffers
+        out += (p.get("weight"), p.get("bias"), b.get("running_mean"), b.get("running_var"),
+                p.get("gamma"))
+    return out
 
 
 def bn_after_forward(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, x: torch.Tensor):

@@ -25,7 +25,7 @@ from torch import nn
 
 from .. import ops
 from ..ops import reference as ref
-from ._base import FusedModule, bn_uses_batch_stats
+from ._base import FusedModule, bn_uses_batch_stats, fold_sources
 from .conv_block import drop_active
 
 
@@ -35,21 +35,6 @@ def conv_bn_pair(container: nn.Module) -> tuple[nn.Module, nn.Module]:
     return kids[0], kids[1]
 
 
-def sources(*modules: nn.Module | None) -> list:
-    """Every parameter and buffer the re-parameterized weights are computed from (cache key)."""
-    out: list = []
-    for m in modules:
-        if m is None:
-            continue
-        for t in (
-            getattr(m, "weight", None),
-            getattr(m, "bias", None),
-            getattr(m, "running_mean", None),
-            getattr(m, "running_var", None),
-            getattr(m, "gamma", None),
-        ):
-            out.append(t)
-    return out
 
 
 def bn_scale_shift(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,7 +111,7 @@ class FusedRepVggDw(FusedModule):
         convs = [conv_bn_pair(self.conv)[0], self.conv1]
         if self.legacy:
             convs[1] = conv_bn_pair(self.conv1)[0]
-        w, b = self.cached("dw", sources(*convs, *bns), self._build)
+        w, b = self.cached("dw", fold_sources(*convs, *bns), self._build)
         return ops.dwconv_bn(x, w, b, backend=self.backend)
 
 
@@ -146,7 +131,7 @@ class FusedRepViTBlock(FusedModule):
             w2, b2 = fold_pair(cm.conv2)
             return pointwise(w1), b1, pointwise(w2), b2
 
-        w1, b1, w2, b2 = self.cached("mlp", sources(c1, bn1, c2, bn2), build)
+        w1, b1, w2, b2 = self.cached("mlp", fold_sources(c1, bn1, c2, bn2), build)
         return ops.mlp(y, w1, b1, w2, b2, None, y, backend=self.backend)
 
 
@@ -196,7 +181,7 @@ class FusedRepMixer(FusedModule):
                 dw, db = dw * g.reshape(-1, 1, 1, 1), db * g
             return dw + centre(self.dim, dw), db
 
-        srcs = sources(*mods, self.layer_scale)
+        srcs = fold_sources(*mods, self.layer_scale)
         w, b = self.cached("dw", srcs, build)
         return ops.dwconv_bn(x, w, b, backend=self.backend)
 
@@ -237,5 +222,5 @@ class FusedResidualDwConvBN(FusedModule):
             w, b = fold_pair(self.m)
             return w + centre(w.shape[0], w), b
 
-        w, b = self.cached("dw", sources(conv, bn), build)
+        w, b = self.cached("dw", fold_sources(conv, bn), build)
         return ops.dwconv_bn(x, w, b, backend=self.backend)
