@@ -4,6 +4,7 @@ for the math of each."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from torch import nn
@@ -189,44 +190,27 @@ def residual_dw_reason(m) -> str | None:
     return conv_norm(inner, "m", 3, None, True)
 
 
+# (timm module, class name, family, reason check, fused class, ops); a timm version without the
+# module or class simply has no rule for it.
+_SPECS = (
+    ("repvit", "RepVggDw", "timm-repvit", repvggdw_reason, FusedRepVggDw, ("dwconv_bn",)),
+    ("repvit", "RepViTBlock", "timm-repvit", repvit_block_reason, FusedRepViTBlock, ("mlp",)),
+    ("fastvit", "RepMixer", "timm-fastvit", repmixer_reason, FusedRepMixer, ("dwconv_bn",)),
+    ("fastvit", "RepMixerBlock", "timm-fastvit", repmixer_block_reason, FusedRepMixerBlock,
+     ("mlp",)),
+    ("efficientvit_msra", "ResidualDrop", "timm-efficientvit", residual_dw_reason,
+     FusedResidualDwConvBN, ("dwconv_bn",)),
+)
+
+
 def rules() -> dict:
     if "timm" not in sys.modules:
         return {}
     table: dict[type, Rule] = {}
-    try:
-        from timm.models import repvit
-
-        table[repvit.RepVggDw] = Rule(
-            "timm-repvit", repvggdw_reason, lambda m, b: FusedRepVggDw(m, b), ("dwconv_bn",)
-        )
-        table[repvit.RepViTBlock] = Rule(
-            "timm-repvit", repvit_block_reason, lambda m, b: FusedRepViTBlock(m, b), ("mlp",)
-        )
-    except ImportError:
-        pass
-    try:
-        from timm.models import fastvit
-
-        table[fastvit.RepMixer] = Rule(
-            "timm-fastvit", repmixer_reason, lambda m, b: FusedRepMixer(m, b), ("dwconv_bn",)
-        )
-        table[fastvit.RepMixerBlock] = Rule(
-            "timm-fastvit",
-            repmixer_block_reason,
-            lambda m, b: FusedRepMixerBlock(m, b),
-            ("mlp",),
-        )
-    except ImportError:
-        pass
-    try:
-        from timm.models import efficientvit_msra
-
-        table[efficientvit_msra.ResidualDrop] = Rule(
-            "timm-efficientvit",
-            residual_dw_reason,
-            lambda m, b: FusedResidualDwConvBN(m, b),
-            ("dwconv_bn",),
-        )
-    except ImportError:
-        pass
+    for module, cls_name, family, reason, fused, ops in _SPECS:
+        try:
+            cls = getattr(importlib.import_module(f"timm.models.{module}"), cls_name)
+        except (ImportError, AttributeError):
+            continue
+        table[cls] = Rule(family, reason, lambda m, b, fused=fused: fused(m, b), ops)
     return table
