@@ -33,6 +33,7 @@ class OptimizeReport:
     entries: list[Entry] = field(default_factory=list)
     backend: str = "auto"
     dtype: torch.dtype | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def swapped(self) -> list[Entry]:
@@ -63,6 +64,7 @@ class OptimizeReport:
             lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -302,6 +304,17 @@ def _nchw_outputs(out):
     return out
 
 
+def _bf16_cpu_note() -> str | None:
+    """A note for bf16 models on a CPU without bf16 arithmetic (measured slower than fp32)."""
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return None
+    return (
+        "bf16 on a CPU without bf16 arithmetic: the CPU kernels convert to fp32 inside and the "
+        "bf16 model measured 0.63-0.91x of eager fp32's speed on such a CPU (README "
+        "'Performance'); for speed, optimize the fp32 model"
+    )
+
+
 def _first_tensor(out):
     if isinstance(out, torch.Tensor):
         return out
@@ -423,6 +436,10 @@ def optimize(
             target.register_forward_pre_hook(_cast_inputs_hook(dtype), with_kwargs=True)
             target._swiftkern_cast_hook = True
         _walk(target, rules(), backend, device, dtype or mdtype, report, log)
+        if device.type == "cpu" and (dtype or mdtype) == torch.bfloat16:
+            note = _bf16_cpu_note()
+            if note:
+                report.notes.append(note)
         if channels_last is None:
             channels_last = device.type == "cpu" and any(
                 e.fused.startswith(_CONV_FUSED) for e in report.swapped

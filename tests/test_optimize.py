@@ -230,9 +230,14 @@ def test_bf16_logits_cosine(name):
     model = hf_model("tiny") if name == "hf-tiny" else timm_model(name, num_classes=10)
     x = torch.randn(2, 3, 64, 64)
     ref = _run(model, x)
-    opt = swiftkern.optimize(model, dtype=torch.bfloat16, inplace=False)
+    opt, report = swiftkern.optimize(model, dtype=torch.bfloat16, inplace=False,
+                                     return_report=True)
     out = _run(opt, x)
     assert out.dtype == torch.bfloat16
+    # a CPU without bf16 arithmetic (this one) is told that fp32 is faster here
+    has_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert any("without bf16 arithmetic" in n for n in report.notes) != has_bf16
+    assert ("note: bf16" in str(report)) != has_bf16
     cos = F.cosine_similarity(out.float().flatten(), ref.flatten(), dim=0).item()
     assert cos >= 0.999, cos
 
