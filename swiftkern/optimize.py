@@ -217,8 +217,11 @@ def _cast_inputs_hook(dtype: torch.dtype):
     return hook
 
 
-# fused modules whose kernels (or oneDNN convolutions) prefer channels_last activations
-_CONV_FUSED = ("Folded", "FusedConvBlock", "FusedConvBN", "FusedRep", "FusedResidualDwConvBN")
+# Fused blocks of the recognized families (SwiftFormer, repvit, fastvit, efficientvit) whose
+# kernels prefer channels_last activations: channels_last inside is switched on only for models
+# that contain one. Not for models where only generic conv+BN pairs were folded: arbitrary model
+# code may .view() an activation, which fails on a channels_last tensor.
+_CONV_FUSED = ("FusedConvBlock", "FusedConvBN", "FusedRep", "FusedResidualDwConvBN")
 
 
 class ChannelsLastInside:
@@ -413,7 +416,8 @@ def optimize(
         return_report: also return the :class:`OptimizeReport`.
         channels_last: run the model channels_last inside (NCHW inputs are converted on entry,
             4-D outputs are returned NCHW-contiguous again, see :class:`ChannelsLastInside`).
-            None (default): on for CPU models in which a convolution was swapped or folded.
+            None (default): on for CPU models with a fused conv block of a recognized family
+            (not for models where only generic conv+BN pairs were folded).
     Idempotent: optimizing an optimized model changes nothing. On any error the model is left
     unchanged.
     """
@@ -459,7 +463,7 @@ def optimize(
             _verify(ref_model, target, verify, [e.path for e in report.swapped])
     except BaseException:
         for entry in reversed(log):
-            if entry[0] == "hooks":
+            if isinstance(entry[0], str):  # ("hooks", handles)
                 for h in entry[1]:
                     h.remove()
                 target.__dict__.pop("_swiftkern_layout_hook", None)

@@ -449,11 +449,31 @@ def test_channels_last_inside_keeps_feature_maps_nchw():
         assert_close(a, b, torch.float32, MODEL_RTOL, what="feature map")
 
 
-def test_channels_last_inside_is_off_without_convolutions():
+def test_channels_last_inside_is_off_without_fused_conv_blocks():
     from timm.models import swiftformer as tm
 
     opt, report = swiftkern.optimize(torch.nn.Sequential(tm.Mlp(16, 64)), return_report=True)
     assert report.swapped and not opt._forward_pre_hooks
+
+    class ViewsActivations(torch.nn.Module):  # user code that .view()s a conv output
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(
+                torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU()
+            )
+            self.head = torch.nn.Linear(8 * 16 * 16, 10)
+
+        def forward(self, x):
+            y = self.body(x)
+            return self.head(y.view(y.shape[0], -1))
+
+    model = ViewsActivations().eval()
+    x = torch.randn(2, 3, 16, 16)
+    ref = _run(model, x)
+    opt, report = swiftkern.optimize(copy.deepcopy(model), return_report=True)
+    assert [e.fused for e in report.swapped] == ["FoldedConv2d"]
+    assert not opt._forward_pre_hooks  # only a generic fold: the caller's layout is kept
+    assert_close(_run(opt, x), ref, torch.float32, MODEL_RTOL, what="folded CNN")
 
 
 def test_channels_last_inside_only_in_eval():
