@@ -47,6 +47,10 @@ class FusedEncoderBlock(FusedModule):
         res = attn.forward_tokens(x.permute(0, 2, 3, 1).reshape(b, h * w, c))
         res = res.view(b, h, w, -1).permute(0, 3, 1, 2)
         ls1 = self._ls(0)
-        # one pass instead of two (mul, then add); addcmul computes x + (1 * ls1) * res
-        x = x + res if ls1 is None else torch.addcmul(x, ls1.reshape(1, -1, 1, 1), res)
+        if ls1 is None:
+            x = x + res
+        elif torch.is_grad_enabled():  # the original's ops, so autograd's graph is the same
+            x = x + ls1.reshape(1, -1, 1, 1) * res
+        else:  # inference: one pass instead of two (mul, then add)
+            x = torch.addcmul(x, ls1.reshape(1, -1, 1, 1), res)
         return mlp.forward_fused(x, ls=self._ls(1), residual=x)
