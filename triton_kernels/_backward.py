@@ -2,11 +2,12 @@
 swiftkern/ops/_define.py): ``(grad, <op args...>, grad_mask) -> list[Tensor]``, one tensor per
 Tensor argument.
 
-Split into several kernels (allowed for training paths): the GEMMs of the pointwise layers run in
-cuBLAS through torch (STYLE.md: GEMMs are not hand-written), the rest in Triton: the dwconv
-forward recompute and its dx / dw / db kernels (triton_kernels._conv) and one fused kernel that
-recomputes GELU(a) and GELU'(a) from the pre-activation a. Math in fp32 for every input dtype;
-gradients are returned in the dtype of their argument.
+Split into several kernels (allowed for training paths): the dwconv forward recompute and its
+dx / dw / db kernels (triton_kernels._conv), and the MLP backward (_mlp_grads): up to 128 channels
+the fused two-kernel backward of triton_kernels._mlp_backward (tl.dot GEMMs, the hidden activation
+recomputed in registers), wider the torch path: GEMMs in cuBLAS on fp32 intermediates and one
+Triton kernel that recomputes GELU(a) and GELU'(a) from the pre-activation a. Accumulation in
+fp32 for every input dtype; gradients are returned in the dtype of their argument.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _mlp_backward
 from ._conv import _check, _layout, dwconv_bn, dwconv_bn_backward
 
 
@@ -60,7 +62,18 @@ def _empty(grad):
 
 
 def _mlp_grads(grad, z, w1, b1, w2, b2, ls, need):
-    """need = (z, w1, b1, w2, b2, ls). Returns grads in that order (None where not needed)."""
+    """need = (z, w1, b1, w2, b2, ls). Returns grads in that order (None where not needed); the
+    z gradient as fp32 rows [B*H*W, C]. The fused Triton backward (_mlp_backward) where its
+    register-resident tiles fit, else the torch path below."""
+    b, c, h, w = z.shape
+    if (b * h * w > 0 and w1.shape[0] > 0
+            and _mlp_backward.bwd_config_key(c, w2.shape[0]) is not None):
+        return _mlp_backward.mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need)
+    return _mlp_grads_torch(grad, z, w1, b1, w2, b2, ls, need)
+
+
+def _mlp_grads_torch(grad, z, w1, b1, w2, b2, ls, need):
+    """_mlp_grads as ~15 torch ops on fp32 [pixels, hidden] intermediates (any width)."""
     z2 = _rows(z)
     g2 = _rows(grad)
     w1f, w2f = w1.float(), w2.float()

@@ -16,6 +16,7 @@ from . import _attention_backward as AB
 from . import _attention_fused as AF
 from . import _backward as BW
 from . import _conv as K
+from . import _mlp_backward as MB
 from . import _train_backward as TB
 
 _PTR_FP32 = {"ws_ptr", "ws_g_ptr", "ws_ml_ptr", "ws_dg_ptr", "ws_dw_ptr", "mean_ptr", "scale_ptr",
@@ -104,6 +105,26 @@ def all_specs() -> list[Spec]:
                          INPUT_PREC="ieee" if dt == "fp32" else "tf32")
                 specs.append(Spec(K._fused_mlp_fwd_kernel, f"C<={key}", dt, c, cfg["num_warps"],
                                   lay, cfg["num_stages"]))
+            # fused MLP backward at the config's width, every optional input; z is fp32 in
+            # the train forms (the BN output), dz and the partials always fp32
+            for key, cfg in MB.BWD_CONFIGS.items():
+                for z32 in ((False, True) if dt != "fp32" else (False,)):
+                    name = f"C<={key}" + (",z fp32" if z32 else "")
+                    zp = ("z_ptr",) if z32 else ()
+                    for kern, flags, outs in (
+                            (MB._mlp_bwd_dz_kernel, dict(HAS_B1=True, HAS_B2=True, HAS_LS=True,
+                                                         NEED_DZ=True, NEED_U=True), ("dz_ptr",)),
+                            (MB._mlp_bwd_dw_kernel, dict(HAS_B1=True, HAS_LS=True),
+                             ("ws1_ptr", "ws2_ptr", "wsb_ptr"))):
+                        c = cfg["dz" if kern is MB._mlp_bwd_dz_kernel else "dw"]
+                        warps = c.get("nchw_warps", c["num_warps"]) if lay == "nchw" \
+                            else c["num_warps"]
+                        specs.append(Spec(
+                            kern, name, dt,
+                            dict(BLOCK_P=c["BLOCK_P"], BLOCK_CI=key, BLOCK_CO=key,
+                                 BLOCK_H=c["BLOCK_H"], DOT_DT=_DT[dt],
+                                 INPUT_PREC="ieee" if dt == "fp32" else "tf32", **flags),
+                            warps, lay, c["num_stages"], fp32_ptrs=zp + outs))
             # wide-channel split (width-independent tiles); the hidden kernel also without the
             # dwconv prologue (mlp / mlp_train), whose loads differ from the heaviest form
             prec = "ieee" if dt == "fp32" else "tf32"

@@ -1,0 +1,159 @@
+"""The fused Triton MLP backward (triton_kernels/_mlp_backward.py: dz kernel + dW kernel) under
+TRITON_INTERPRET=1: every config and segment count against the torch path of _mlp_grads, the
+four backward ops that use it against the reference backward (fp32 / fp16 / bf16, NCHW and
+channels_last, odd shapes), and a spy proving those ops take the fused path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _util import check, grads_of
+from cases import conv_args
+from tolerances import assert_close
+
+from swiftkern.ops import reference as R
+from swiftkern.ops._define import reference_backward
+
+pytestmark = pytest.mark.triton
+
+BW = pytest.importorskip("swiftkern.triton_kernels._backward")
+MB = pytest.importorskip("swiftkern.triton_kernels._mlp_backward")
+TB = pytest.importorskip("swiftkern.triton_kernels._train_backward")
+
+# (B, C, H, W, hidden, c_out) per config: a width the config is picked for, ragged pixels
+CONFIG_SHAPES = {64: (2, 33, 3, 5, 132, 20), 128: (1, 72, 3, 3, 72, 100)}
+
+
+def _mlp_inputs(shape, layout, seed=0, bias=True, ls=True):
+    b, c, h, w, hid, co = shape
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*s, scale=1.0):
+        return torch.randn(*s, generator=g) * scale
+
+    z, grad = r(b, c, h, w), r(b, co, h, w)
+    if layout == "channels_last":
+        z, grad = (t.contiguous(memory_format=torch.channels_last) for t in (z, grad))
+    w1, w2 = r(hid, c, scale=c**-0.5), r(co, hid, scale=hid**-0.5)
+    b1, b2 = (r(hid, scale=0.3), r(co, scale=0.3)) if bias else (None, None)
+    lsv = torch.rand(co, generator=g) + 0.5 if ls else None
+    return [grad, z, w1, b1, w2, b2, lsv]
+
+
+@pytest.mark.parametrize("key", sorted(MB.BWD_CONFIGS))
+def test_every_config_and_segment_count(key):
+    shape = CONFIG_SHAPES[key]
+    assert MB.bwd_config_key(shape[1], shape[5]) == key
+    for layout, n_seg, bias, ls in (("nchw", 1, True, True), ("channels_last", 2, True, True),
+                                    ("channels_last", 3, False, False)):
+        args = _mlp_inputs(shape, layout, bias=bias, ls=ls)
+        need = [True] * 6
+        got = MB.mlp_grads_fused(*args, need, config=key, n_seg=n_seg)
+        want = BW._mlp_grads_torch(*args, need)
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert (a is None) == (b is None), f"grad {i}"
+            if a is not None:
+                assert a.dtype == b.dtype
+                assert_close(a, b, torch.float32, what=f"cfg {key} seg {n_seg} {layout} {i}")
+
+
+def test_need_flags_and_too_many_segments():
+    args = _mlp_inputs((1, 20, 5, 7, 20, 20), "nchw", seed=2)
+    want = BW._mlp_grads_torch(*args, [True] * 6)
+    for need in ([True, False, False, False, False, False], [False, True, False, True, False,
+                 False], [False, False, True, False, True, True]):
+        # 9 segments for 2 tiles: empty segments must write zero partials
+        got = MB.mlp_grads_fused(*args, need, n_seg=9)
+        for i in range(6):
+            if need[i]:
+                assert_close(got[i], want[i], torch.float32, what=f"need {need} grad {i}")
+            else:
+                assert got[i] is None, f"need {need}: grad {i} computed"
+
+
+def test_segments_fill_the_gpu():
+    assert MB.segments(64 * 56 * 56, 192, 16, 16) * 12 >= 132 * 2
+    assert MB.segments(10, 4096, 16, 16) == 1  # one tile: one segment
+    # wider than registers allow (SwiftFormer-XS stage 4: C = 220): torch path
+    assert MB.bwd_config_key(220, 220) is None and MB.bwd_config_key(8, 129) is None
+
+
+# --- the ops through the fused path --------------------------------------------------------------
+IDX = {"mlp": (0, 1, 2, 3, 4, 5, 6), "conv_block": (0, 1, 2, 3, 4, 5, 6, 7),
+       "mlp_train": (0, 1, 2, 4, 5, 6, 7, 8, 9),
+       "conv_block_train": (0, 1, 2, 3, 4, 6, 7, 8, 9, 10)}
+LAUNCHER = {"mlp": BW.mlp_backward, "conv_block": BW.conv_block_backward,
+            "mlp_train": TB.mlp_train_backward, "conv_block_train": TB.conv_block_train_backward}
+REF = {op: reference_backward(getattr(R, op + "_ref"), idx) for op, idx in IDX.items()}
+
+
+def _op_args(op, shape, layout):
+    args = conv_args(op, shape, torch.float32, layout, 0).args
+    g = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(1))
+    return [g, *args]
+
+
+def _fns(op):
+    m = [True] * len(IDX[op])
+    return (lambda *a: LAUNCHER[op](*a, m)), (lambda *a: REF[op](*a, m))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("op", ["mlp", "conv_block"])
+def test_eval_backward_half(op, dtype):
+    fn, ref = _fns(op)
+    layout = "nchw" if dtype == torch.float16 else "channels_last"
+    out = check(fn, ref, _op_args(op, (2, 20, 3, 5, 80), layout), dtype, what=f"{op} {dtype}")
+    assert all(o.dtype == dtype for o in out)
+
+
+@pytest.mark.parametrize("op", list(IDX))
+def test_ops_take_the_fused_path(op, monkeypatch):
+    calls = []
+    real = MB.mlp_grads_fused
+
+    def spy(*a, **k):
+        calls.append(a[1].shape)
+        return real(*a, **k)
+
+    def torch_path(*a, **k):
+        raise AssertionError("torch path taken")
+
+    monkeypatch.setattr(MB, "mlp_grads_fused", spy)
+    monkeypatch.setattr(BW, "_mlp_grads_torch", torch_path)
+    fn, ref = _fns(op)
+    args = _op_args(op, (1, 24, 3, 3, 24), "channels_last")
+    check(fn, ref, args, what=f"{op} fused")
+    assert calls == [torch.Size((1, 24, 3, 3))]
+
+
+def test_mlp_c_out_differs_backward():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 20, 3, 5, generator=g).contiguous(memory_format=torch.channels_last)
+    w1 = torch.randn(40, 20, generator=g) * 0.2
+    w2 = torch.randn(36, 40, generator=g) * 0.2
+    args = [x, w1, torch.randn(40, generator=g), w2, None, torch.rand(36, generator=g), None]
+    gy, want = grads_of(R.mlp_ref, args, (0, 1, 2, 3, 5))
+    got = BW.mlp_backward(gy, *args, [True, True, True, True, False, True, False])
+    for j, i in enumerate((0, 1, 2, 3, 5)):
+        assert_close(got[i], want[j], torch.float32, what=f"mlp 20->36 grad {i}")
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_roofline_model_matches_configs():
+    from swiftkern.triton_kernels import _roofline as RL
+
+    assert RL.MLP_BWD_MAX_C == max(MB.BWD_CONFIGS)
+    assert RL.MLP_BWD_TARGET_PROGRAMS == MB.TARGET_PROGRAMS
+    assert RL.MLP_BWD_TILES == {k: tuple((c[n]["BLOCK_P"], c[n]["BLOCK_H"]) for n in ("dz", "dw"))
+                                for k, c in MB.BWD_CONFIGS.items()}
+
+
+def test_wide_takes_the_torch_path(monkeypatch):
+    def fused(*a, **k):
+        raise AssertionError("fused path taken past its widest config")
+
+    monkeypatch.setattr(MB, "mlp_grads_fused", fused)
+    args = _mlp_inputs((1, 129, 2, 3, 16, 8), "channels_last")
+    got = BW._mlp_grads(*args, [True] * 6)
+    assert got[0].shape == (6, 129)

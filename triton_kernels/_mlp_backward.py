@@ -1,0 +1,285 @@
+"""Fused backward of the pointwise MLP  y = ls * (W2 GELU(W1 z + b1) + b2)  shared by mlp,
+conv_block and their train forms (the ``_backward._mlp_grads`` contract: z is the pw1 input
+[B, C, H, W] in NCHW or channels_last, the gradient g has y's shape).
+
+Two kernels, FlashAttention-backward style: the hidden activation a = W1 z + b1 ([pixels, HID],
+4x the activations) is recomputed per hidden chunk in registers and never stored, unlike the
+torch path that writes a, h, gh, ga in fp32. Deterministic (no atomics): every reduction over
+pixels is a per-program partial in fp32, summed on the host.
+  _mlp_bwd_dz_kernel (grid: pixel tiles): per tile of BLOCK_P pixels, loop over hidden chunks
+    j: a_j, h_j = GELU(a_j), gh_j = (g ls) W2[:, j], ga_j = gh_j GELU'(a_j); accumulates
+    dz += ga_j W1[j] and u += h_j W2[:, j]^T; writes dz as fp32 rows [P, C] and per-tile partials
+    sum(g ls) (db2) and sum(g (u + b2)) (dls).
+  _mlp_bwd_dw_kernel (grid: hidden chunks x pixel segments): one hidden chunk j over the pixel
+    tiles of one segment, recomputing a_j .. ga_j; accumulates dW1[j] += ga_j^T z,
+    dW2[:, j] += (g ls)^T h_j and db1[j] += sum ga_j in registers; writes per-segment partials.
+Exact (erf) GELU. GEMM operands in the input dtype for fp16/bf16 (tensor cores; the eager
+reference rounds at that dtype too) and fp32 with input_precision="ieee" for fp32, fp32
+accumulation (_conv.dot_dtype / _input_prec). Pixel offsets in int64. Widths past
+max(BWD_CONFIGS) = 128 channels (register spills, see BWD_CONFIGS) take the torch path in
+_backward.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._conv import _layout, _off, _pad_c, _pixel_coords, _s4, _unit_stride, dot_dtype
+
+
+@triton.jit
+def _load_rows(ptr, bb, hh, ww, pmask, cc, cmask, sb, sc, sh, sw):
+    """fp32 [BLOCK_P, BLOCK_C] tile of a strided [B, C, H, W] tensor; 0 outside the masks."""
+    return tl.load(ptr + _off(bb, hh, ww, sb, sh, sw)[:, None] + cc.to(tl.int64)[None, :] * sc,
+                   mask=pmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _hidden_chunk(zd, gud, w1_ptr, b1_ptr, w2_ptr, hidx, hmask, ci, cimask, co, comask,
+                  C_IN, HID, HAS_B1: tl.constexpr, DOT_DT: tl.constexpr,
+                  INPUT_PREC: tl.constexpr):
+    """Recompute one hidden chunk: (h, ga, W1[j] as [BH, CI], W2[:, j] as [CO, BH]) with
+    a = z W1[j]^T + b1[j], h = GELU(a), ga = ((g ls) W2[:, j]) * GELU'(a), all fp32."""
+    w1 = tl.load(w1_ptr + hidx[:, None] * C_IN + ci[None, :],
+                 mask=hmask[:, None] & cimask[None, :], other=0.0).to(DOT_DT)
+    w2 = tl.load(w2_ptr + co[:, None] * HID + hidx[None, :],
+                 mask=comask[:, None] & hmask[None, :], other=0.0).to(DOT_DT)
+    a = tl.dot(zd, tl.trans(w1), input_precision=INPUT_PREC, out_dtype=tl.float32)
+    if HAS_B1:
+        a += tl.load(b1_ptr + hidx, mask=hmask, other=0.0).to(tl.float32)[None, :]
+    gh = tl.dot(gud, w2, input_precision=INPUT_PREC, out_dtype=tl.float32)
+    cdf = 0.5 * (1.0 + tl.math.erf(a * 0.7071067811865476))
+    pdf = tl.exp(-0.5 * a * a) * 0.3989422804014327
+    return a * cdf, gh * (cdf + a * pdf), w1, w2
+
+
+@triton.jit
+def _tile_inputs(z_ptr, g_ptr, ls_ptr, pid, P, H, W, ci, cimask, co, comask,
+                 sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw,
+                 HAS_LS: tl.constexpr, BLOCK_P: tl.constexpr):
+    """(z, g, g ls, pixel mask) of one pixel tile, fp32."""
+    bb, hh, ww, pmask = _pixel_coords(pid, P, H, W, BLOCK_P)
+    z = _load_rows(z_ptr, bb, hh, ww, pmask, ci, cimask, sxb, sxc, sxh, sxw)
+    g = _load_rows(g_ptr, bb, hh, ww, pmask, co, comask, sgb, sgc, sgh, sgw)
+    gu = g
+    if HAS_LS:
+        gu = g * tl.load(ls_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
+    return z, g, gu, pmask
+
+
+@triton.jit
+def _mlp_bwd_dz_kernel(
+    z_ptr, g_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, ls_ptr, dz_ptr, ws_ptr,
+    P, H, W, C_IN, HID, C_OUT,
+    sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw,
+    HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, HAS_LS: tl.constexpr,
+    NEED_DZ: tl.constexpr, NEED_U: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
+    BLOCK_H: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
+):
+    """dz rows [P, C_IN] (fp32, NEED_DZ) and ws[pid, 0:C_OUT] = sum_p g ls,
+    ws[pid, C_OUT:2 C_OUT] = sum_p g (h W2^T + b2) (NEED_U) for one tile of BLOCK_P pixels."""
+    pid = tl.program_id(0)
+    ci = tl.arange(0, BLOCK_CI)
+    cimask = ci < C_IN
+    co = tl.arange(0, BLOCK_CO)
+    comask = co < C_OUT
+    z, g, gu, pmask = _tile_inputs(z_ptr, g_ptr, ls_ptr, pid, P, H, W, ci, cimask, co, comask,
+                                   sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw, HAS_LS, BLOCK_P)
+    zd, gud = z.to(DOT_DT), gu.to(DOT_DT)
+    dz = tl.zeros((BLOCK_P, BLOCK_CI), dtype=tl.float32)
+    u = tl.zeros((BLOCK_P, BLOCK_CO), dtype=tl.float32)
+    for h0 in range(0, HID, BLOCK_H):
+        hidx = h0 + tl.arange(0, BLOCK_H)
+        h, ga, w1, w2 = _hidden_chunk(zd, gud, w1_ptr, b1_ptr, w2_ptr, hidx, hidx < HID, ci,
+                                      cimask, co, comask, C_IN, HID, HAS_B1, DOT_DT, INPUT_PREC)
+        if NEED_DZ:
+            dz = tl.dot(ga.to(DOT_DT), w1, dz, input_precision=INPUT_PREC, out_dtype=tl.float32)
+        if NEED_U:
+            u = tl.dot(h.to(DOT_DT), tl.trans(w2), u, input_precision=INPUT_PREC,
+                       out_dtype=tl.float32)
+    if NEED_DZ:
+        rows = (pid * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64) * C_IN
+        tl.store(dz_ptr + rows[:, None] + ci[None, :], dz,
+                 mask=pmask[:, None] & cimask[None, :])
+    base = ws_ptr + pid.to(tl.int64) * 2 * C_OUT
+    tl.store(base + co, tl.sum(gu, axis=0), mask=comask)
+    if NEED_U:
+        if HAS_B2:
+            u += tl.load(b2_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
+        # masked pixels load g = 0: their u (b2 and GELU(b1) terms) drops out
+        tl.store(base + C_OUT + co, tl.sum(g * u, axis=0), mask=comask)
+
+
+@triton.jit
+def _mlp_bwd_dw_kernel(
+    z_ptr, g_ptr, w1_ptr, b1_ptr, w2_ptr, ls_ptr, ws1_ptr, ws2_ptr, wsb_ptr,
+    P, H, W, C_IN, HID, C_OUT, TILES_PER_SEG,
+    sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw,
+    HAS_B1: tl.constexpr, HAS_LS: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
+    BLOCK_H: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
+):
+    """Hidden chunk pid0, pixel segment pid1 (TILES_PER_SEG tiles of BLOCK_P pixels):
+    ws1[seg, j, :C_IN] = sum ga_j^T z, ws2[seg, :C_OUT, j] = sum (g ls)^T h_j,
+    wsb[seg, j] = sum ga_j (fp32 partials of dW1, dW2, db1).
+    Works on the transposed hidden tile ([BLOCK_H, BLOCK_P]: a^T = W1[j] z^T) and loads z and g
+    in both orientations (the second from L1/L2) instead of tl.trans of register tiles: with the
+    transposes the fp32 (FMA) dots spilled 760-5280 B (AOT report)."""
+    hidx = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    hmask = hidx < HID
+    seg = tl.program_id(1)
+    ci = tl.arange(0, BLOCK_CI)
+    cimask = ci < C_IN
+    co = tl.arange(0, BLOCK_CO)
+    comask = co < C_OUT
+    w1 = tl.load(w1_ptr + hidx[:, None] * C_IN + ci[None, :],
+                 mask=hmask[:, None] & cimask[None, :], other=0.0).to(DOT_DT)  # [BH, CI]
+    w2t = tl.load(w2_ptr + co[None, :] * HID + hidx[:, None],
+                  mask=hmask[:, None] & comask[None, :], other=0.0).to(DOT_DT)  # [BH, CO]
+    b1 = tl.zeros((BLOCK_H,), dtype=tl.float32)
+    if HAS_B1:
+        b1 = tl.load(b1_ptr + hidx, mask=hmask, other=0.0).to(tl.float32)
+    lsv = tl.full((BLOCK_CO,), 1.0, tl.float32)
+    if HAS_LS:
+        lsv = tl.load(ls_ptr + co, mask=comask, other=0.0).to(tl.float32)
+    dw1 = tl.zeros((BLOCK_H, BLOCK_CI), dtype=tl.float32)
+    dw2t = tl.zeros((BLOCK_H, BLOCK_CO), dtype=tl.float32)
+    db1 = tl.zeros((BLOCK_H,), dtype=tl.float32)
+    n_tiles = tl.cdiv(P, BLOCK_P)
+    t0 = seg * TILES_PER_SEG
+    for t in range(t0, tl.minimum(t0 + TILES_PER_SEG, n_tiles)):
+        bb, hh, ww, pmask = _pixel_coords(t, P, H, W, BLOCK_P)
+        zoff = _off(bb, hh, ww, sxb, sxh, sxw)
+        zt = tl.load(z_ptr + zoff[None, :] + ci.to(tl.int64)[:, None] * sxc,
+                     mask=cimask[:, None] & pmask[None, :], other=0.0).to(tl.float32)
+        z = _load_rows(z_ptr, bb, hh, ww, pmask, ci, cimask, sxb, sxc, sxh, sxw)
+        goff = _off(bb, hh, ww, sgb, sgh, sgw)
+        gut = tl.load(g_ptr + goff[None, :] + co.to(tl.int64)[:, None] * sgc,
+                      mask=comask[:, None] & pmask[None, :], other=0.0).to(tl.float32)
+        gu = _load_rows(g_ptr, bb, hh, ww, pmask, co, comask, sgb, sgc, sgh, sgw)
+        gut = gut * lsv[:, None]
+        gu = gu * lsv[None, :]
+        at = tl.dot(w1, zt.to(DOT_DT), input_precision=INPUT_PREC, out_dtype=tl.float32)
+        at += b1[:, None]
+        ght = tl.dot(w2t, gut.to(DOT_DT), input_precision=INPUT_PREC, out_dtype=tl.float32)
+        cdf = 0.5 * (1.0 + tl.math.erf(at * 0.7071067811865476))
+        pdf = tl.exp(-0.5 * at * at) * 0.3989422804014327
+        # masked pixels: g = 0 -> gh = 0 -> ga = 0, and gu = 0: no contribution
+        gat = ght * (cdf + at * pdf)
+        dw1 = tl.dot(gat.to(DOT_DT), z.to(DOT_DT), dw1, input_precision=INPUT_PREC,
+                     out_dtype=tl.float32)
+        dw2t = tl.dot((at * cdf).to(DOT_DT), gu.to(DOT_DT), dw2t, input_precision=INPUT_PREC,
+                      out_dtype=tl.float32)
+        db1 += tl.sum(gat, axis=1)
+    s64 = seg.to(tl.int64)
+    h64 = hidx.to(tl.int64)
+    tl.store(ws1_ptr + s64 * HID * C_IN + h64[:, None] * C_IN + ci[None, :], dw1,
+             mask=hmask[:, None] & cimask[None, :])
+    tl.store(ws2_ptr + s64 * C_OUT * HID + co.to(tl.int64)[None, :] * HID + h64[:, None], dw2t,
+             mask=hmask[:, None] & comask[None, :])
+    tl.store(wsb_ptr + s64 * HID + hidx, db1, mask=hmask)
+
+
+# --------------------------------------------------------------------------------------------
+# Configs by padded width max(pad(C_in), pad(C_out)) (every one is tested in the interpreter
+# and AOT-compiled for sm_80 / sm_90 by tools/triton_report.py)
+# --------------------------------------------------------------------------------------------
+# Kernel W holds two fp32 accumulators (dW1 [BH, C], dW2^T [BH, C_out]) besides z and g in both
+# orientations: 16 x 16 tiles without load pipelining (num_stages 1) is what compiled spill-free
+# for fp32 (FMA dots) at sm_80; 32-wide tiles or 2 stages spilled 16-5000 B (AOT report). At
+# C <= 128 the NCHW specialization (channel stride > 1) spilled 32-712 B at 4 warps and the
+# channels_last one 16 B at 8 (fp32, sm_80; ptxas held 128 registers), 16 warps spilled both:
+# the warps there follow the layout (nchw_warps). C > 128 spilled at every tile tried (16 x 16,
+# 1 stage: 200-2900 B) and takes the torch path.
+BWD_CONFIGS = {
+    64: dict(dz=dict(BLOCK_P=32, BLOCK_H=32, num_warps=4, num_stages=2),
+             dw=dict(BLOCK_P=16, BLOCK_H=16, num_warps=4, num_stages=1)),
+    128: dict(dz=dict(BLOCK_P=32, BLOCK_H=32, num_warps=8, num_stages=2),
+              dw=dict(BLOCK_P=16, BLOCK_H=16, num_warps=4, num_stages=1, nchw_warps=8)),
+}
+# kernel W grid target: hidden chunks x segments ~ 4 programs per H100 SM (132 SMs)
+TARGET_PROGRAMS = 528
+
+
+def bwd_config_key(c_in: int, c_out: int) -> int | None:
+    """The BWD_CONFIGS key serving these widths, None past the widest (torch path)."""
+    w = max(_pad_c(c_in), _pad_c(c_out))
+    for k in sorted(BWD_CONFIGS):
+        if w <= k:
+            return k
+    return None
+
+
+def segments(p: int, hid: int, block_p: int, block_h: int) -> int:
+    """Pixel segments of kernel W: enough programs to fill the GPU, at most one per tile."""
+    n_tiles, n_h = triton.cdiv(p, block_p), triton.cdiv(hid, block_h)
+    return max(1, min(n_tiles, triton.cdiv(TARGET_PROGRAMS, n_h)))
+
+
+def mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need, config=None, n_seg=None):
+    """_backward._mlp_grads in two Triton kernels; same outputs (dz as fp32 rows [P, C]).
+    config: a BWD_CONFIGS key (default: the narrowest that fits); n_seg: kernel W's pixel
+    segments (default: segments())."""
+    b, c_in, h, w = z.shape
+    hid, c_out = w1.shape[0], w2.shape[0]
+    p = b * h * w
+    key = bwd_config_key(c_in, c_out) if config is None else config
+    cfg = BWD_CONFIGS[key]
+    # g in z's layout: only the matching-layout specializations are AOT-verified (a no-op for
+    # autograd's usual gradients)
+    z = _unit_stride(z)
+    grad = _unit_stride(grad.contiguous(memory_format=_layout(z)))
+    w1c, w2c = w1.contiguous(), w2.contiguous()
+    dummy = w1c
+    b1c = dummy if b1 is None else b1.contiguous()
+    b2c = dummy if b2 is None else b2.contiguous()
+    lsc = dummy if ls is None else ls.contiguous()
+    f32 = dict(device=z.device, dtype=torch.float32)
+    dt = w1.dtype
+    widths = dict(BLOCK_CI=_pad_c(c_in), BLOCK_CO=_pad_c(c_out), DOT_DT=dot_dtype(dt),
+                  INPUT_PREC="ieee" if dt == torch.float32 else "tf32")
+    strides = (*_s4(z), *_s4(grad))
+    out = [None] * 6
+    need_u = bool(need[5] and ls is not None)
+    if need[0] or need_u or (need[4] and b2 is not None):
+        c = cfg["dz"]
+        n_tiles = triton.cdiv(p, c["BLOCK_P"])
+        dz = torch.empty((p, c_in), **f32) if need[0] else dummy
+        ws = torch.empty((n_tiles, 2, c_out), **f32)
+        _mlp_bwd_dz_kernel[(n_tiles,)](
+            z, grad, w1c, b1c, w2c, b2c, lsc, dz, ws, p, h, w, c_in, hid, c_out, *strides,
+            HAS_B1=b1 is not None, HAS_B2=b2 is not None, HAS_LS=ls is not None,
+            NEED_DZ=bool(need[0]), NEED_U=need_u, **widths, **c,
+        )
+        tot = ws.sum(0)
+        if need[0]:
+            out[0] = dz
+        if need[4] and b2 is not None:
+            out[4] = tot[0].to(b2.dtype)
+        if need_u:
+            out[5] = tot[1].to(ls.dtype)
+    if need[1] or need[3] or (need[2] and b1 is not None):
+        c = dict(cfg["dw"])
+        nchw_warps = c.pop("nchw_warps", None)
+        if nchw_warps is not None and z.stride(1) != 1:
+            c["num_warps"] = nchw_warps
+        bp, bh = c["BLOCK_P"], c["BLOCK_H"]
+        s = segments(p, hid, bp, bh) if n_seg is None else n_seg
+        per = triton.cdiv(triton.cdiv(p, bp), s)
+        ws1 = torch.empty((s, hid, c_in), **f32)
+        ws2 = torch.empty((s, c_out, hid), **f32)
+        wsb = torch.empty((s, hid), **f32)
+        _mlp_bwd_dw_kernel[(triton.cdiv(hid, bh), s)](
+            z, grad, w1c, b1c, w2c, lsc, ws1, ws2, wsb, p, h, w, c_in, hid, c_out, per,
+            *strides, HAS_B1=b1 is not None, HAS_LS=ls is not None, **widths, **c,
+        )
+        if need[1]:
+            out[1] = ws1.sum(0).to(w1.dtype)
+        if need[2] and b1 is not None:
+            out[2] = wsb.sum(0).to(b1.dtype)
+        if need[3]:
+            out[3] = ws2.sum(0).to(w2.dtype)
+    return out
