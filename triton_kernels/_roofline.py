@@ -46,6 +46,12 @@ FUSED_BLOCK_N = {64: (32, 32), 128: (32, 16), 256: (16, 16), 512: (16, 16)}
 # Kernel B re-reads x (and Wq) right after kernel A: counted as an L2 hit (H100 L2: 50 MB) only
 # when x is at most this big, else as DRAM traffic.
 L2_REUSE_BYTES = 20e6
+# The fused MLP backward (_mlp_backward): widths max(C, c_out) it serves, its tiles per padded
+# width ((kernel P BLOCK_P, BLOCK_H), (kernel W BLOCK_P, BLOCK_H)) and kernel W's grid target
+# (tests/triton check these against _mlp_backward.BWD_CONFIGS / TARGET_PROGRAMS).
+MLP_BWD_MAX_C = 128
+MLP_BWD_TILES = {64: ((32, 32), (16, 16)), 128: ((32, 32), (16, 16))}
+MLP_BWD_TARGET_PROGRAMS = 528
 
 
 def _pad(w: int) -> int:
@@ -117,12 +123,29 @@ def _cast(n: int, e: int) -> int:
 
 
 def _mlp_grads_traffic(p: int, c: int, hd: int, co: int, e: int, z_bytes: int, ls: bool):
-    """(bytes, launches) of _backward._mlp_grads with every gradient wanted: z ([p, c], z_bytes
-    per element) and the gradient to fp32 rows, a = z W1^T + b1, gu = g ls, gh = gu W2,
-    GELU fwd/bwd (one Triton kernel), the layer-scale gradient (u = h W2^T + b2, sum g u), the
-    bias sums, dW2 = gu^T h, dW1 = ga^T z, dz = ga W1. Every tensor op reads its inputs and
-    writes its output once (fp32 intermediates)."""
+    """(bytes, launches) of _backward._mlp_grads with every gradient wanted.
+
+    max(C, c_out) <= MLP_BWD_MAX_C: the fused kernels of _mlp_backward. Kernel P reads z
+    (z_bytes per element) and g, writes dz (fp32 rows) and per-tile [2, c_out] partials;
+    kernel W re-reads z and g, counted as DRAM unless z + g <= L2_REUSE_BYTES (launched right
+    after kernel P; the L2 rule of the additive_attention forward), and writes per-segment
+    [hd, c] + [c_out, hd] + [hd] fp32 partials. The hidden chunks of one pixel segment are
+    neighbouring program ids (hidden fastest) and run together, so their repeated reads of the
+    same z / g tiles are L2 hits (not counted). The host sums the partials (read once, [C]-sized
+    writes left out): 4 sums + up to 5 dtype casts.
+    Wider: the torch path, z and the gradient to fp32 rows, a = z W1^T + b1, gu = g ls,
+    gh = gu W2, GELU fwd/bwd (one Triton kernel), the layer-scale gradient (u = h W2^T + b2,
+    sum g u), the bias sums, dW2 = gu^T h, dW1 = ga^T z, dz = ga W1. Every tensor op reads its
+    inputs and writes its output once (fp32 intermediates)."""
     f = 4
+    if max(c, co) <= MLP_BWD_MAX_C:
+        (bp_p, _), (bp_w, bh_w) = MLP_BWD_TILES[_pad(max(c, co))]
+        io = p * c * z_bytes + p * co * e
+        n_h = -(-hd // bh_w)
+        segs = max(1, min(-(-p // bp_w), -(-MLP_BWD_TARGET_PROGRAMS // n_h)))
+        parts = -(-p // bp_p) * 2 * co * f + segs * (hd * c + co * hd + hd) * f
+        moved = io + p * c * f + (0 if io <= L2_REUSE_BYTES else io) + 2 * parts
+        return moved, 2 + 4 + (5 if e == 2 else 0)
     steps = [
         p * c * (z_bytes + f),  # z -> fp32 rows (a copy unless z is fp32 channels_last)
         p * co * (e + f),  # grad -> fp32 rows
@@ -149,10 +172,12 @@ def _mlp_grads_traffic(p: int, c: int, hd: int, co: int, e: int, z_bytes: int, l
 
 def _conv_backward(op: str, s: dict) -> dict:
     """Backward of the conv ops as triton_kernels/_backward.py and _train_backward.py run them
-    (every gradient wanted): split into Triton kernels and torch ops, GEMMs in cuBLAS, fp32
-    intermediates; the forward pieces the gradients need are recomputed (the backward op only
-    receives the forward's inputs). Counted per step: every activation-sized tensor it reads
-    and writes, once; [C]-sized reductions and per-tile partials are left out."""
+    (every gradient wanted): split into Triton kernels and torch ops; the MLP part is the fused
+    two-kernel backward up to MLP_BWD_MAX_C channels (tensor-core GEMMs for fp16/bf16), cuBLAS
+    on fp32 intermediates past it (_mlp_grads_traffic); the forward pieces the gradients need
+    are recomputed (the backward op only receives the forward's inputs). Counted per step:
+    every activation-sized tensor it reads and writes, once; [C]-sized reductions and the
+    dwconv / BN per-tile partials are left out."""
     fwd_op = op[: -len("_backward")]
     b, c, h, w = s["B"], s["C"], s["H"], s["W"]
     e = s.get("dtype_bytes", 2)
@@ -208,16 +233,26 @@ def _conv_backward(op: str, s: dict) -> dict:
         add(_cast(act, e))  # mlp_train: dz -> x dtype
     fwd = _conv(fwd_op, s)
     bytes_min = p * co * e + 2 * act * e + 2 * w_bytes  # read grad, x; write dx; weights + grads
-    gemm = 2.0 * p * (c * hd + hd * co) * (3 + (0.5 if ls else 0)) if is_pw else 0.0
+    fused = is_pw and max(c, co) <= MLP_BWD_MAX_C
     elem = 3.0 * (fwd["flops"] - 2.0 * p * (c * hd + hd * co) if is_pw else fwd["flops"])
+    eager_elem = elem
     rate = TC_FLOPS if e == 2 else FP32_FLOPS
-    # cuBLAS GEMMs on fp32 intermediates run at the fp32 rate (no tensor cores)
-    t = max(moved / BW, gemm / FP32_FLOPS + elem / FP32_FLOPS) * 1e6 + LAUNCH_US * launches
+    if fused:
+        # kernels P and W each recompute a and gh, then two gradient GEMMs each (P: dz, u;
+        # W: dW1, dW2): 4x the forward's GEMM FLOPs, operands in the input dtype (tensor cores
+        # for fp16/bf16); GELU and GELU' evaluated in both kernels (one more than the torch path)
+        gemm = 2.0 * p * (c * hd + hd * co) * 4
+        elem += 20.0 * p * hd
+        t = max(moved / BW, gemm / rate + elem / FP32_FLOPS) * 1e6 + LAUNCH_US * launches
+    else:
+        gemm = 2.0 * p * (c * hd + hd * co) * (3 + (0.5 if ls else 0)) if is_pw else 0.0
+        # cuBLAS GEMMs on fp32 intermediates run at the fp32 rate (no tensor cores)
+        t = max(moved / BW, gemm / FP32_FLOPS + elem / FP32_FLOPS) * 1e6 + LAUNCH_US * launches
     # eager autograd: every forward op's backward reads its saved input(s) and the incoming
     # gradient and writes a gradient: about twice the forward's bytes, 2x its GEMM FLOPs
     eager = 2 * fwd["eager_bytes"]
     eager_gemm = 2.0 * 2.0 * p * (c * hd + hd * co) if is_pw else 0.0
-    eager_t = max(eager / BW, eager_gemm / rate + elem / FP32_FLOPS) * 1e6 \
+    eager_t = max(eager / BW, eager_gemm / rate + eager_elem / FP32_FLOPS) * 1e6 \
         + LAUNCH_US * 2 * (7 + (2 if train else 0))
     return dict(bytes_min=bytes_min, bytes_moved=moved, eager_bytes=eager, flops=gemm + elem,
                 l2_bytes=0, launches=launches, predicted_h100_us=t,
