@@ -203,6 +203,38 @@ def _pw2_epilogue(acc, b2_ptr, ls_ptr, res_ptr, out_ptr, co, comask, bb, hh, ww,
 
 
 @triton.jit
+def _z_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
+            sxb, sxc, sxh, sxw, HAS_DW: tl.constexpr, HAS_DWB: tl.constexpr):
+    """fp32 [BLOCK_P, BLOCK_C] tile of dwconv3x3(x) (+ bias) (HAS_DW) or of x itself."""
+    if HAS_DW:
+        z = _dw_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
+                     sxb, sxc, sxh, sxw, HAS_DWB)
+    else:
+        z = tl.load(x_ptr + _off(bb, hh, ww, sxb, sxh, sxw)[:, None]
+                    + cc.to(tl.int64)[None, :] * sxc,
+                    mask=pmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+    return z
+
+
+@triton.jit
+def _prologue_tile(x_ptr, dww_ptr, dwb_ptr, mean_ptr, scale_ptr, shift_ptr, bb, hh, ww, pmask,
+                   cc, cmask, H, W, sxb, sxc, sxh, sxw, HAS_DW: tl.constexpr,
+                   HAS_DWB: tl.constexpr, HAS_AFFINE: tl.constexpr):
+    """The pw1 input tile of the mlp / conv_block kernels: _z_tile, then the optional train-form
+    BN (z - mean) * scale + shift (mean first: folding it into the shift cancels when
+    |mean| >> std). Padded channels load 0 everywhere, so (0 - 0) * 0 + 0 keeps them out of
+    the dot."""
+    z = _z_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
+                sxb, sxc, sxh, sxw, HAS_DW, HAS_DWB)
+    if HAS_AFFINE:
+        mu = tl.load(mean_ptr + cc, mask=cmask, other=0.0)
+        sc = tl.load(scale_ptr + cc, mask=cmask, other=0.0)
+        sh = tl.load(shift_ptr + cc, mask=cmask, other=0.0)
+        z = (z - mu[None, :]) * sc[None, :] + sh[None, :]
+    return z
+
+
+@triton.jit
 def _fused_mlp_fwd_kernel(
     x_ptr, dww_ptr, dwb_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, ls_ptr, res_ptr, out_ptr,
     mean_ptr, scale_ptr, shift_ptr,
@@ -221,18 +253,8 @@ def _fused_mlp_fwd_kernel(
     bb, hh, ww, pmask = _pixel_coords(tl.program_id(0), P, H, W, BLOCK_P)
     ci = tl.arange(0, BLOCK_CI)
     cimask = ci < C_IN
-    if HAS_DW:
-        z = _dw_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, ci, cimask, H, W,
-                     sxb, sxc, sxh, sxw, HAS_DWB)
-    else:
-        xoff = _off(bb, hh, ww, sxb, sxh, sxw)
-        z = tl.load(x_ptr + xoff[:, None] + ci.to(tl.int64)[None, :] * sxc,
-                    mask=pmask[:, None] & cimask[None, :], other=0.0).to(tl.float32)
-    if HAS_AFFINE:
-        mu = tl.load(mean_ptr + ci, mask=cimask, other=0.0)
-        sc = tl.load(scale_ptr + ci, mask=cimask, other=0.0)
-        sh = tl.load(shift_ptr + ci, mask=cimask, other=0.0)
-        z = (z - mu[None, :]) * sc[None, :] + sh[None, :]
+    z = _prologue_tile(x_ptr, dww_ptr, dwb_ptr, mean_ptr, scale_ptr, shift_ptr, bb, hh, ww, pmask,
+                       ci, cimask, H, W, sxb, sxc, sxh, sxw, HAS_DW, HAS_DWB, HAS_AFFINE)
     zd = z.to(DOT_DT)
     co = tl.arange(0, BLOCK_CO)
     comask = co < C_OUT
@@ -278,23 +300,13 @@ def _mlp_hidden_kernel(
     bb, hh, ww, pmask = _pixel_coords(pid_p, P, H, W, BLOCK_P)
     hidx = (pid % n_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
     hmask = hidx < HID
-    xoff = _off(bb, hh, ww, sxb, sxh, sxw)
     acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, C_IN, BLOCK_K):
         ci = k0 + tl.arange(0, BLOCK_K)
         cimask = ci < C_IN
-        if HAS_DW:
-            z = _dw_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, ci, cimask, H, W,
-                         sxb, sxc, sxh, sxw, HAS_DWB)
-        else:
-            z = tl.load(x_ptr + xoff[:, None] + ci.to(tl.int64)[None, :] * sxc,
-                        mask=pmask[:, None] & cimask[None, :], other=0.0).to(tl.float32)
-        if HAS_AFFINE:
-            # padded channels load 0 everywhere: (0 - 0) * 0 + 0 keeps them out of the dot
-            mu = tl.load(mean_ptr + ci, mask=cimask, other=0.0)
-            sc = tl.load(scale_ptr + ci, mask=cimask, other=0.0)
-            sh = tl.load(shift_ptr + ci, mask=cimask, other=0.0)
-            z = (z - mu[None, :]) * sc[None, :] + sh[None, :]
+        z = _prologue_tile(x_ptr, dww_ptr, dwb_ptr, mean_ptr, scale_ptr, shift_ptr, bb, hh, ww,
+                           pmask, ci, cimask, H, W, sxb, sxc, sxh, sxw, HAS_DW, HAS_DWB,
+                           HAS_AFFINE)
         w1 = tl.load(w1_ptr + hidx[None, :] * C_IN + ci[:, None],
                      mask=cimask[:, None] & hmask[None, :], other=0.0).to(tl.float32)
         acc = tl.dot(z.to(DOT_DT), w1.to(DOT_DT), acc, input_precision=INPUT_PREC,

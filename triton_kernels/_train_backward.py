@@ -33,28 +33,14 @@ from ._conv import (
     _batch_stats,
     _cast_out,
     _check,
-    _dw_tile,
     _layout,
     _off,
     _pixel_coords,
     _s4,
     _unit_stride,
+    _z_tile,
     dwconv_bn_backward,
 )
-
-
-@triton.jit
-def _z_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
-            sxb, sxc, sxh, sxw, HAS_DW: tl.constexpr, HAS_DWB: tl.constexpr):
-    """fp32 [BLOCK_P, BLOCK_C] tile of the BN input: dwconv3x3(x) (+ bias) or x itself."""
-    if HAS_DW:
-        z = _dw_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
-                     sxb, sxc, sxh, sxw, HAS_DWB)
-    else:
-        z = tl.load(x_ptr + _off(bb, hh, ww, sxb, sxh, sxw)[:, None]
-                    + cc.to(tl.int64)[None, :] * sxc,
-                    mask=pmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
-    return z
 
 
 @triton.jit
