@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import time
 
 import torch
 
 import swiftkern
 from swiftkern.bench.models import build_model, example_input
-
-
-def _quartiles(xs: list[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(xs, n=4)
-    return q[0], statistics.median(xs), q[2]
+from swiftkern.bench.stats import per_round_ratios, summarize
 
 
 def main(argv=None) -> int:
@@ -43,7 +38,7 @@ def main(argv=None) -> int:
         for _ in range(2):
             nchw(x)
             default(x)
-        ta, tb, ratio = [], [], []
+        ta, tb = [], []
         for _ in range(args.rounds):
             t0 = time.perf_counter()
             nchw(x)
@@ -52,11 +47,10 @@ def main(argv=None) -> int:
             t2 = time.perf_counter()
             ta.append(t1 - t0)
             tb.append(t2 - t1)
-            ratio.append((t1 - t0) / (t2 - t1))
-    q1, med, q3 = _quartiles(ratio)
+    r = summarize(per_round_ratios(ta, tb))
     print(f"{args.model} batch {args.batch}, {args.threads} threads, {args.rounds} rounds: "
-          f"NCHW {statistics.median(ta) * 1e3:.2f} ms, channels_last inside "
-          f"{statistics.median(tb) * 1e3:.2f} ms, speed-up {med:.2f}x [{q1:.2f}-{q3:.2f}]; "
+          f"NCHW {summarize(ta).median * 1e3:.2f} ms, channels_last inside "
+          f"{summarize(tb).median * 1e3:.2f} ms, speed-up {r.median:.2f}x [{r.q1:.2f}-{r.q3:.2f}]; "
           f"max |diff| vs eager {diffs[0]:.1e} / {diffs[1]:.1e}")
     return 0
 
