@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._base import FusedModule, bn_uses_batch_stats, fold_conv_bn, folded_conv2d
+from ._base import FusedModule, bn_uses_batch_stats, fold_conv_bn, fold_sources, folded_conv2d
 
 
 class FoldedBatchNorm2d(FusedModule):
@@ -39,18 +39,8 @@ class FoldedConv2d(FusedModule):
         bn = self.partner_bn
         if bn_uses_batch_stats(bn):
             return self.original_forward(x)
-        p, bp, bb = self._parameters, bn._parameters, bn._buffers
         w, b = self.cached(
-            "conv",
-            [
-                p["weight"],
-                p.get("bias"),
-                bp.get("weight"),
-                bp.get("bias"),
-                bb["running_mean"],
-                bb["running_var"],
-            ],
-            lambda: fold_conv_bn(self.weight, self.bias, bn),
+            "conv", fold_sources(self, bn), lambda: fold_conv_bn(self.weight, self.bias, bn)
         )
         if self.padding_mode != "zeros":
             return self.original_cls._conv_forward(self, x, w, b)
