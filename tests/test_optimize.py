@@ -484,3 +484,40 @@ def test_channels_last_inside_only_in_eval():
     opt.eval()
     seen, _ = _layouts_seen(opt, torch.randn(2, 3, 64, 64))
     assert set(seen) == {"cl"}
+
+
+@pytest.mark.parametrize("channels_last", [None, False])
+def test_inference_mode(channels_last):
+    """torch.inference_mode: folded weights built there are inference tensors, which have no
+    version counter; they must neither crash the weight caches (the channels_last / packed conv
+    weights are keyed on them) nor go stale when a parameter changes in place."""
+    model = hf_model("tiny")
+    x = torch.randn(2, 3, 64, 64)
+    ref = _run(model, x)
+    opt = swiftkern.optimize(copy.deepcopy(model), channels_last=channels_last)
+    for _ in range(2):  # build, then cache hits
+        with torch.inference_mode():
+            got = logits(opt(x))
+        assert_close(got, ref, torch.float32, MODEL_RTOL, what="inference_mode logits")
+    assert_close(_run(opt, x), ref, torch.float32, MODEL_RTOL, what="no_grad after")
+    # an in-place change made inside inference mode is seen (the stem BN's shift)
+    with torch.inference_mode():
+        for m in (model, opt):
+            m.swiftformer.patch_embed.patch_embedding[1].bias.add_(0.5)
+        assert_close(logits(opt(x)), logits(model(x)), torch.float32, MODEL_RTOL,
+                     what="after an in-place update")
+
+
+def test_model_built_in_inference_mode():
+    """Parameters that are inference tensors: folded weights are rebuilt on every call (no
+    version counter to key a cache on), results stay right."""
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        model = hf_model("tiny")
+        ref = logits(model(x))
+        opt = swiftkern.optimize(copy.deepcopy(model))
+        assert_close(logits(opt(x)), ref, torch.float32, MODEL_RTOL, what="logits")
+        for m in (model, opt):
+            m.swiftformer.patch_embed.patch_embedding[1].bias.add_(0.5)
+        assert_close(logits(opt(x)), logits(model(x)), torch.float32, MODEL_RTOL,
+                     what="after an in-place update")

@@ -116,3 +116,61 @@ def test_fused_module_matches_original_train(idx):
             assert_close(b, ba[n], torch.float32, what=f"{name} buffer {n}")
         else:
             assert torch.equal(b, ba[n]), n
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_folded_conv_packed_weight(layout, groups):
+    """Folded convs without autograd on channels_last fp32 CPU input run oneDNN on a weight
+    reordered once and cached; the result matches the original pair, keeps the input's layout,
+    follows in-place weight updates, and autograd still runs through F.conv2d."""
+    from swiftkern.nn import _base
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(6, 9, 3, stride=2, padding=1, groups=groups),
+        torch.nn.BatchNorm2d(9),
+        torch.nn.ReLU(),
+    )
+    randomize_(model).eval()
+    opt = optimize(copy.deepcopy(model))
+    folded = opt[0]
+    assert type(folded).__name__ == "FoldedConv2d"
+    x = torch.randn(3, 6, 11, 13)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    for _ in range(2):  # build, then cache hit
+        with torch.no_grad():
+            got, ref = opt(x), model(x)
+        assert_close(got, ref, torch.float32, what="packed conv")
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        assert got.is_contiguous(memory_format=fmt)
+    # channels_last inputs only (oneDNN would hand back channels_last for NCHW ones)
+    assert ("conv_packed" in folded._cache) == (_base._PACKED_CONV and layout == "channels_last")
+    with torch.no_grad():
+        for m in (model, opt):
+            m[0].weight.mul_(-1.5)
+            m[1].running_var.mul_(2.0)
+        assert_close(opt(x), model(x), torch.float32, what="after in-place updates")
+    # with autograd: the graph runs through F.conv2d on the folded weight
+    x.requires_grad_(True)
+    got = opt(x)
+    got.square().sum().backward()
+    gx, gw = x.grad.clone(), opt[0].weight.grad.clone()
+    x.grad = None
+    model(x).square().sum().backward()
+    assert_close(gx, x.grad, torch.float32, what="input grad")
+    assert_close(gw, model[0].weight.grad, torch.float32, what="weight grad")
+
+
+def test_folded_conv_traces_as_a_plain_conv():
+    """torch.jit.trace / ONNX export of an optimized model see F.conv2d, not the oneDNN op with
+    its opaque weight."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.BatchNorm2d(8))
+    randomize_(model).eval()
+    opt = optimize(copy.deepcopy(model))
+    x = torch.randn(1, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        traced = torch.jit.trace(opt, (x,))
+        assert "mkldnn" not in str(traced.inlined_graph)
+        assert_close(traced(x), model(x), torch.float32, what="traced")
