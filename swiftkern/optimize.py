@@ -207,14 +207,18 @@ def _walk(model: nn.Module, table, backend, device, dtype, report: OptimizeRepor
     visit(None, "", model, "")
 
 
-def _cast_inputs_hook(dtype: torch.dtype):
-    def cast(t):
-        return t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+class CastInputs:
+    """Forward pre-hook of a model optimized with ``dtype=``: floating tensor arguments are cast
+    to that dtype. A picklable object (a closure would break pickle of the optimized model)."""
 
-    def hook(module, args, kwargs):
-        return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
 
-    return hook
+    def _cast(self, t):
+        return t.to(self.dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+    def __call__(self, module, args, kwargs):
+        return tuple(self._cast(a) for a in args), {k: self._cast(v) for k, v in kwargs.items()}
 
 
 # Fused blocks of the recognized families (SwiftFormer, repvit, fastvit, efficientvit) whose
@@ -437,7 +441,7 @@ def optimize(
             cast_back = mdtype
             target.to(dtype)
         if dtype is not None and not getattr(target, "_swiftkern_cast_hook", False):
-            target.register_forward_pre_hook(_cast_inputs_hook(dtype), with_kwargs=True)
+            target.register_forward_pre_hook(CastInputs(dtype), with_kwargs=True)
             target._swiftkern_cast_hook = True
         _walk(target, rules(), backend, device, dtype or mdtype, report, log)
         if device.type == "cpu" and (dtype or mdtype) == torch.bfloat16:
@@ -459,7 +463,7 @@ def optimize(
         if verify is not None:
             ref_model = original.to(dtype) if dtype is not None else original
             if dtype is not None:
-                ref_model.register_forward_pre_hook(_cast_inputs_hook(dtype), with_kwargs=True)
+                ref_model.register_forward_pre_hook(CastInputs(dtype), with_kwargs=True)
             _verify(ref_model, target, verify, [e.path for e in report.swapped])
     except BaseException:
         for entry in reversed(log):

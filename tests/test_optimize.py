@@ -146,10 +146,12 @@ def test_idempotent_and_state_dict_round_trip():
     assert_close(_run(other, x), y1, torch.float32, MODEL_RTOL, what="state_dict -> optimized")
 
 
-@pytest.mark.parametrize("name", ["hf-tiny", "repvit_m0_9", "fastvit_t8"])
+@pytest.mark.parametrize("name", ["hf-tiny", "hf-tiny-bf16", "repvit_m0_9", "fastvit_t8"])
 def test_deepcopy_and_pickle(name):
     if name == "hf-tiny":
         opt = swiftkern.optimize(hf_model("tiny"), backend="reference")
+    elif name == "hf-tiny-bf16":  # dtype= adds an input-casting hook, which must pickle too
+        opt = swiftkern.optimize(hf_model("tiny"), dtype=torch.bfloat16)
     else:
         opt = swiftkern.optimize(timm_model(name, num_classes=10))
     x = torch.randn(1, 3, 64, 64)
