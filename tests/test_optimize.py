@@ -523,3 +523,14 @@ def test_model_built_in_inference_mode():
             m.swiftformer.patch_embed.patch_embedding[1].bias.add_(0.5)
         assert_close(logits(opt(x)), logits(model(x)), torch.float32, MODEL_RTOL,
                      what="after an in-place update")
+
+
+def test_empty_batch_like_eager():
+    """HF SwiftFormer runs a batch of 0 images in eager (logits [0, classes]); so must the
+    optimized model."""
+    model = hf_model("tiny")
+    x = torch.randn(0, 3, 64, 64)
+    ref = _run(model, x)
+    opt = swiftkern.optimize(copy.deepcopy(model))
+    got = _run(opt, x)
+    assert got.shape == ref.shape == (0, 10)

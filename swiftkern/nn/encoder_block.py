@@ -45,7 +45,7 @@ class FusedEncoderBlock(FusedModule):
         x = self.local_representation(x)
         b, c, h, w = x.shape
         res = attn.forward_tokens(x.permute(0, 2, 3, 1).reshape(b, h * w, c))
-        res = res.view(b, h, w, -1).permute(0, 3, 1, 2)
+        res = res.view(b, h, w, res.shape[-1]).permute(0, 3, 1, 2)  # explicit: B may be 0
         ls1 = self._ls(0)
         if ls1 is None:
             x = x + res
