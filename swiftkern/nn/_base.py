@@ -12,11 +12,21 @@ from ..ops import reference as ref
 
 
 def _dotted(module: nn.Module, path: str | None):
+    """module.<path> for a dotted path; children and parameters are looked up in _modules /
+    _parameters first (this runs on every fused forward; getattr through nn.Module's __getattr__
+    costs ~1 us per step). AttributeError when a step is missing."""
     if path is None:
         return None
     obj = module
     for part in path.split("."):
-        obj = getattr(obj, part)
+        d = obj.__dict__
+        mods, params = d.get("_modules", ()), d.get("_parameters", ())
+        if part in mods:
+            obj = mods[part]
+        elif part in params:
+            obj = params[part]
+        else:
+            obj = getattr(obj, part)
     return obj
 
 
@@ -81,10 +91,6 @@ class FusedModule(nn.Module):
             return build()  # autograd needs the graph from the sources
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return build()  # the graph computes the folded weights from the parameters
-        if any(t is not None and t.is_inference() for t in tensors):
-            # An inference tensor has no version counter, so an in-place change to it could not
-            # be seen: no caching (parameters created under torch.inference_mode).
-            return build()
         hit = self._cache.get(key)
         if hit is not None:
             old, versions, value = hit
@@ -93,6 +99,11 @@ class FusedModule(nn.Module):
                 for a, t, (v, d, dev) in zip(old, tensors, versions)
             ):
                 return value
+        if any(t is not None and t.is_inference() for t in tensors):
+            # An inference tensor has no version counter, so an in-place change to it could not
+            # be seen: no caching (parameters created under torch.inference_mode). Never stored,
+            # so the hit test above never reads an inference tensor's version.
+            return build()
         # Built outside inference mode (and without grad): the value must itself be a normal
         # tensor, since caches key on each other's values (the channels_last copy of a folded
         # weight) and an inference tensor could not serve as a key.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import ops
-from ._base import FusedModule
+from ..ops.additive_attention import ADDITIVE_ATTENTION
+from ._base import FusedModule, fold_sources
 
 
 class FusedAdditiveAttention(FusedModule):
@@ -24,33 +24,25 @@ class FusedAdditiveAttention(FusedModule):
         self.layout = layout
         self.scale_factor = float(original.scale_factor)
 
-    def _qk(self):
-        q, k = self.to_query, self.to_key
-        srcs = [q.weight, k.weight, q.bias, k.bias]
+    def _args(self):
+        """(w_qk, b_qk, w_g, w_proj, b_proj, w_final, b_final): q/k projections concatenated
+        into one [2D, D] weight, rebuilt when any source changes."""
+        m = self._modules
+        q, k, proj, final = m["to_query"], m["to_key"], m["proj"], m["final"]
+        w_g = self._parameters["w_g"]
 
         def build():
             b = None if q.bias is None else torch.cat([q.bias, k.bias])
-            return torch.cat([q.weight, k.weight]), b
+            return (torch.cat([q.weight, k.weight]), b, w_g.reshape(-1), proj.weight, proj.bias,
+                    final.weight, final.bias)
 
-        return self.cached("qk", srcs, build)
+        return self.cached("args", [*fold_sources(q, k, proj, final), w_g], build)
 
     def forward_tokens(self, t: torch.Tensor) -> torch.Tensor:
         """[B, N, D] -> [B, N, T] (contiguous)."""
-        w_qk, b_qk = self._qk()
-        final = self.final
-        return ops.additive_attention(
-            t,
-            w_qk,
-            b_qk,
-            self.w_g,
-            self.scale_factor,
-            self.proj.weight,
-            self.proj.bias,
-            final.weight,
-            final.bias,
-            self.pool,
-            backend=self.backend,
-        )
+        w_qk, b_qk, w_g, w_proj, b_proj, w_final, b_final = self._args()
+        return ADDITIVE_ATTENTION(t, w_qk, b_qk, w_g, self.scale_factor, w_proj, b_proj,
+                                  w_final, b_final, self.pool, self.backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout == "tokens":

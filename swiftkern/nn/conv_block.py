@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..ops.conv_block import CONV_BLOCK
 from ._base import (
     FusedModule,
     _dotted,
@@ -46,24 +47,26 @@ class FusedConvBlock(FusedModule):
         super().__init__(original, backend)
         self.roles = roles
 
-    def _ls(self):
+    def _ls_source(self):
+        """The layer-scale tensor as the module holds it, or None."""
         if self.roles.ls is None:
             return None
         try:
-            return vector(_dotted(self, self.roles.ls))
+            return _dotted(self, self.roles.ls)
         except AttributeError:  # timm: layer_scale may be nn.Identity
             return None
 
+    def _ls(self):
+        return vector(self._ls_source())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.roles
-        drop = getattr(self, r.drop_path) if r.drop_path else None
-        if drop_active(drop, self.training):
+        mods = self._modules
+        if r.drop_path and drop_active(mods.get(r.drop_path), self.training):
             return self.original_forward(x)
-        dw, bn, pw1, pw2 = (getattr(self, n) for n in (r.dw, r.bn, r.pw1, r.pw2))
-        w1 = pw1.weight.reshape(pw1.weight.shape[0], -1)
-        w2 = pw2.weight.reshape(pw2.weight.shape[0], -1)
-        ls = self._ls()
+        dw, bn, pw1, pw2 = mods[r.dw], mods[r.bn], mods[r.pw1], mods[r.pw2]
         if bn_uses_batch_stats(bn):
+            ls = self._ls()
             y, mean, var = ops.conv_block_train(
                 x,
                 dw.weight,
@@ -71,18 +74,28 @@ class FusedConvBlock(FusedModule):
                 bn.weight,
                 bn.bias,
                 bn.eps,
-                w1,
+                pw1.weight.reshape(pw1.weight.shape[0], -1),
                 pw1.bias,
-                w2,
+                pw2.weight.reshape(pw2.weight.shape[0], -1),
                 pw2.bias,
                 ls,
                 backend=self.backend,
             )
             bn_after_forward(bn, mean, var, x)
             return y
-        dw_w, dw_b = self.cached(
-            "dw",
-            fold_sources(dw, bn),
-            lambda: fold_conv_bn(dw.weight, dw.bias, bn),
+        ls = self._ls_source()
+        # every argument after x (folded dwconv, [hidden, C] / [C, hidden] views of the pointwise
+        # weights, flat layer scale), rebuilt when any source changes
+        args = self.cached(
+            "args",
+            [*fold_sources(dw, bn, pw1, pw2), ls],
+            lambda: (
+                *fold_conv_bn(dw.weight, dw.bias, bn),
+                pw1.weight.reshape(pw1.weight.shape[0], -1),
+                pw1.bias,
+                pw2.weight.reshape(pw2.weight.shape[0], -1),
+                pw2.bias,
+                vector(ls),
+            ),
         )
-        return ops.conv_block(x, dw_w, dw_b, w1, pw1.bias, w2, pw2.bias, ls, backend=self.backend)
+        return CONV_BLOCK(x, *args, self.backend)

@@ -35,14 +35,15 @@ class FusedEncoderBlock(FusedModule):
             return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        attn, mlp = self.attn, self.linear
+        mods = self._modules
+        attn, mlp = mods["attn"], mods["linear"]
         if (
-            drop_active(getattr(self, "drop_path", None), self.training)
+            drop_active(mods.get("drop_path"), self.training)
             or not isinstance(attn, FusedAdditiveAttention)
             or not isinstance(mlp, FusedMlp)
         ):
             return self.original_forward(x)
-        x = self.local_representation(x)
+        x = mods["local_representation"](x)
         b, c, h, w = x.shape
         res = attn.forward_tokens(x.permute(0, 2, 3, 1).reshape(b, h * w, c))
         res = res.view(b, h, w, res.shape[-1]).permute(0, 3, 1, 2)  # explicit: B may be 0

@@ -6,6 +6,7 @@ import torch
 
 from .. import ops
 from ..ops import reference as ref
+from ..ops.mlp import MLP
 from ._base import FusedModule, bn_after_forward, bn_uses_batch_stats, fold_sources
 from .conv_block import drop_active
 
@@ -20,23 +21,22 @@ class FusedMlp(FusedModule):
         self, x, ls: torch.Tensor | None = None, residual: torch.Tensor | None = None
     ):
         """residual + ls * Mlp(x); without ls and residual this is the module's own forward."""
-        if drop_active(self.drop, self.training):
+        mods = self._modules
+        if drop_active(mods.get("drop"), self.training):
             y = self.original_forward(x)
             if ls is not None:
                 y = y * ls.reshape(1, -1, 1, 1)
             return y if residual is None else residual + y
-        bn, fc1, fc2 = self.norm1, self.fc1, self.fc2
-        w2 = fc2.weight.reshape(fc2.weight.shape[0], -1)
+        bn, fc1, fc2 = mods["norm1"], mods["fc1"], mods["fc2"]
         if bn_uses_batch_stats(bn):
-            w1 = fc1.weight.reshape(fc1.weight.shape[0], -1)
             y, mean, var = ops.mlp_train(
                 x,
                 bn.weight,
                 bn.bias,
                 bn.eps,
-                w1,
+                fc1.weight.reshape(fc1.weight.shape[0], -1),
                 fc1.bias,
-                w2,
+                fc2.weight.reshape(fc2.weight.shape[0], -1),
                 fc2.bias,
                 ls,
                 residual,
@@ -44,17 +44,22 @@ class FusedMlp(FusedModule):
             )
             bn_after_forward(bn, mean, var, x)
             return y
-        w1, b1 = self.cached(
-            "fc1",
-            fold_sources(fc1, bn),
-            lambda: ref.fold_bn_into_next(
-                fc1.weight.reshape(fc1.weight.shape[0], -1),
-                fc1.bias,
-                bn.weight,
-                bn.bias,
-                bn.running_mean,
-                bn.running_var,
-                bn.eps,
+        # fc1 with the BN folded in, fc2 as [C_out, hidden]; rebuilt when any source changes
+        w1, b1, w2, b2 = self.cached(
+            "args",
+            fold_sources(fc1, bn, fc2),
+            lambda: (
+                *ref.fold_bn_into_next(
+                    fc1.weight.reshape(fc1.weight.shape[0], -1),
+                    fc1.bias,
+                    bn.weight,
+                    bn.bias,
+                    bn.running_mean,
+                    bn.running_var,
+                    bn.eps,
+                ),
+                fc2.weight.reshape(fc2.weight.shape[0], -1),
+                fc2.bias,
             ),
         )
-        return ops.mlp(x, w1, b1, w2, fc2.bias, ls, residual, backend=self.backend)
+        return MLP(x, w1, b1, w2, b2, ls, residual, self.backend)

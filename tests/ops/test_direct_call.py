@@ -60,3 +60,32 @@ def test_autograd_and_modes_take_the_op_path():
     with Record():
         MLP(*plain, "auto")
     assert any("swiftkern.mlp" in s for s in seen), seen
+
+
+def test_validation_memo_never_lets_a_bad_call_through():
+    """The direct path remembers argument signatures that passed validation; anything that
+    differs in a shape, dtype, device or scalar is validated again and rejected."""
+    from swiftkern.ops.mlp import MLP_TRAIN
+
+    args = conv_args("mlp", CONV_SHAPES["odd_c33"]).args
+    MLP(*args, "auto")  # remembered
+    assert _define._signature(args) in MLP._valid
+    bad = list(args)
+    bad[5] = bad[5][:-1]  # ls one channel short
+    with pytest.raises(ValueError, match="ls must have shape"):
+        MLP(*bad, "auto")
+    bad = list(args)
+    bad[1] = bad[1].double()
+    with pytest.raises(TypeError, match="dtype"):
+        MLP(*bad, "auto")
+    x = args[0]
+    c = x.shape[1]
+    train = [x, torch.ones(c), torch.zeros(c), 1e-5, *args[1:]]
+    MLP_TRAIN(*train, "auto")
+    for eps in (float("nan"), 0.0, -1.0):  # NaN never equals itself: validated on every call
+        train[3] = eps
+        for _ in range(2):
+            with pytest.raises(ValueError, match="eps must be > 0"):
+                MLP_TRAIN(*train, "auto")
+    # an argument the signature cannot hold (a list) is validated every time
+    assert _define._signature([x, [1, 2]]) is None
