@@ -10,9 +10,13 @@
 // cache. Tiles run in parallel with single-threaded GEMMs (ATen mm_out on the tile). When there
 // are too few tiles to feed every thread (small images at batch 1), the "unfused" strategy runs
 // one multi-threaded GEMM per pointwise layer with the same fused epilogues instead.
-// SWIFTKERN_CPU_CONV_STRATEGY=tile|unfused forces one (benchmarks).
+// With few pixels (7x7 at batch 1) and fp32/fp64, the "split" strategy cuts the hidden units
+// into one slice per thread instead (pointwise_split).
+// SWIFTKERN_CPU_CONV_STRATEGY=tile|unfused|split forces one (benchmarks).
 #include <torch/library.h>
 
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_common.h"
@@ -250,32 +254,97 @@ void pointwise_tiles(const Produce& produce, bool cl, int64_t B, int64_t C, int6
     // that require grad
     at::NoGradGuard no_grad;
     const int64_t tmax = R * W;
-    std::vector<T> dbuf(tmax * C), hbuf(tmax * Hd), ybuf(tmax * Co);
+    // scratch, fully written before it is read: not zero-filled (up to 256 KiB per call)
+    std::unique_ptr<T[]> dbuf(new T[tmax * C]), hbuf(new T[tmax * Hd]), ybuf(new T[tmax * Co]);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / n_tiles_img, h0 = (i % n_tiles_img) * R, h1 = std::min(H, h0 + R);
       const int64_t tn = (h1 - h0) * W, p0 = h0 * W;
-      const auto [dptr, ldd] = produce(b, h0, h1, dbuf.data());
+      const auto [dptr, ldd] = produce(b, h0, h1, dbuf.get());
       if (cl) {
         Tensor d = blob<T>(const_cast<T*>(dptr), {tn, C}, {ldd, 1});
-        Tensor hh = blob<T>(hbuf.data(), {tn, Hd}, {Hd, 1});
+        Tensor hh = blob<T>(hbuf.get(), {tn, Hd}, {Hd, 1});
         at::mm_out(hh, d, w1t);
-        bias_gelu_cols<T>(hbuf.data(), tn, Hd, b1);
-        Tensor y = blob<T>(ybuf.data(), {tn, Co}, {Co, 1});
+        bias_gelu_cols<T>(hbuf.get(), tn, Hd, b1);
+        Tensor y = blob<T>(ybuf.get(), {tn, Co}, {Co, 1});
         at::mm_out(y, hh, w2t);
-        out_epilogue_pixels<T>(ybuf.data(), tn, Co, b2, ls, res ? res + (b * HW + p0) * Co : nullptr,
+        out_epilogue_pixels<T>(ybuf.get(), tn, Co, b2, ls, res ? res + (b * HW + p0) * Co : nullptr,
                                out + (b * HW + p0) * Co);
       } else {
         Tensor d = blob<T>(const_cast<T*>(dptr), {C, tn}, {ldd, 1});
-        Tensor hh = blob<T>(hbuf.data(), {Hd, tn}, {tn, 1});
+        Tensor hh = blob<T>(hbuf.get(), {Hd, tn}, {tn, 1});
         at::mm_out(hh, a.w1, d);
-        bias_gelu_rows<T>(hbuf.data(), Hd, tn, b1);
-        Tensor y = blob<T>(ybuf.data(), {Co, tn}, {tn, 1});
+        bias_gelu_rows<T>(hbuf.get(), Hd, tn, b1);
+        Tensor y = blob<T>(ybuf.get(), {Co, tn}, {tn, 1});
         at::mm_out(y, a.w2, hh);
-        out_epilogue_channels<T>(ybuf.data(), Co, tn, b2, ls,
+        out_epilogue_channels<T>(ybuf.get(), Co, tn, b2, ls,
                                  res ? res + b * Co * HW + p0 : nullptr, out + b * Co * HW + p0, HW);
       }
     }
   });
+}
+
+// Hidden-split strategy (few pixels, pixel-major d [P, C]): the hidden units are cut into one
+// slice per thread, and each thread runs single-threaded GEMMs on its own rows of W1 / columns of
+// W2 only: y_t = GELU(d W1_t^T + b1_t) W2_t^T, a partial sum over its slice. One parallel region
+// instead of four (two multi-threaded GEMMs, the GELU and the epilogue passes); each weight is
+// read by one thread; the [P, Hd / threads] hidden slice stays in that thread's cache. The
+// epilogue then adds the partials: y = sum_t y_t (fp32 / fp64 only, where a split sum is as exact
+// as the GEMM's own blocking).
+template <typename T>
+void pointwise_split(const T* dp, int64_t P, int64_t C, const PwArgs& a, const T* res, T* out,
+                     int64_t n_parts) {
+  const int64_t Hd = a.w1.size(0), Co = a.w2.size(0);
+  const T* b1 = ptr_or_null<T>(a.b1);
+  const T* b2 = ptr_or_null<T>(a.b2);
+  const T* ls = ptr_or_null<T>(a.ls);
+  // slices of whole vectors, so every thread's GELU runs on full-width loads
+  const int64_t VS = Vec<T>::size();
+  const int64_t step = (Hd + n_parts * VS - 1) / (n_parts * VS) * VS;
+  const int64_t parts = (Hd + step - 1) / step;
+  std::unique_ptr<T[]> partial(new T[parts * P * Co]);  // every element written by a GEMM
+  const Tensor d = blob<T>(const_cast<T*>(dp), {P, C}, {C, 1});
+  at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+    at::NoGradGuard no_grad;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t h0 = i * step, hc = std::min(Hd, h0 + step) - h0;
+      std::unique_ptr<T[]> hbuf(new T[P * hc]);
+      Tensor hh = blob<T>(hbuf.get(), {P, hc}, {hc, 1});
+      at::mm_out(hh, d, a.w1.narrow(0, h0, hc).t());
+      bias_gelu_cols<T>(hbuf.get(), P, hc, b1 ? b1 + h0 : nullptr);
+      Tensor y = blob<T>(partial.get() + i * P * Co, {P, Co}, {Co, 1});
+      at::mm_out(y, hh, a.w2.narrow(1, h0, hc).t());
+    }
+  });
+  at::parallel_for(0, P, 16, [&](int64_t begin, int64_t end) {
+    T* acc = partial.get() + begin * Co;
+    const int64_t n = (end - begin) * Co;
+    for (int64_t i = 1; i < parts; ++i) {
+      const T* add = partial.get() + i * P * Co + begin * Co;
+      int64_t k = 0;
+      for (; k + VS <= n; k += VS) (Vec<T>::loadu(acc + k) + Vec<T>::loadu(add + k)).store(acc + k);
+      for (; k < n; ++k) acc[k] += add[k];
+    }
+    out_epilogue_pixels<T>(acc, end - begin, Co, b2, ls, res ? res + begin * Co : nullptr,
+                           out + begin * Co);
+  });
+}
+
+// The hidden-split strategy serves pixel-major inputs with at most this many pixels. Against the
+// unfused strategy, chains of conv_block calls with distinct weights, fp32, 2 threads: 1.10-1.13x
+// at 7x7 batch 1 (C = 220, 224, 384, 512), 1.04x at 7x7 batch 2, 0.96-1.01x at 14x14 batch 1,
+// 0.94x at 7x7 batch 4. SWIFTKERN_CPU_CONV_STRATEGY=split forces it on; =nosplit leaves the
+// choice between tile and unfused as by default but never splits (A/B benchmarks).
+constexpr int64_t kSplitMaxPixels = 128;
+
+template <typename T>
+bool use_split(bool cl, int64_t P) {
+  if (!cl || !(std::is_same_v<T, float> || std::is_same_v<T, double>)) return false;
+  const int64_t nt = at::get_num_threads();
+  if (nt < 2) return false;
+  const std::string s = env_str("SWIFTKERN_CPU_CONV_STRATEGY");
+  if (s == "split") return true;
+  if (s == "unfused" || s == "tile" || s == "nosplit") return false;
+  return P <= kSplitMaxPixels;
 }
 
 // Unfused strategy: d is the whole pointwise input (x's layout, contiguous in it).
@@ -286,6 +355,10 @@ void pointwise_unfused(const Tensor& d, bool cl, const PwArgs& a, const T* res, 
   const T* b1 = ptr_or_null<T>(a.b1);
   const T* b2 = ptr_or_null<T>(a.b2);
   const T* ls = ptr_or_null<T>(a.ls);
+  if (use_split<T>(cl, B * HW)) {
+    pointwise_split<T>(d.data_ptr<T>(), B * HW, C, a, res, out, at::get_num_threads());
+    return;
+  }
   if (cl) {
     const int64_t P = B * HW;
     Tensor d2 = blob<T>(d.data_ptr<T>(), {P, C}, {C, 1});

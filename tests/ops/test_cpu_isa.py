@@ -1,6 +1,6 @@
 """CPU kernel library per ISA path: each path is forced with SWIFTKERN_CPU_ISA in a fresh process
 (the library is chosen at import) and its kernels are compared with the reference there, with
-both conv-block strategies (SWIFTKERN_CPU_CONV_STRATEGY=tile|unfused), forward and backward.
+each conv-block strategy (SWIFTKERN_CPU_CONV_STRATEGY=tile|unfused|split), forward and backward.
 
 The generic suite (test_ops.py) covers every op in the default process; this file makes sure the
 path that process did NOT pick is exercised too wherever the machine can run it.
@@ -84,7 +84,7 @@ def _machine_isas() -> list[str]:
     return {"avx512": ["avx512", "avx2"], "avx2": ["avx2"]}.get(best, [])
 
 
-@pytest.mark.parametrize("strategy", ["tile", "unfused"])
+@pytest.mark.parametrize("strategy", ["tile", "unfused", "split"])
 @pytest.mark.parametrize("isa", ["avx512", "avx2"])
 def test_cpu_isa_path_matches_reference(isa: str, strategy: str) -> None:
     if _ext.STATUS.get(f"_C_cpu_{isa}") is None and _ext.CPU_ISA is None:
