@@ -9,7 +9,8 @@ it costs 0.4-1.8 s here (measured), too much for ``import swiftkern``.
 Modules: ``_conv`` (dwconv_bn, mlp, conv_block and their train forms / backward), ``_backward``
 (mlp / conv_block backward), ``_attention`` (additive attention core and module),
 ``_attention_fused`` (the module forward as two fused kernels, GEMMs included),
-``_attention_backward`` (their backward), ``_train_backward`` (backward of the train forms:
+``_attention_backward`` (their backward), ``_attention_backward_fused`` (the module backward as
+three fused kernels), ``_train_backward`` (backward of the train forms:
 BatchNorm through batch statistics), ``_specs`` (every shipped config, for the AOT report),
 ``_roofline`` (bytes / FLOPs model, no Triton needed).
 """

@@ -123,6 +123,27 @@ def _merge_pool_norm(ws_ml_ptr, b, NSPLIT, POOL: tl.constexpr, BLOCK_S: tl.const
 
 
 @triton.jit
+def _pool_backward(qn, wg, G, dG, scale, nmask, ws_ml_ptr, b, NSPLIT, POOL: tl.constexpr,
+                   BLOCK_S: tl.constexpr):
+    """Pool weights a_n and score gradients ds_n (times `scale`: the gradient reaching qn . w_g)
+    of the l2 (POOL 1) or softmax (POOL 2) pooling, from the merged split state; 0 on masked
+    rows. Formulas: _attention_backward's docstring."""
+    mmax, z = _merge_pool_norm(ws_ml_ptr, b, NSPLIT, POOL, BLOCK_S)
+    s = tl.sum(qn * wg[None, :], axis=1) * scale
+    da = tl.sum(qn * dG[None, :], axis=1)
+    gdg = tl.sum(G * dG, axis=0)
+    if POOL == 1:
+        inv = 1.0 / tl.maximum(z, 1e-12)
+        a = s * inv
+        # below eps the norm is a clamped constant: no projection term
+        ds = (da - a * tl.where(z >= 1e-12, gdg, 0.0)) * inv
+    else:
+        a = tl.exp(s - mmax) / z
+        ds = a * (da - gdg)
+    return tl.where(nmask, a, 0.0), tl.where(nmask, ds, 0.0) * scale
+
+
+@triton.jit
 def _merge_global_query(ws_g_ptr, ws_ml_ptr, b, NSPLIT, POOL: tl.constexpr,
                         BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
     """G [BLOCK_D] of batch b from its NSPLIT partial rows; one row live at a time (a

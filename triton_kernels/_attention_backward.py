@@ -16,8 +16,12 @@ Two kernels: pass 1 (grid B x SPLITS) recomputes the forward's split state (g, m
 _attention._pool_accumulate, so the softmax stays max-shifted and never overflows) and the
 partial dG of its token range; pass 2 (grid B x token blocks) merges G, dG and the pool
 normalizer from the SPLITS rows and writes dq, dk and a per-block partial dw_g (summed on the
-host: deterministic, no atomics). fp32 arithmetic after every load. The module's GEMMs (qk, proj,
-final and their gradients) run in cuBLAS through torch at the input dtype, as the forward does.
+host: deterministic, no atomics). fp32 arithmetic after every load.
+The module backward, where _attention_backward_fused has a config (padded max(D, T) <= 256 for
+fp16/bf16, <= 128 for fp32), runs that file's three fused kernels (GEMMs included as tl.dot, no
+token-sized intermediate in memory). Wider shapes (and fp32 past 128) take the path below: the
+module's GEMMs (qk, proj, final and their gradients) in cuBLAS through torch at the input dtype,
+around the two core kernels above.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import triton
 import triton.language as tl
 
 from . import _attention as A
+from . import _attention_backward_fused as ABF
 from ._conv import INTERPRET, SUPPORTED, Unsupported, _cast_out
 
 
@@ -128,20 +133,8 @@ def _attn_bwd_apply_kernel(
             dqn = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32) + dG[None, :]
         else:
             wg = tl.load(wg_ptr + d, mask=dmask, other=0.0).to(tl.float32)
-            mmax, z = A._merge_pool_norm(ws_ml_ptr, b, NSPLIT, POOL, BLOCK_S)
-            s = tl.sum(qn * wg[None, :], axis=1) * scale
-            da = tl.sum(qn * dG[None, :], axis=1)
-            gdg = tl.sum(G * dG, axis=0)
-            if POOL == 1:
-                inv = 1.0 / tl.maximum(z, 1e-12)
-                a = s * inv
-                # below eps the norm is a clamped constant: no projection term
-                ds = (da - a * tl.where(z >= 1e-12, gdg, 0.0)) * inv
-            else:
-                a = tl.exp(s - mmax) / z
-                ds = a * (da - gdg)
-            a = tl.where(nmask, a, 0.0)
-            ds = tl.where(nmask, ds, 0.0) * scale
+            a, ds = A._pool_backward(qn, wg, G, dG, scale, nmask, ws_ml_ptr, b, NSPLIT, POOL,
+                                   BLOCK_S)
             dqn = a[:, None] * dG[None, :] + ds[:, None] * wg[None, :]
             tl.store(ws_dw_ptr + (b * tl.num_programs(1) + blk) * BLOCK_D + d,
                      tl.sum(ds[:, None] * qn, axis=0))
@@ -249,8 +242,9 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 def additive_attention_backward(grad, x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final,
                                 b_final, pool, grad_mask):
-    """Gradients of (x, w_qk, b_qk, w_g, w_proj, b_proj, w_final, b_final). The forward is
-    recomputed (qk GEMM + the core's Triton forward where gk / qn are needed)."""
+    """Gradients of (x, w_qk, b_qk, w_g, w_proj, b_proj, w_final, b_final). Fused kernels
+    (_attention_backward_fused) where a config fits; otherwise the forward is recomputed (qk
+    GEMM + the core's Triton forward where gk / qn are needed) around torch GEMMs."""
     _check(x)
     mask = (list(grad_mask) + [False] * 8)[:8]
     need_x, need_wqk, need_bqk, need_wg, need_wp, need_bp, need_wf, need_bf = mask
@@ -262,6 +256,13 @@ def additive_attention_backward(grad, x, w_qk, b_qk, w_g, scale, w_proj, b_proj,
     need_dq = need_dk or need_wg
     d = x.shape[-1]
     bsz, n = x.shape[0], x.shape[1]
+    key = ABF.fused_bwd_config_key(d, d if w_final is None else w_final.shape[0], x.dtype)
+    if key is not None and x.dim() == 3:
+        out = ABF.fused_backward(grad, x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final,
+                                 b_final, pool, [need_x, need_wqk, need_bqk, need_wg, need_wp,
+                                                 need_bp, need_wf, need_bf], key)
+        e = grad.new_empty(0)
+        return [out.get(i, e) for i in range(8)]
     A.attn_config_key(d)  # raises Unsupported past the widest config, before any work
     qk = F.linear(x, w_qk, b_qk)
     q, k = qk[..., :d], qk[..., d:]

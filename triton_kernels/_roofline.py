@@ -52,6 +52,13 @@ L2_REUSE_BYTES = 20e6
 MLP_BWD_MAX_C = 128
 MLP_BWD_TILES = {64: ((32, 32), (16, 16)), 128: ((32, 32), (16, 16))}
 MLP_BWD_TARGET_PROGRAMS = 528
+# The fused additive_attention backward (_attention_backward_fused): padded widths max(D, T) it
+# serves (fp16/bf16, fp32), its tiles per padded width (kernel P BLOCK_N, kernel T BLOCK_N,
+# kernel W BLOCK_N, BLOCK_I) and kernel W's grid rule (tests/triton check these against
+# BWD_FUSED_CONFIGS / TARGET_PROGRAMS / MIN_SEG_ROWS / W_PARTS).
+ATTN_BWD_FUSED_MAX_WIDTH, ATTN_BWD_FUSED_MAX_WIDTH_FP32 = 256, 128
+ATTN_BWD_TILES = {64: (32, 16, 16, 16), 128: (16, 16, 16, 16), 256: (16, 16, 16, 16)}
+ATTN_BWD_TARGET_PROGRAMS, ATTN_BWD_MIN_SEG_ROWS, ATTN_BWD_W_PARTS = 132, 256, 4
 
 
 def _pad(w: int) -> int:
@@ -314,10 +321,61 @@ def _attention(op: str, s: dict) -> dict:
                 + LAUNCH_US * eager_launches)
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _attention_backward_fused(b: int, n: int, d: int, t_out: int, e: int) -> tuple:
+    """(bytes, gemm FLOPs, launches) of _attention_backward_fused with every gradient wanted and
+    a final linear (the widths it serves: see _attention_backward)."""
+    f = 4
+    key = _pad(max(d, t_out))
+    bn_p, _, bn_w, bi = ATTN_BWD_TILES[key]
+    rows = b * n
+    tok, dy = rows * d * e, rows * t_out * e
+    # kernel P's splits (_attention._splits) and kernel W's segments (weight_segments)
+    blocks = _cdiv(n, bn_p)
+    per = _cdiv(blocks, max(1, min(32, blocks, _cdiv(528, b)))) * bn_p
+    splits = _cdiv(n, per)
+    chunks = _cdiv(d, bi)
+    want = max(1, min(_cdiv(ATTN_BWD_TARGET_PROGRAMS, ATTN_BWD_W_PARTS * chunks),
+                      _cdiv(rows, ATTN_BWD_MIN_SEG_ROWS)))
+    seg = _cdiv(rows, _cdiv(_cdiv(rows, want), bn_w) * bn_w)
+    w_bytes = (2 * d * d + 2 * d + d + d * d + d + t_out * d + t_out) * e
+    part = ((2 * d + 2 * t_out + 3) * d + t_out) * f  # one segment's weight partial (flat)
+    again = 0 if tok + dy <= L2_REUSE_BYTES else tok + dy  # T / W re-read x, dy (L2 rule)
+    steps = [
+        t_out * d * e * 2 + d * d * e,  # host: Wfp = Wf Wp
+        tok + dy + w_bytes + b * splits * (2 * key + 2) * f,  # P: x, dy -> pool / dG partials
+        again + tok + b * 2 * key * f + 6 * rows * f,  # T: dx, G / dG rows, 6 scalars / token
+        again + 6 * rows * f + seg * part,  # W: scalars, one partial per segment
+    ]
+    if seg > 1:
+        steps.append(seg * part + part)  # host: sum of the segments
+    host = [2 * t_out * d * f + d * d * f,  # dWp = Wf^T E
+            t_out * d * f,  # dbp = (sum dy) Wf
+            3 * t_out * d * f + d * d * f,  # dWf = F + E Wp^T
+            2 * t_out * d * f]  # + (sum dy) bp^T
+    if e == 2:  # fp32 copies of Wf, Wp for those GEMMs; the 7 gradients cast to the dtype
+        host += [t_out * d * (e + f), d * d * (e + f)]
+        host += [n_ * (f + e) for n_ in (2 * d * d, 2 * d, d, d * d, d, t_out * d, t_out)]
+    steps += host
+    # tensor-core MACs per token: P q, k, dgk; T q, k, dout1, dgk, dx; W (4 parts) q_i, k_i
+    # twice each, dout1_i, dgk_i and four accumulations; plus the host's [T, D] x [D, D] GEMMs
+    gemm = 2.0 * rows * (12 * d * d + 7 * t_out * d) + 2.0 * 3 * t_out * d * d
+    return sum(steps), gemm, len(steps)
+
+
 def _attention_backward(op: str, s: dict) -> dict:
     """Every gradient wanted. Core: pass 1 reads q, k, dgk; pass 2 reads them again (+ the
-    residual's qn gradient in the module) and writes dq, dk. The module recomputes its forward
-    (qk GEMM, the core, proj for w_final's gradient) and runs each GEMM's two gradient GEMMs."""
+    residual's qn gradient in the module) and writes dq, dk. The module, where the fused
+    backward serves it (padded max(D, T) <= ATTN_BWD_FUSED_MAX_WIDTH for fp16/bf16, <=
+    ATTN_BWD_FUSED_MAX_WIDTH_FP32 for fp32): kernels P, T, W of _attention_backward_fused (no
+    token-sized intermediate in memory; x and dy re-read by T and W from L2 when they fit,
+    L2_REUSE_BYTES), fp32 weight partials per W segment summed on the host, then the host's
+    small GEMMs and casts (_attention_backward_fused counts them one launch each). Wider:
+    the torch path recomputes its forward (qk GEMM, the core, proj for w_final's gradient) and
+    runs each GEMM's two gradient GEMMs in cuBLAS."""
     b, n, d = s["B"], s["N"], s["D"]
     t_out = s.get("T", d)
     e = s.get("dtype_bytes", 2)
@@ -338,21 +396,31 @@ def _attention_backward(op: str, s: dict) -> dict:
         out = b * n * t_out * e
         bytes_min = out + 2 * tok + 2 * w_bytes  # read dy, x, weights; write dx, weight grads
         fwd_gemm = 2.0 * b * n * (2 * d * d + d * d + d * t_out)
-        gemm = fwd_gemm * 3  # recompute + dX + dW of every GEMM
-        recompute = 3 * tok + 4 * tok + 3 * tok  # qk GEMM, core forward, proj (+ bias)
-        core_bwd = 10 * tok + ws
         # dWf (out + tok), dy @ Wf (out + tok), dWp (2), dgk (2), dx (3), dWqk (3),
         # bias sums (3 + out)
         rest = 2 * (out + tok) + 2 * tok + 2 * tok + 3 * tok + 3 * tok + 3 * tok + out
-        moved = recompute + core_bwd + rest + 3 * w_bytes
         # eager autograd saves the forward's activations (no recompute; read back instead)
         eager = 5 * tok + 16 * tok + rest + 3 * w_bytes
-        launches, eager_launches = 19, 31
+        eager_launches = 31
+        top = ATTN_BWD_FUSED_MAX_WIDTH_FP32 if e == 4 else ATTN_BWD_FUSED_MAX_WIDTH
+        if _pad(max(d, t_out)) <= top:
+            moved, gemm, launches = _attention_backward_fused(b, n, d, t_out, e)
+            elem = 60.0 * b * n * d  # + kernel W's per-chunk dq / dk / gk / qn
+        else:
+            gemm = fwd_gemm * 3  # recompute + dX + dW of every GEMM
+            recompute = 3 * tok + 4 * tok + 3 * tok  # qk GEMM, core forward, proj (+ bias)
+            core_bwd = 10 * tok + ws
+            moved = recompute + core_bwd + rest + 3 * w_bytes
+            launches = 19
     rate = TC_FLOPS if e == 2 else FP32_FLOPS
     t = max(moved / BW, gemm / rate + elem / FP32_FLOPS) * 1e6 + LAUNCH_US * launches
+    # the eager estimate as before the fused path (GEMM FLOPs: 3x the forward's)
+    eager_gemm = gemm if op == "additive_attention_core_backward" else fwd_gemm * 3
+    eager_elem = 40.0 * b * n * d
     return dict(bytes_min=bytes_min, bytes_moved=moved, eager_bytes=eager, flops=gemm + elem,
                 l2_bytes=0, launches=launches, predicted_h100_us=t,
-                eager_predicted_h100_us=max(eager / BW, gemm / rate + elem / FP32_FLOPS) * 1e6
+                eager_predicted_h100_us=max(eager / BW, eager_gemm / rate
+                                            + eager_elem / FP32_FLOPS) * 1e6
                 + LAUNCH_US * eager_launches)
 
 

@@ -13,13 +13,15 @@ import triton.language as tl
 
 from . import _attention as A
 from . import _attention_backward as AB
+from . import _attention_backward_fused as ABF
 from . import _attention_fused as AF
 from . import _backward as BW
 from . import _conv as K
 from . import _mlp_backward as MB
 from . import _train_backward as TB
 
-_PTR_FP32 = {"ws_ptr", "ws_g_ptr", "ws_ml_ptr", "ws_dg_ptr", "ws_dw_ptr", "mean_ptr", "scale_ptr",
+_PTR_FP32 = {"ws_ptr", "ws_g_ptr", "ws_ml_ptr", "ws_dg_ptr", "ws_dw_ptr", "gm_ptr",
+             "tok_ptr", "ws_w_ptr", "mean_ptr", "scale_ptr",
              "shift_ptr", "coef_ptr"}
 _FLOAT_ARGS = {"scale"}
 _DT = {"fp32": tl.float32, "fp16": tl.float16, "bf16": tl.bfloat16}
@@ -169,6 +171,33 @@ def all_specs() -> list[Spec]:
                              BLOCK_K=cb["BLOCK_K"], BLOCK_J=cb["BLOCK_J"], BLOCK_S=A.MAX_SPLITS,
                              DOT_DT=_DT[dt], INPUT_PREC=prec),
                         cb["num_warps"], num_stages=cb["num_stages"]))
+        # fused module backward at the config's width, every optional input; kernels T and W
+        # also without the final linear (dout1 is then dy itself: different loads)
+        for key, cfg in ABF.BWD_FUSED_CONFIGS.items():
+            if dt == "fp32" and key > ABF.FP32_MAX_WIDTH:
+                continue
+            cp, ct, cw = cfg["pool"], cfg["token"], cfg["weight"]
+            dots = dict(HAS_BQK=True, DOT_DT=_DT[dt], INPUT_PREC=prec)
+            for pool, pid in A.POOL_IDS.items():
+                specs.append(Spec(ABF._attn_bwd_fused_pool_kernel, f"D,T<={key},{pool}", dt,
+                                  dict(POOL=pid, BLOCK_N=cp["BLOCK_N"], BLOCK_D=key,
+                                       BLOCK_K=cp["BLOCK_K"], **dots),
+                                  cp["num_warps"], num_stages=cp["num_stages"]))
+                for final in (True, False):
+                    specs.append(Spec(
+                        ABF._attn_bwd_fused_token_kernel,
+                        f"D,T<={key},{pool}" + ("" if final else ",no final"), dt,
+                        dict(HAS_FINAL=final, NEED_DX=True, POOL=pid, BLOCK_N=ct["BLOCK_N"],
+                             BLOCK_D=key, BLOCK_K=ct["BLOCK_K"], BLOCK_J=ct["BLOCK_J"],
+                             BLOCK_S=A.MAX_SPLITS, **dots),
+                        ct["num_warps"], num_stages=ct["num_stages"]))
+            for final in (True, False):
+                specs.append(Spec(ABF._attn_bwd_fused_weight_kernel,
+                                  f"D,T<={key}" + ("" if final else ",no final"), dt,
+                                  dict(HAS_FINAL=final, BLOCK_N=cw["BLOCK_N"], BLOCK_D=key,
+                                       BLOCK_T=key, BLOCK_I=cw["BLOCK_I"],
+                                       BLOCK_K=cw["BLOCK_K"], **dots),
+                                  cw["num_warps"], num_stages=cw["num_stages"]))
         for key, cfg in AB.ATTN_BWD_CONFIGS.items():
             for pool, pid in A.POOL_IDS.items():
                 specs.append(Spec(AB._attn_bwd_partial_kernel, f"D<={key},{pool}", dt,

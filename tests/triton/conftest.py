@@ -28,7 +28,8 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     # already imported in compiled mode (it would then need a GPU).
     for _m in ("swiftkern.triton_kernels._conv", "swiftkern.triton_kernels._attention",
                "swiftkern.triton_kernels._attention_backward",
-               "swiftkern.triton_kernels._attention_fused"):
+               "swiftkern.triton_kernels._attention_fused",
+               "swiftkern.triton_kernels._attention_backward_fused"):
         if _m in sys.modules and not getattr(sys.modules[_m], "INTERPRET", False):
             raise RuntimeError(f"{_m} was imported before TRITON_INTERPRET=1 was set")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _util import check
+from _util import check, module_args
 from cases import attn_args
 from tolerances import assert_close
 
@@ -28,16 +28,7 @@ ODD = {"d33": (2, 37, 33), "n1": (1, 1, 16), "b3": (3, 5, 8), "d57": (1, 23, 57)
 CONFIG_WIDTH = {64: 48, 128: 112, 256: 220, 512: 320}
 
 
-def _args(shape, pool, final=True, biases=True, t_out=None, seed=0):
-    args = attn_args("additive_attention", shape, pool, final=final, seed=seed).args
-    g = torch.Generator().manual_seed(seed + 1)
-    d = shape[-1]
-    if final and t_out is not None:  # final maps D -> T (timm's token_dim)
-        args[7] = torch.randn(t_out, d, generator=g) * d**-0.5
-        args[8] = torch.randn(t_out, generator=g) * 0.1
-    if not biases:
-        args[2] = args[6] = args[8] = None
-    return args
+_args = module_args
 
 
 def _fused(key=None, max_splits=A.MAX_SPLITS):
