@@ -9,9 +9,12 @@ read x, the weights and a few partials, and write only the output.
   of the proj GEMM ("G * k fused into proj"), and per BLOCK_J-wide chunk j of proj's output
   recomputes q's column chunk: t_j = gk Wp^T[:, j] + bp[j] + q[:, j] / ||q||. With a final linear
   t_j is the K-chunk of out += t_j Wf^T[j, :] (bf added at the end); without one t_j is stored.
+  fp32 from width 256 (FP32_CONFIGS, GK_SCRATCH): gk goes instead to the program's own block of
+  an fp32 workspace and each t_j K-loops over it (a K = width fp32 dot operand spilled).
 
 DRAM traffic: x twice (A, then B right after: an L2 hit when x is small, see _roofline), the
-weights, B*SPLITS*(D+2) fp32 partials, and out once; the eager/torch path moves ~16 token tensors.
+weights, B*SPLITS*(D+2) fp32 partials, and out once (GK_SCRATCH: plus the fp32 gk workspace
+written once, its re-reads L1/L2 hits); the eager/torch path moves ~16 token tensors.
 The price is FLOPs: q is computed three times (A, B's norms, B's chunks), 5 D^2 + D T multiply-adds
 per token instead of 3 D^2 + D T, which is cheap next to memory for fp16/bf16 on tensor cores.
 
@@ -84,15 +87,19 @@ def _attn_fused_pool_kernel(
 @triton.jit
 def _attn_fused_apply_kernel(
     x_ptr, wqk_ptr, bqk_ptr, ws_g_ptr, ws_ml_ptr, wp_ptr, bp_ptr, wf_ptr, bf_ptr, out_ptr,
+    ws_gk_ptr,
     N, D, T, NSPLIT,
     sxb, sxn,
     HAS_BQK: tl.constexpr, HAS_BP: tl.constexpr, HAS_FINAL: tl.constexpr, HAS_BF: tl.constexpr,
     POOL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
-    DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
+    GK_SCRATCH: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
 ):
     """Kernel B: out[b, tile] = final(proj(G * normalize(k)) + normalize(q)) for BLOCK_N tokens;
-    out is [B, N, T] contiguous (T = D without a final linear)."""
+    out is [B, N, T] contiguous (T = D without a final linear). GK_SCRATCH: gk goes to this
+    program's own fp32 [BLOCK_N, D] block of ws_gk (block pid0 * num_programs(1) + pid1) and the
+    proj dot K-loops over it in BLOCK_K chunks (L1/L2 hits) instead of holding gk as a
+    K = BLOCK_D dot operand in registers (see FP32_CONFIGS)."""
     b = tl.program_id(0).to(tl.int64)
     G = A._merge_global_query(ws_g_ptr, ws_ml_ptr, b, NSPLIT, POOL, BLOCK_S, BLOCK_D)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -108,6 +115,11 @@ def _attn_fused_apply_kernel(
                   BLOCK_K, DOT_DT, INPUT_PREC)
     # the proj GEMM's A operand, rounded to the dot dtype as the eager reference rounds gk
     gk = (G[None, :] * A._normalize_rows(k, nmask)).to(DOT_DT)
+    if GK_SCRATCH:
+        r = tl.arange(0, BLOCK_N)
+        blk = ws_gk_ptr + (b * tl.num_programs(1) + tl.program_id(1)) * (BLOCK_N * D)
+        tl.store(blk + r[:, None] * D + d[None, :], gk, mask=nmask[:, None] & dmask[None, :])
+        tl.debug_barrier()  # every thread's gk stores are visible to the block's chunk loads
     if HAS_FINAL:
         tt = tl.arange(0, BLOCK_T)
         tmask = tt < T
@@ -117,9 +129,22 @@ def _attn_fused_apply_kernel(
         jmask = jj < D
         t = _x_linear(x_ptr, xrow, nmask, wqk_ptr, bqk_ptr, jj, jmask, D, HAS_BQK, BLOCK_K,
                       DOT_DT, INPUT_PREC) * q_inv[:, None]
-        wp = tl.load(wp_ptr + jj[None, :] * D + d[:, None], mask=dmask[:, None] & jmask[None, :],
-                     other=0.0).to(tl.float32)
-        t = tl.dot(gk, wp.to(DOT_DT), t, input_precision=INPUT_PREC, out_dtype=tl.float32)
+        if GK_SCRATCH:
+            # K-loop over gk's columns (rows past N are neither written nor read: no DRAM
+            # traffic for a ragged last tile)
+            for k0 in range(0, D, BLOCK_K):
+                kk = k0 + tl.arange(0, BLOCK_K)
+                kmask = kk < D
+                gkc = tl.load(blk + r[:, None] * D + kk[None, :],
+                              mask=nmask[:, None] & kmask[None, :], other=0.0)
+                wp = tl.load(wp_ptr + jj[None, :] * D + kk[:, None],
+                             mask=kmask[:, None] & jmask[None, :], other=0.0).to(tl.float32)
+                t = tl.dot(gkc.to(DOT_DT), wp.to(DOT_DT), t, input_precision=INPUT_PREC,
+                           out_dtype=tl.float32)
+        else:
+            wp = tl.load(wp_ptr + jj[None, :] * D + d[:, None],
+                         mask=dmask[:, None] & jmask[None, :], other=0.0).to(tl.float32)
+            t = tl.dot(gk, wp.to(DOT_DT), t, input_precision=INPUT_PREC, out_dtype=tl.float32)
         if HAS_BP:
             t += tl.load(bp_ptr + jj, mask=jmask, other=0.0).to(tl.float32)[None, :]
         if HAS_FINAL:
@@ -143,7 +168,8 @@ def _attn_fused_apply_kernel(
 # the proj loop. Measured in the AOT report: num_stages 2 spilled 8-64 B in kernel A (its K-loop
 # nests inside the token loop), so nothing is software-pipelined; fp32 (ieee dots on the FMA units,
 # operands unpacked to registers) spilled 100-300 B in kernel B at width 256 and ~1.7 KB at 512
-# with every tile tried, so fp32 is fused up to FP32_MAX_WIDTH and wider fp32 takes the torch path.
+# with every tile tried (BLOCK_N 16/32, BLOCK_K 16/32, BLOCK_J 16/32, 4/8/16 warps: 300 B-9.8 KB
+# at 256), so fp32 from 256 up uses FP32_CONFIGS instead (fused_config).
 FUSED_CONFIGS = {
     64: dict(pool=dict(BLOCK_N=32, BLOCK_K=16, num_warps=8, num_stages=1),
              apply=dict(BLOCK_N=32, BLOCK_K=16, BLOCK_J=16, num_warps=4, num_stages=1)),
@@ -154,7 +180,26 @@ FUSED_CONFIGS = {
     512: dict(pool=dict(BLOCK_N=16, BLOCK_K=16, num_warps=8, num_stages=1),
               apply=dict(BLOCK_N=16, BLOCK_K=16, BLOCK_J=16, num_warps=8, num_stages=1)),
 }
-FP32_MAX_WIDTH = 128  # widest padded width fused for fp32 inputs
+# fp32 overrides of FUSED_CONFIGS: kernel B with GK_SCRATCH (gk through a per-program fp32 block
+# of a global workspace, proj K-looped over it in BLOCK_K chunks: the K = width dot operand is what
+# spilled). Width 256, 8 warps, no spills: kernel A 174-176 registers (sm_80) / 172-192 (sm_90),
+# kernel B 220-224 / 222-224 with the final linear, 178-180 / 190 without. Not at 512: kernel B
+# spilled 128-240 B (8 warps; 160 B at 16, 1.8 KB at 4) and kernel A 8-16 B (72 B at 16 warps,
+# 240 B at 4, 944 B with BLOCK_K 32), so fp32 wider than FP32_MAX_WIDTH takes the torch path.
+FP32_CONFIGS = {
+    256: dict(pool=dict(BLOCK_N=16, BLOCK_K=16, num_warps=8, num_stages=1),
+              apply=dict(BLOCK_N=16, BLOCK_K=16, BLOCK_J=16, num_warps=8, num_stages=1,
+                         GK_SCRATCH=True)),
+}
+FP32_MAX_WIDTH = 256  # widest padded width fused for fp32 inputs
+
+
+def fused_config(key: int, dtype: torch.dtype) -> dict:
+    """The config ({"pool": ..., "apply": ...}) the launcher runs at padded width key for inputs
+    of this dtype (kernel B's GK_SCRATCH defaults to False)."""
+    if dtype == torch.float32 and key in FP32_CONFIGS:
+        return FP32_CONFIGS[key]
+    return FUSED_CONFIGS[key]
 
 
 def fused_config_key(d: int, t: int, dtype: torch.dtype = torch.float16) -> int | None:
@@ -167,7 +212,7 @@ def fused_config_key(d: int, t: int, dtype: torch.dtype = torch.float16) -> int 
 
 def fused_forward(x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final, b_final, pool, key,
                   max_splits=A.MAX_SPLITS):
-    """additive_attention_ref's result from kernels A and B with config FUSED_CONFIGS[key].
+    """additive_attention_ref's result from kernels A and B with config fused_config(key, dtype).
     x: [B, N, D] (any strides; copied to a unit channel stride), out: [B, N, T] contiguous."""
     x = x if x.stride(2) == 1 else x.contiguous()
     bsz, n, d = x.shape
@@ -179,7 +224,10 @@ def fused_forward(x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final, b_final, p
         raise ValueError(f"config {key} too narrow for D={d}, T={t_out}")
     # tiles always at the config's width: only those variants are AOT-compiled (_specs)
     block_d = block_t = key
-    ca, cb = FUSED_CONFIGS[key]["pool"], FUSED_CONFIGS[key]["apply"]
+    cfg = fused_config(key, x.dtype)
+    ca, cb = cfg["pool"], cfg["apply"]
+    scratch = cb.get("GK_SCRATCH", False)
+    tiles = triton.cdiv(n, cb["BLOCK_N"])
     nsplit, per = A._splits(bsz, n, ca["BLOCK_N"], max_splits)
     ws_g = torch.empty((bsz * nsplit, block_d), device=x.device, dtype=torch.float32)
     ws_ml = torch.empty((bsz * nsplit, 2), device=x.device, dtype=torch.float32)
@@ -194,16 +242,20 @@ def fused_forward(x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final, b_final, p
         BLOCK_K=ca["BLOCK_K"], DOT_DT=dot_dt, INPUT_PREC=prec, num_warps=ca["num_warps"],
         num_stages=ca["num_stages"],
     )
-    _attn_fused_apply_kernel[(bsz, triton.cdiv(n, cb["BLOCK_N"]))](
+    # GK_SCRATCH: one fp32 [BLOCK_N, D] gk block per kernel B program
+    ws_gk = (torch.empty((bsz * tiles * cb["BLOCK_N"], d), device=x.device, dtype=torch.float32)
+             if scratch else ws_g)
+    _attn_fused_apply_kernel[(bsz, tiles)](
         x, wqk, bqk, ws_g, ws_ml, w_proj.contiguous(),
         dummy if b_proj is None else b_proj.contiguous(),
         dummy if w_final is None else w_final.contiguous(),
-        dummy if b_final is None else b_final.contiguous(), out,
+        dummy if b_final is None else b_final.contiguous(), out, ws_gk,
         n, d, t_out, nsplit, x.stride(0), x.stride(1),
         HAS_BQK=b_qk is not None, HAS_BP=b_proj is not None, HAS_FINAL=w_final is not None,
         HAS_BF=w_final is not None and b_final is not None, POOL=pid, BLOCK_N=cb["BLOCK_N"],
         BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_K=cb["BLOCK_K"], BLOCK_J=cb["BLOCK_J"],
-        BLOCK_S=triton.next_power_of_2(nsplit), DOT_DT=dot_dt, INPUT_PREC=prec,
+        BLOCK_S=triton.next_power_of_2(nsplit), GK_SCRATCH=scratch, DOT_DT=dot_dt,
+        INPUT_PREC=prec,
         num_warps=cb["num_warps"], num_stages=cb["num_stages"],
     )
     return out

@@ -19,8 +19,9 @@ Model (stated, not measured on a GPU here):
 shapes: dict with B, C, H, W (conv ops; optional "hidden" (default 4C), "c_out", "dtype_bytes"
 (2 = fp16/bf16, 4 = fp32)) or B, N, D (attention ops; optional "T" for the final layer).
 additive_attention (module forward): where the fused kernels fit (padded max(D, T) <= 512 for
-fp16/bf16, <= 128 for fp32) kernel A reads x and Wq and writes B*SPLITS*(D+2) fp32 partials;
-kernel B reads x again, every weight and the partials, and writes the output. Kernel B's re-read
+fp16/bf16, <= 256 for fp32) kernel A reads x and Wq and writes B*SPLITS*(D+2) fp32 partials;
+kernel B reads x again, every weight and the partials, and writes the output (fp32 at padded 256:
+also gk to an fp32 workspace once, its per-chunk re-reads in l2_bytes). Kernel B's re-read
 of x and Wq (both just read by kernel A) is counted in l2_bytes, not bytes_moved, only when x is
 <= 20 MB (L2_REUSE_BYTES: 50 MB H100 L2, B launched right after A); otherwise both count twice in
 DRAM. FLOPs count q three times (the
@@ -40,9 +41,11 @@ LAUNCH_US = 3.0
 SPLIT_MIN_C = 256
 # The fused additive_attention forward (_attention_fused): padded widths max(D, T) it serves
 # (fp16/bf16, fp32) and the token tiles (kernel A, kernel B) per padded width (tests/triton check
-# that these match _attention_fused.FUSED_CONFIGS).
-FUSED_MAX_WIDTH, FUSED_MAX_WIDTH_FP32 = 512, 128
+# that these match _attention_fused.FUSED_CONFIGS / FP32_CONFIGS), and the fp32 padded widths whose
+# kernel B writes gk to an fp32 workspace (GK_SCRATCH) and K-loops proj over it.
+FUSED_MAX_WIDTH, FUSED_MAX_WIDTH_FP32 = 512, 256
 FUSED_BLOCK_N = {64: (32, 32), 128: (32, 16), 256: (16, 16), 512: (16, 16)}
+FUSED_GK_SCRATCH_FP32 = (256,)
 # Kernel B re-reads x (and Wq) right after kernel A: counted as an L2 hit (H100 L2: 50 MB) only
 # when x is at most this big, else as DRAM traffic.
 L2_REUSE_BYTES = 20e6
@@ -306,6 +309,12 @@ def _attention(op: str, s: dict) -> dict:
             # and partial re-reads
             l2 = (again if tok <= L2_REUSE_BYTES else 0) + tok * (1 + -(-d // 16)) \
                 + progs_a * wq + progs_b * (w_bytes + wq + splits * (d + 2) * 4)
+            if e == 4 and _pad(max(d, t_out)) in FUSED_GK_SCRATCH_FP32:
+                # gk of every token in fp32 written once (DRAM; a ragged tile's rows past N are
+                # not written), re-read per 16-wide proj chunk (L1/L2)
+                gk_ws = b * n * d * 4
+                moved += gk_ws
+                l2 += gk_ws * -(-d // 16)
             launches = 2
         else:
             gemm = 2.0 * b * n * (2 * d * d + d * d + d * t_out)
@@ -315,10 +324,12 @@ def _attention(op: str, s: dict) -> dict:
             launches = 6
     rate = TC_FLOPS if e == 2 else FP32_FLOPS
     t = max(moved / BW, gemm / rate + elem / FP32_FLOPS) * 1e6 + LAUNCH_US * launches
+    # eager runs each GEMM once (qk, proj, final), not the fused kernels' recomputed q
+    eager_gemm = 0.0 if op == "additive_attention_core" else 2.0 * b * n * (3 * d * d + d * t_out)
     return dict(bytes_min=bytes_min, bytes_moved=moved, eager_bytes=eager, flops=gemm + elem,
                 l2_bytes=l2, launches=launches, predicted_h100_us=t,
-                eager_predicted_h100_us=max(eager / BW, gemm / rate + elem / FP32_FLOPS) * 1e6
-                + LAUNCH_US * eager_launches)
+                eager_predicted_h100_us=max(eager / BW, eager_gemm / rate + elem / FP32_FLOPS)
+                * 1e6 + LAUNCH_US * eager_launches)
 
 
 def _cdiv(a: int, b: int) -> int:

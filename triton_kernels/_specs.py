@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import triton.language as tl
 
 from . import _attention as A
@@ -22,7 +23,7 @@ from . import _train_backward as TB
 
 _PTR_FP32 = {"ws_ptr", "ws_g_ptr", "ws_ml_ptr", "ws_dg_ptr", "ws_dw_ptr", "gm_ptr",
              "tok_ptr", "ws_w_ptr", "mean_ptr", "scale_ptr",
-             "shift_ptr", "coef_ptr"}
+             "shift_ptr", "coef_ptr", "ws_gk_ptr"}
 _FLOAT_ARGS = {"scale"}
 _DT = {"fp32": tl.float32, "fp16": tl.float16, "bf16": tl.bfloat16}
 
@@ -153,9 +154,11 @@ def all_specs() -> list[Spec]:
         # fused module forward, compiled at the config's width (the launcher always uses it);
         # kernel B with every optional input, and without the final linear (stores per chunk)
         prec = "ieee" if dt == "fp32" else "tf32"
-        for key, cfg in AF.FUSED_CONFIGS.items():
+        # (fp32: the launcher's own config, AF.fused_config, incl. the FP32_CONFIGS overrides)
+        for key in AF.FUSED_CONFIGS:
             if dt == "fp32" and key > AF.FP32_MAX_WIDTH:
                 continue
+            cfg = AF.fused_config(key, torch.float32 if dt == "fp32" else torch.float16)
             ca, cb = cfg["pool"], cfg["apply"]
             for pool, pid in A.POOL_IDS.items():
                 specs.append(Spec(AF._attn_fused_pool_kernel, f"D<={key},{pool}", dt,
@@ -169,7 +172,8 @@ def all_specs() -> list[Spec]:
                         dict(HAS_BQK=True, HAS_BP=True, HAS_FINAL=final, HAS_BF=final, POOL=pid,
                              BLOCK_N=cb["BLOCK_N"], BLOCK_D=key, BLOCK_T=key,
                              BLOCK_K=cb["BLOCK_K"], BLOCK_J=cb["BLOCK_J"], BLOCK_S=A.MAX_SPLITS,
-                             DOT_DT=_DT[dt], INPUT_PREC=prec),
+                             GK_SCRATCH=cb.get("GK_SCRATCH", False), DOT_DT=_DT[dt],
+                             INPUT_PREC=prec),
                         cb["num_warps"], num_stages=cb["num_stages"]))
         # fused module backward at the config's width, every optional input; kernels T and W
         # also without the final linear (dout1 is then dy itself: different loads)

@@ -26,6 +26,10 @@ ODD = {"d33": (2, 37, 33), "n1": (1, 1, 16), "b3": (3, 5, 8), "d57": (1, 23, 57)
 # a width inside each config's range (SwiftFormer: 48/56 -> 64, 112 -> 128, 220 -> 256,
 # 320/384 -> 512)
 CONFIG_WIDTH = {64: 48, 128: 112, 256: 220, 512: 320}
+# (key, fp32): each FUSED_CONFIGS entry at fp32 where the launcher runs that same config for fp32,
+# else at fp16/bf16; each FP32_CONFIGS override (fp32 only)
+CONFIG_CASES = [(k, k <= AF.FP32_MAX_WIDTH and k not in AF.FP32_CONFIGS)
+                for k in sorted(AF.FUSED_CONFIGS)] + [(k, True) for k in sorted(AF.FP32_CONFIGS)]
 
 
 _args = module_args
@@ -66,23 +70,30 @@ def test_fused_split_merge(pool):
               what=f"{pool} splits={splits}")
 
 
-@pytest.mark.parametrize("key", sorted(AF.FUSED_CONFIGS))
-def test_every_fused_config(key):
+@pytest.mark.parametrize("key,fp32", CONFIG_CASES)
+def test_every_fused_config(key, fp32):
     d = CONFIG_WIDTH[key]
     assert AF.fused_config_key(d, d) == key
-    dtypes = [torch.float32] if key <= AF.FP32_MAX_WIDTH else [torch.float16, torch.bfloat16]
+    dtypes = [torch.float32] if fp32 else [torch.float16, torch.bfloat16]
+    if fp32:
+        assert AF.fused_config_key(d, d, torch.float32) == key
     for i, pool in enumerate(POOLS):
         dtype = dtypes[i % len(dtypes)]
+        # 17 tokens: a ragged last token tile in kernel B (masked rows)
         check(_fused(key, max_splits=2), R.additive_attention_ref, _args((1, 17, d), pool),
               dtype, what=f"cfg {key} {pool} {dtype}")
+    if key in AF.FP32_CONFIGS:
+        # kernel B without the final linear (t_j stored per chunk), no biases
+        check(_fused(key), R.additive_attention_ref,
+              _args((2, 9, d), "l2", final=False, biases=False), what=f"cfg {key} no final")
     # a narrow width through the config's (padded) tiles
     check(_fused(key), R.additive_attention_ref, _args(ODD["d33"], "softmax", t_out=20),
-          what=f"cfg {key} narrow")
+          dtypes[0], what=f"cfg {key} narrow {dtypes[0]}")
 
 
 def test_fused_real_shapes():
-    # SwiftFormer-XS stage 1 and 2 widths (48, 56) with few tokens; stage 4 (220) is fused for
-    # half dtypes only (fp32 spilled at that width: torch path, test_fp32_wide_takes_torch_path)
+    # SwiftFormer-XS stage 1 and 2 widths (48, 56) with few tokens; stage 4 (220) through the op's
+    # dispatch (fp32 at 220: test_every_fused_config[256-True], test_launcher_dispatch)
     for i, (d, pool) in enumerate(((48, "l2"), (56, "sum"))):
         check(_fused(), R.additive_attention_ref, _args((1, 49, d), pool, seed=i),
               what=f"D={d} {pool}")
@@ -124,6 +135,12 @@ def test_launcher_dispatch(monkeypatch):
     assert args[0].stride(2) != 1
     check(A.additive_attention, R.additive_attention_ref, args, what="strided x")
     assert calls == [(2, 13, 24)]
+    # fp32 at SwiftFormer-XS/S stage 4 widths (220, 224): fused (FP32_CONFIGS[256])
+    calls.clear()
+    assert AF.fused_config_key(224, 224, torch.float32) == 256
+    check(A.additive_attention, R.additive_attention_ref, _args((1, 3, 220), "softmax"),
+          what="fp32 stage 4")
+    assert calls == [(1, 3, 220)]
     # fp32 past FP32_MAX_WIDTH: the torch-GEMM path, same result
     calls.clear()
     wide = AF.FP32_MAX_WIDTH + 1
@@ -165,6 +182,15 @@ def test_roofline_model_matches_configs():
     assert RL.FUSED_MAX_WIDTH_FP32 == AF.FP32_MAX_WIDTH
     assert RL.FUSED_BLOCK_N == {k: (c["pool"]["BLOCK_N"], c["apply"]["BLOCK_N"])
                                 for k, c in AF.FUSED_CONFIGS.items()}
+    for k in AF.FP32_CONFIGS:
+        c = AF.fused_config(k, torch.float32)
+        assert RL.FUSED_BLOCK_N[k] == (c["pool"]["BLOCK_N"], c["apply"]["BLOCK_N"])
+    assert RL.FUSED_GK_SCRATCH_FP32 == tuple(
+        k for k in sorted(AF.FUSED_CONFIGS) if k <= AF.FP32_MAX_WIDTH
+        and AF.fused_config(k, torch.float32)["apply"].get("GK_SCRATCH", False))
+    # fp32 at XS stage 4 (D=220): fused, the gk workspace adds one fp32 token tensor
+    r = RL.roofline("additive_attention", dict(B=64, N=49, D=220, dtype_bytes=4))
+    assert r["launches"] == 2 and r["bytes_moved"] <= 1.6 * r["bytes_min"], r
     # the target on paper: <= 1.2x the minimum bytes at SwiftFormer-XS shapes (bf16)
     for b in (1, 8, 64):
         for s in RL.SWIFTFORMER_XS_SHAPES.values():
