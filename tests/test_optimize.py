@@ -360,6 +360,7 @@ def test_hf_base_model_is_optimized_too():
 
 
 def test_auto_keeps_wide_cpu_blocks_where_kernels_measured_slower():
+    from models import randomize_
     from timm.models import swiftformer as tm
 
     from swiftkern.optimize import CPU_AUTO_MAX_CHANNELS
@@ -374,6 +375,20 @@ def test_auto_keeps_wide_cpu_blocks_where_kernels_measured_slower():
     _, report = swiftkern.optimize(torch.nn.Sequential(tm.ConvEncoder(c, 4 * c)),
                                    return_report=True)
     assert report.swapped and not report.skipped, str(report)
+    # in a model that runs channels_last inside, the wide mlp / attention serve channels_last
+    # activations, where they measured faster: swapped (and correct); kept with NCHW inside
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(tm.ConvEncoder(c, 4 * c), tm.Block(c)).eval()
+    randomize_(model)
+    x = torch.randn(2, c, 5, 7)
+    ref = _run(model, x)
+    opt, report = swiftkern.optimize(copy.deepcopy(model), return_report=True)
+    assert {"FusedMlp", "FusedAdditiveAttention"} <= {e.fused for e in report.swapped}
+    assert not report.skipped, str(report)
+    assert opt._forward_pre_hooks  # channels_last inside
+    assert_close(_run(opt, x), ref, torch.float32, MODEL_RTOL, what="wide block, channels_last")
+    _, report = swiftkern.optimize(copy.deepcopy(model), channels_last=False, return_report=True)
+    assert {e.path for e in report.skipped} == {"1.attn", "1.linear"}, str(report)
 
 
 def _layouts_seen(model, x, **kwargs):
