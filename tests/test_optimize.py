@@ -541,11 +541,26 @@ def test_model_built_in_inference_mode():
 
 
 def test_empty_batch_like_eager():
-    """HF SwiftFormer runs a batch of 0 images in eager (logits [0, classes]); so must the
-    optimized model."""
+    """HF SwiftFormer runs a batch of 0 images in eager (logits [0, classes]), in eval and in
+    training; so must the optimized model."""
     model = hf_model("tiny")
     x = torch.randn(0, 3, 64, 64)
     ref = _run(model, x)
     opt = swiftkern.optimize(copy.deepcopy(model))
     got = _run(opt, x)
     assert got.shape == ref.shape == (0, 10)
+    # train mode, forward and backward: no warning (eager gives none), BN state as eager's
+    import warnings
+
+    for m in (model, opt):
+        m.train()
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for m, xi in zip((model, opt), xs):
+            logits(m(xi)).sum().backward()
+    assert xs[1].grad.shape == xs[0].grad.shape == x.shape
+    got_state = opt.state_dict()
+    for k, v in model.state_dict().items():
+        if k.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(got_state[k], v), k

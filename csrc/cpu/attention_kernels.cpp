@@ -357,7 +357,7 @@ std::vector<Tensor> additive_attention_backward_impl(
   CoreState st = core_recompute<T>(B, N, D, qkp, 2 * D, qkp + D, 2 * D, w_g.data_ptr<T>(),
                                       scale, pool);
   const Tensor m = st.kn.view({B, N, D}).mul(st.G.unsqueeze(1)).view({B * N, D});  // G * kn
-  const Tensor gO = grad.contiguous().view({B * N, -1});
+  const Tensor gO = grad.contiguous().view({B * N, grad.size(-1)});  // explicit: B * N may be 0
   auto empty = [&]() { return grad.new_empty({0}); };
   std::vector<Tensor> out(8);
   Tensor gr = gO;

@@ -15,6 +15,7 @@
 // SWIFTKERN_CPU_CONV_STRATEGY=tile|unfused|split forces one (benchmarks).
 #include <torch/library.h>
 
+#include <limits>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -672,8 +673,19 @@ struct BnFold {
   Tensor mean, var, scale, shift;  // [C]; y = z * scale + shift
 };
 
+// Biased batch variance and mean over `dims` (channel dim 1). For an empty batch both are NaN,
+// as the mean of nothing is, without var_mean's "degrees of freedom <= 0" warning (nn.BatchNorm2d
+// gives none; the running statistics are left alone by the caller).
+inline std::tuple<Tensor, Tensor> batch_var_mean(const Tensor& z, at::IntArrayRef dims) {
+  if (z.numel() == 0) {
+    Tensor nan = at::full({z.size(1)}, std::numeric_limits<double>::quiet_NaN(), z.options());
+    return {nan, nan.clone()};
+  }
+  return at::var_mean(z, dims, /*correction=*/0, /*keepdim=*/false);
+}
+
 inline BnFold bn_fold(const Tensor& z, const OptTensor& bn_w, const OptTensor& bn_b, double eps) {
-  auto [var, mean] = at::var_mean(z, {0, 2, 3}, /*correction=*/0, /*keepdim=*/false);
+  auto [var, mean] = batch_var_mean(z, {0, 2, 3});
   Tensor scale = at::rsqrt(var + eps);
   if (has(bn_w)) scale = scale * *bn_w;
   Tensor shift = -mean * scale;
@@ -739,7 +751,7 @@ struct BnGrads {
 inline BnGrads bn_train_backward(const Tensor& z, const Tensor& gy, const OptTensor& bn_w,
                                  double eps, bool need_z, bool need_w, bool need_b) {
   BnGrads r;
-  auto [var, mean] = at::var_mean(z, {0}, /*correction=*/0, /*keepdim=*/false);
+  auto [var, mean] = batch_var_mean(z, {0});
   const Tensor rstd = at::rsqrt(var + eps);
   const Tensor xhat = (z - mean) * rstd;
   if (need_b) r.gb = gy.sum(0);
