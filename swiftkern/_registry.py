@@ -38,13 +38,16 @@ CUDA_PREFERENCE: list[str] = ["triton", "cuda"]
 # Per-op order measured on a GPU by `swiftkern bench ops --write-backend-table PATH`, loaded from
 # $SWIFTKERN_CUDA_TABLE (a JSON {op: ["cuda", "triton"], ...}); ops it lacks use CUDA_PREFERENCE.
 CUDA_TABLE: dict[str, list[str]] = {}
-# Until then, the backward of the pointwise conv ops prefers the CUDA C++ kernels: the Triton
-# launchers run those GEMMs in cuBLAS on fp32 intermediates, which the paper model
-# (triton_kernels/_roofline.py, `python tools/triton_report.py --roofline`) predicts at 2.5-3.5x
-# the eager PyTorch backward on an H100 (XS stage 1, batch 64, bf16: mlp_backward 969 us vs
-# 338 us); the CUDA C++ backward runs them on the storage dtype, as eager does (not measured).
-CUDA_PAPER_ORDER: dict[str, list[str]] = {
-    op: ["cuda", "triton"]
+# Until then, the fp32 backward of the pointwise conv ops prefers the CUDA C++ kernels: their
+# Triton launchers run fp32 without tensor cores, and past 128 channels (XS stage 4) on cuBLAS
+# GEMMs over fp32 intermediates, which the paper model (triton_kernels/_roofline.py,
+# `python tools/triton_report.py --roofline`) predicts slower than the eager PyTorch backward
+# on an H100 (XS batch 64, fp32: mlp_backward 187 us vs 132 us at stage 3, 195 vs 126 at
+# stage 4); the CUDA C++ backward runs them on the storage dtype, as eager does (not measured).
+# fp16/bf16 keep Triton first: its fused backward (up to 256 channels) is predicted faster than
+# eager at every XS stage and batch 1 / 8 / 64 (stage 4, batch 64, bf16: 28 us vs 64 us).
+CUDA_PAPER_ORDER: dict[tuple[str, torch.dtype], list[str]] = {
+    (op, torch.float32): ["cuda", "triton"]
     for op in ("mlp_backward", "conv_block_backward", "mlp_train_backward",
                "conv_block_train_backward")
 }
@@ -84,7 +87,8 @@ def kernel_for(op: str, backend: str) -> Kernel | None:
     return _TABLE.get((op, backend))
 
 
-def candidates(device: torch.device, backend: str, op: str | None = None) -> list[str]:
+def candidates(device: torch.device, backend: str, op: str | None = None,
+               dtype: torch.dtype | None = None) -> list[str]:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
@@ -93,7 +97,7 @@ def candidates(device: torch.device, backend: str, op: str | None = None) -> lis
         return ["cpu", "reference"]
     if device.type == "cuda":
         order = CUDA_TABLE.get((op or "").removesuffix("_backward")) or CUDA_PAPER_ORDER.get(
-            op or "", CUDA_PREFERENCE
+            (op or "", dtype), CUDA_PREFERENCE
         )
         return [*order, *[b for b in CUDA_PREFERENCE if b not in order], "reference"]
     return ["reference"]
@@ -115,7 +119,7 @@ def _usable(op: str, name: str, backend: str, device, dtype) -> Kernel | None:
 def dispatch(op: str, backend: str, device: torch.device, dtype: torch.dtype, *args):
     """Run `op` on the first backend that serves (device, dtype); see module docstring."""
     tried = []
-    for name in candidates(device, backend, op):
+    for name in candidates(device, backend, op, dtype):
         k = _usable(op, name, backend, device, dtype)
         if k is None:
             tried.append(f"{name}: not available for {device.type}/{dtype}")
@@ -132,7 +136,7 @@ def dispatch(op: str, backend: str, device: torch.device, dtype: torch.dtype, *a
 
 def resolve(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
     """Name of the backend `dispatch` would try first for these inputs (None if none)."""
-    for name in candidates(device, backend, op):
+    for name in candidates(device, backend, op, dtype):
         if _usable(op, name, backend, device, dtype) is not None:
             return name
     return None

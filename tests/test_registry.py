@@ -63,8 +63,14 @@ def test_cuda_order_follows_the_measured_table(tmp_path, monkeypatch):
     cuda = torch.device("cuda")
     monkeypatch.setattr(_registry, "CUDA_TABLE", {})
     assert _registry.candidates(cuda, "auto", "conv_block") == ["triton", "cuda", "reference"]
-    # no measurement yet: the paper model's order (Triton's pointwise backward predicted slower)
-    assert _registry.candidates(cuda, "auto", "mlp_backward") == ["cuda", "triton", "reference"]
+    # no measurement yet: the paper model's order (Triton's fp32 pointwise backward predicted
+    # slower than eager; fp16/bf16 and unknown dtypes keep the default)
+    f32, bf16 = torch.float32, torch.bfloat16
+    assert _registry.candidates(cuda, "auto", "mlp_backward", f32) == ["cuda", "triton",
+                                                                        "reference"]
+    assert _registry.candidates(cuda, "auto", "conv_block_train_backward", f32)[0] == "cuda"
+    assert _registry.candidates(cuda, "auto", "mlp_backward", bf16)[0] == "triton"
+    assert _registry.candidates(cuda, "auto", "mlp_backward")[0] == "triton"
     assert _registry.candidates(cuda, "auto", "dwconv_bn_backward")[0] == "triton"
     path = tmp_path / "table.json"
     path.write_text(json.dumps({"order": {"conv_block": ["cuda", "triton"]}}))

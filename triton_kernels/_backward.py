@@ -3,9 +3,10 @@ swiftkern/ops/_define.py): ``(grad, <op args...>, grad_mask) -> list[Tensor]``, 
 Tensor argument.
 
 Split into several kernels (allowed for training paths): the dwconv forward recompute and its
-dx / dw / db kernels (triton_kernels._conv), and the MLP backward (_mlp_grads): up to 128 channels
-the fused two-kernel backward of triton_kernels._mlp_backward (tl.dot GEMMs, the hidden activation
-recomputed in registers), wider the torch path: GEMMs in cuBLAS on fp32 intermediates and one
+dx / dw / db kernels (triton_kernels._conv), and the MLP backward (_mlp_grads): up to 256
+channels (128 with fp32 weights) the fused two-kernel backward of
+triton_kernels._mlp_backward (tl.dot GEMMs, the hidden activation recomputed in registers),
+wider the torch path: GEMMs in cuBLAS on fp32 intermediates and one
 Triton kernel that recomputes GELU(a) and GELU'(a) from the pre-activation a. Accumulation in
 fp32 for every input dtype; gradients are returned in the dtype of their argument.
 """
@@ -67,7 +68,7 @@ def _mlp_grads(grad, z, w1, b1, w2, b2, ls, need):
     register-resident tiles fit, else the torch path below."""
     b, c, h, w = z.shape
     if (b * h * w > 0 and w1.shape[0] > 0
-            and _mlp_backward.bwd_config_key(c, w2.shape[0]) is not None):
+            and _mlp_backward.bwd_config_key(c, w2.shape[0], w1.dtype) is not None):
         return _mlp_backward.mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need)
     return _mlp_grads_torch(grad, z, w1, b1, w2, b2, ls, need)
 

@@ -5,7 +5,7 @@ conv_block and their train forms (the ``_backward._mlp_grads`` contract: z is th
 Two kernels, FlashAttention-backward style: the hidden activation a = W1 z + b1 ([pixels, HID],
 4x the activations) is recomputed per hidden chunk in registers and never stored, unlike the
 torch path that writes a, h, gh, ga in fp32. Deterministic (no atomics): every reduction over
-pixels is a per-program partial in fp32, summed on the host.
+pixels is a per-program partial in fp32, summed by one _partials.sum_partials launch.
   _mlp_bwd_dz_kernel (grid: pixel tiles): per tile of BLOCK_P pixels, loop over hidden chunks
     j: a_j, h_j = GELU(a_j), gh_j = (g ls) W2[:, j], ga_j = gh_j GELU'(a_j); accumulates
     dz += ga_j W1[j] and u += h_j W2[:, j]^T; writes dz as fp32 rows [P, C] and per-tile partials
@@ -15,9 +15,8 @@ pixels is a per-program partial in fp32, summed on the host.
     dW2[:, j] += (g ls)^T h_j and db1[j] += sum ga_j in registers; writes per-segment partials.
 Exact (erf) GELU. GEMM operands in the input dtype for fp16/bf16 (tensor cores; the eager
 reference rounds at that dtype too) and fp32 with input_precision="ieee" for fp32, fp32
-accumulation (_conv.dot_dtype / _input_prec). Pixel offsets in int64. Widths past
-max(BWD_CONFIGS) = 128 channels (register spills, see BWD_CONFIGS) take the torch path in
-_backward.
+accumulation (_conv.dot_dtype / _input_prec). Pixel offsets in int64. Widths past 256 channels
+(128 with fp32 weights: register spills, see BWD_CONFIGS) take the torch path in _backward.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import triton
 import triton.language as tl
 
 from ._conv import _layout, _off, _pad_c, _pixel_coords, _s4, _unit_stride, dot_dtype
+from ._partials import sum_partials
 
 
 @triton.jit
@@ -78,9 +78,11 @@ def _mlp_bwd_dz_kernel(
     NEED_DZ: tl.constexpr, NEED_U: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
     BLOCK_H: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
+    RELOAD_G: tl.constexpr = False,
 ):
     """dz rows [P, C_IN] (fp32, NEED_DZ) and ws[pid, 0:C_OUT] = sum_p g ls,
-    ws[pid, C_OUT:2 C_OUT] = sum_p g (h W2^T + b2) (NEED_U) for one tile of BLOCK_P pixels."""
+    ws[pid, C_OUT:2 C_OUT] = sum_p g (h W2^T + b2) (NEED_U) for one tile of BLOCK_P pixels.
+    RELOAD_G: load g again for the last sum instead of holding it through the hidden loop."""
     pid = tl.program_id(0)
     ci = tl.arange(0, BLOCK_CI)
     cimask = ci < C_IN
@@ -89,6 +91,8 @@ def _mlp_bwd_dz_kernel(
     z, g, gu, pmask = _tile_inputs(z_ptr, g_ptr, ls_ptr, pid, P, H, W, ci, cimask, co, comask,
                                    sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw, HAS_LS, BLOCK_P)
     zd, gud = z.to(DOT_DT), gu.to(DOT_DT)
+    base = ws_ptr + pid.to(tl.int64) * 2 * C_OUT
+    tl.store(base + co, tl.sum(gu, axis=0), mask=comask)
     dz = tl.zeros((BLOCK_P, BLOCK_CI), dtype=tl.float32)
     u = tl.zeros((BLOCK_P, BLOCK_CO), dtype=tl.float32)
     for h0 in range(0, HID, BLOCK_H):
@@ -104,9 +108,10 @@ def _mlp_bwd_dz_kernel(
         rows = (pid * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64) * C_IN
         tl.store(dz_ptr + rows[:, None] + ci[None, :], dz,
                  mask=pmask[:, None] & cimask[None, :])
-    base = ws_ptr + pid.to(tl.int64) * 2 * C_OUT
-    tl.store(base + co, tl.sum(gu, axis=0), mask=comask)
     if NEED_U:
+        if RELOAD_G:  # g again (from L1/L2) instead of holding the fp32 tile through the loop
+            bb, hh, ww, pmask = _pixel_coords(pid, P, H, W, BLOCK_P)
+            g = _load_rows(g_ptr, bb, hh, ww, pmask, co, comask, sgb, sgc, sgh, sgw)
         if HAS_B2:
             u += tl.load(b2_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
         # masked pixels load g = 0: their u (b2 and GELU(b1) terms) drops out
@@ -121,13 +126,15 @@ def _mlp_bwd_dw_kernel(
     HAS_B1: tl.constexpr, HAS_LS: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
     BLOCK_H: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
+    ONE_LOAD: tl.constexpr = False,
 ):
     """Hidden chunk pid0, pixel segment pid1 (TILES_PER_SEG tiles of BLOCK_P pixels):
     ws1[seg, j, :C_IN] = sum ga_j^T z, ws2[seg, :C_OUT, j] = sum (g ls)^T h_j,
     wsb[seg, j] = sum ga_j (fp32 partials of dW1, dW2, db1).
     Works on the transposed hidden tile ([BLOCK_H, BLOCK_P]: a^T = W1[j] z^T) and loads z and g
     in both orientations (the second from L1/L2) instead of tl.trans of register tiles: with the
-    transposes the fp32 (FMA) dots spilled 760-5280 B (AOT report)."""
+    transposes the fp32 (FMA) dots spilled 760-5280 B (AOT report). ONE_LOAD (the half-precision
+    config at 256 channels) loads each once and transposes the dot-dtype tiles instead."""
     hidx = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     hmask = hidx < HID
     seg = tl.program_id(1)
@@ -152,16 +159,20 @@ def _mlp_bwd_dw_kernel(
     t0 = seg * TILES_PER_SEG
     for t in range(t0, tl.minimum(t0 + TILES_PER_SEG, n_tiles)):
         bb, hh, ww, pmask = _pixel_coords(t, P, H, W, BLOCK_P)
-        zoff = _off(bb, hh, ww, sxb, sxh, sxw)
-        zt = tl.load(z_ptr + zoff[None, :] + ci.to(tl.int64)[:, None] * sxc,
-                     mask=cimask[:, None] & pmask[None, :], other=0.0).to(tl.float32)
         z = _load_rows(z_ptr, bb, hh, ww, pmask, ci, cimask, sxb, sxc, sxh, sxw)
-        goff = _off(bb, hh, ww, sgb, sgh, sgw)
-        gut = tl.load(g_ptr + goff[None, :] + co.to(tl.int64)[:, None] * sgc,
-                      mask=comask[:, None] & pmask[None, :], other=0.0).to(tl.float32)
         gu = _load_rows(g_ptr, bb, hh, ww, pmask, co, comask, sgb, sgc, sgh, sgw)
-        gut = gut * lsv[:, None]
         gu = gu * lsv[None, :]
+        if ONE_LOAD:
+            zt = tl.trans(z.to(DOT_DT))
+            gut = tl.trans(gu.to(DOT_DT))
+        else:
+            zoff = _off(bb, hh, ww, sxb, sxh, sxw)
+            zt = tl.load(z_ptr + zoff[None, :] + ci.to(tl.int64)[:, None] * sxc,
+                         mask=cimask[:, None] & pmask[None, :], other=0.0).to(tl.float32)
+            goff = _off(bb, hh, ww, sgb, sgh, sgw)
+            gut = tl.load(g_ptr + goff[None, :] + co.to(tl.int64)[:, None] * sgc,
+                          mask=comask[:, None] & pmask[None, :], other=0.0).to(tl.float32)
+            gut = gut * lsv[:, None]
         at = tl.dot(w1, zt.to(DOT_DT), input_precision=INPUT_PREC, out_dtype=tl.float32)
         at += b1[:, None]
         ght = tl.dot(w2t, gut.to(DOT_DT), input_precision=INPUT_PREC, out_dtype=tl.float32)
@@ -192,25 +203,33 @@ def _mlp_bwd_dw_kernel(
 # for fp32 (FMA dots) at sm_80; 32-wide tiles or 2 stages spilled 16-5000 B (AOT report). At
 # C <= 128 the NCHW specialization (channel stride > 1) spilled 32-712 B at 4 warps and the
 # channels_last one 16 B at 8 (fp32, sm_80; ptxas held 128 registers), 16 warps spilled both:
-# the warps there follow the layout (nchw_warps). C > 128 spilled at every tile tried (16 x 16,
-# 1 stage: 200-2900 B) and takes the torch path.
+# the warps there follow the layout (nchw_warps).
+# C <= 256 (SwiftFormer-XS/S stage 4, C = 220 / 224) is served for fp16/bf16 only (fp32 spilled
+# 200-2900 B at every tile tried and takes the torch path, BWD_FP32_MAX_WIDTH). Its kernel W
+# loads z and g once and transposes the half-precision dot operands (ONE_LOAD; the second strided
+# load spilled 160-1030 B in NCHW), and its kernel P re-loads g for the layer-scale sum after
+# the hidden loop instead of keeping the fp32 tile live through it (RELOAD_G; 128-890 B spilled
+# without). Spill-free at sm_80 / sm_90, both layouts, z in the input dtype or fp32; wider tiles
+# (P 32 / H 32 in W, P 32 in P) or 4 warps spilled 8-890 B.
 BWD_CONFIGS = {
     64: dict(dz=dict(BLOCK_P=32, BLOCK_H=32, num_warps=4, num_stages=2),
              dw=dict(BLOCK_P=16, BLOCK_H=16, num_warps=4, num_stages=1)),
     128: dict(dz=dict(BLOCK_P=32, BLOCK_H=32, num_warps=8, num_stages=2),
               dw=dict(BLOCK_P=16, BLOCK_H=16, num_warps=4, num_stages=1, nchw_warps=8)),
+    256: dict(dz=dict(BLOCK_P=16, BLOCK_H=32, num_warps=8, num_stages=1, RELOAD_G=True),
+              dw=dict(BLOCK_P=16, BLOCK_H=16, num_warps=8, num_stages=1, ONE_LOAD=True)),
 }
+BWD_FP32_MAX_WIDTH = 128  # widest padded width fused when the weights are fp32
 # kernel W grid target: hidden chunks x segments ~ 4 programs per H100 SM (132 SMs)
 TARGET_PROGRAMS = 528
 
 
-def bwd_config_key(c_in: int, c_out: int) -> int | None:
-    """The BWD_CONFIGS key serving these widths, None past the widest (torch path)."""
+def bwd_config_key(c_in: int, c_out: int, dtype: torch.dtype = torch.float16) -> int | None:
+    """The BWD_CONFIGS key serving these widths at this weight dtype, None past the widest
+    (torch path)."""
     w = max(_pad_c(c_in), _pad_c(c_out))
-    for k in sorted(BWD_CONFIGS):
-        if w <= k:
-            return k
-    return None
+    top = BWD_FP32_MAX_WIDTH if dtype == torch.float32 else max(BWD_CONFIGS)
+    return next((k for k in sorted(BWD_CONFIGS) if w <= k <= top), None)
 
 
 def segments(p: int, hid: int, block_p: int, block_h: int) -> int:
@@ -226,7 +245,7 @@ def mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need, config=None, n_seg=None):
     b, c_in, h, w = z.shape
     hid, c_out = w1.shape[0], w2.shape[0]
     p = b * h * w
-    key = bwd_config_key(c_in, c_out) if config is None else config
+    key = bwd_config_key(c_in, c_out, w1.dtype) if config is None else config
     cfg = BWD_CONFIGS[key]
     # g in z's layout: only the matching-layout specializations are AOT-verified (a no-op for
     # autograd's usual gradients)
@@ -243,6 +262,7 @@ def mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need, config=None, n_seg=None):
                   INPUT_PREC="ieee" if dt == torch.float32 else "tf32")
     strides = (*_s4(z), *_s4(grad))
     out = [None] * 6
+    pairs = []  # (fp32 partials, gradient) summed by one kernel at the end
     need_u = bool(need[5] and ls is not None)
     if need[0] or need_u or (need[4] and b2 is not None):
         c = cfg["dz"]
@@ -254,13 +274,14 @@ def mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need, config=None, n_seg=None):
             HAS_B1=b1 is not None, HAS_B2=b2 is not None, HAS_LS=ls is not None,
             NEED_DZ=bool(need[0]), NEED_U=need_u, **widths, **c,
         )
-        tot = ws.sum(0)
         if need[0]:
             out[0] = dz
         if need[4] and b2 is not None:
-            out[4] = tot[0].to(b2.dtype)
+            out[4] = b2.new_empty(c_out)
+            pairs.append((ws[:, 0], out[4]))
         if need_u:
-            out[5] = tot[1].to(ls.dtype)
+            out[5] = ls.new_empty(c_out)
+            pairs.append((ws[:, 1], out[5]))
     if need[1] or need[3] or (need[2] and b1 is not None):
         c = dict(cfg["dw"])
         nchw_warps = c.pop("nchw_warps", None)
@@ -276,10 +297,9 @@ def mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need, config=None, n_seg=None):
             z, grad, w1c, b1c, w2c, lsc, ws1, ws2, wsb, p, h, w, c_in, hid, c_out, per,
             *strides, HAS_B1=b1 is not None, HAS_LS=ls is not None, **widths, **c,
         )
-        if need[1]:
-            out[1] = ws1.sum(0).to(w1.dtype)
-        if need[2] and b1 is not None:
-            out[2] = wsb.sum(0).to(b1.dtype)
-        if need[3]:
-            out[3] = ws2.sum(0).to(w2.dtype)
+        for i, src, like in ((1, ws1, w1), (2, wsb, b1), (3, ws2, w2)):
+            if need[i] and like is not None:
+                out[i] = like.new_empty(like.shape)
+                pairs.append((src, out[i]))
+    sum_partials(pairs)
     return out

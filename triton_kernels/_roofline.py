@@ -52,8 +52,8 @@ L2_REUSE_BYTES = 20e6
 # The fused MLP backward (_mlp_backward): widths max(C, c_out) it serves, its tiles per padded
 # width ((kernel P BLOCK_P, BLOCK_H), (kernel W BLOCK_P, BLOCK_H)) and kernel W's grid target
 # (tests/triton check these against _mlp_backward.BWD_CONFIGS / TARGET_PROGRAMS).
-MLP_BWD_MAX_C = 128
-MLP_BWD_TILES = {64: ((32, 32), (16, 16)), 128: ((32, 32), (16, 16))}
+MLP_BWD_MAX_C, MLP_BWD_MAX_C_FP32 = 256, 128
+MLP_BWD_TILES = {64: ((32, 32), (16, 16)), 128: ((32, 32), (16, 16)), 256: ((16, 32), (16, 16))}
 MLP_BWD_TARGET_PROGRAMS = 528
 # The fused additive_attention backward (_attention_backward_fused): padded widths max(D, T) it
 # serves (fp16/bf16, fp32), its tiles per padded width (kernel P BLOCK_N, kernel T BLOCK_N,
@@ -132,30 +132,36 @@ def _cast(n: int, e: int) -> int:
     return 0 if e == 4 else n * (e + 4)
 
 
+def _mlp_bwd_fused(c: int, co: int, e: int) -> bool:
+    """Whether _mlp_backward's fused kernels serve these widths at e bytes per element."""
+    return max(c, co) <= (MLP_BWD_MAX_C if e == 2 else MLP_BWD_MAX_C_FP32)
+
+
 def _mlp_grads_traffic(p: int, c: int, hd: int, co: int, e: int, z_bytes: int, ls: bool):
     """(bytes, launches) of _backward._mlp_grads with every gradient wanted.
 
-    max(C, c_out) <= MLP_BWD_MAX_C: the fused kernels of _mlp_backward. Kernel P reads z
-    (z_bytes per element) and g, writes dz (fp32 rows) and per-tile [2, c_out] partials;
+    max(C, c_out) <= MLP_BWD_MAX_C (MLP_BWD_MAX_C_FP32 for fp32): the fused kernels of
+    _mlp_backward. Kernel P reads z (z_bytes per element) and g, writes dz (fp32 rows) and
+    per-tile [2, c_out] partials;
     kernel W re-reads z and g, counted as DRAM unless z + g <= L2_REUSE_BYTES (launched right
     after kernel P; the L2 rule of the additive_attention forward), and writes per-segment
     [hd, c] + [c_out, hd] + [hd] fp32 partials. The hidden chunks of one pixel segment are
     neighbouring program ids (hidden fastest) and run together, so their repeated reads of the
-    same z / g tiles are L2 hits (not counted). The host sums the partials (read once, [C]-sized
-    writes left out): 4 sums + up to 5 dtype casts.
+    same z / g tiles are L2 hits (not counted). One more kernel sums the partials and casts the
+    gradients (read once, [C]-sized writes left out).
     Wider: the torch path, z and the gradient to fp32 rows, a = z W1^T + b1, gu = g ls,
     gh = gu W2, GELU fwd/bwd (one Triton kernel), the layer-scale gradient (u = h W2^T + b2,
     sum g u), the bias sums, dW2 = gu^T h, dW1 = ga^T z, dz = ga W1. Every tensor op reads its
     inputs and writes its output once (fp32 intermediates)."""
     f = 4
-    if max(c, co) <= MLP_BWD_MAX_C:
+    if _mlp_bwd_fused(c, co, e):
         (bp_p, _), (bp_w, bh_w) = MLP_BWD_TILES[_pad(max(c, co))]
         io = p * c * z_bytes + p * co * e
         n_h = -(-hd // bh_w)
         segs = max(1, min(-(-p // bp_w), -(-MLP_BWD_TARGET_PROGRAMS // n_h)))
         parts = -(-p // bp_p) * 2 * co * f + segs * (hd * c + co * hd + hd) * f
         moved = io + p * c * f + (0 if io <= L2_REUSE_BYTES else io) + 2 * parts
-        return moved, 2 + 4 + (5 if e == 2 else 0)
+        return moved, 3  # kernels P and W, then one _partials.sum_partials launch
     steps = [
         p * c * (z_bytes + f),  # z -> fp32 rows (a copy unless z is fp32 channels_last)
         p * co * (e + f),  # grad -> fp32 rows
@@ -183,7 +189,8 @@ def _mlp_grads_traffic(p: int, c: int, hd: int, co: int, e: int, z_bytes: int, l
 def _conv_backward(op: str, s: dict) -> dict:
     """Backward of the conv ops as triton_kernels/_backward.py and _train_backward.py run them
     (every gradient wanted): split into Triton kernels and torch ops; the MLP part is the fused
-    two-kernel backward up to MLP_BWD_MAX_C channels (tensor-core GEMMs for fp16/bf16), cuBLAS
+    two-kernel backward up to MLP_BWD_MAX_C channels (fp32: MLP_BWD_MAX_C_FP32; tensor-core
+    GEMMs for fp16/bf16), cuBLAS
     on fp32 intermediates past it (_mlp_grads_traffic); the forward pieces the gradients need
     are recomputed (the backward op only receives the forward's inputs). Counted per step:
     every activation-sized tensor it reads and writes, once; [C]-sized reductions and the
@@ -243,7 +250,7 @@ def _conv_backward(op: str, s: dict) -> dict:
         add(_cast(act, e))  # mlp_train: dz -> x dtype
     fwd = _conv(fwd_op, s)
     bytes_min = p * co * e + 2 * act * e + 2 * w_bytes  # read grad, x; write dx; weights + grads
-    fused = is_pw and max(c, co) <= MLP_BWD_MAX_C
+    fused = is_pw and _mlp_bwd_fused(c, co, e)
     elem = 3.0 * (fwd["flops"] - 2.0 * p * (c * hd + hd * co) if is_pw else fwd["flops"])
     eager_elem = elem
     rate = TC_FLOPS if e == 2 else FP32_FLOPS

@@ -19,6 +19,7 @@ from . import _attention_fused as AF
 from . import _backward as BW
 from . import _conv as K
 from . import _mlp_backward as MB
+from . import _partials as PS
 from . import _train_backward as TB
 
 _PTR_FP32 = {"ws_ptr", "ws_g_ptr", "ws_ml_ptr", "ws_dg_ptr", "ws_dw_ptr", "gm_ptr",
@@ -111,13 +112,19 @@ def all_specs() -> list[Spec]:
             # fused MLP backward at the config's width, every optional input; z is fp32 in
             # the train forms (the BN output), dz and the partials always fp32
             for key, cfg in MB.BWD_CONFIGS.items():
+                if dt == "fp32" and key > MB.BWD_FP32_MAX_WIDTH:
+                    continue
                 for z32 in ((False, True) if dt != "fp32" else (False,)):
                     name = f"C<={key}" + (",z fp32" if z32 else "")
                     zp = ("z_ptr",) if z32 else ()
                     for kern, flags, outs in (
-                            (MB._mlp_bwd_dz_kernel, dict(HAS_B1=True, HAS_B2=True, HAS_LS=True,
-                                                         NEED_DZ=True, NEED_U=True), ("dz_ptr",)),
-                            (MB._mlp_bwd_dw_kernel, dict(HAS_B1=True, HAS_LS=True),
+                            (MB._mlp_bwd_dz_kernel,
+                             dict(HAS_B1=True, HAS_B2=True, HAS_LS=True, NEED_DZ=True,
+                                  NEED_U=True, RELOAD_G=cfg["dz"].get("RELOAD_G", False)),
+                             ("dz_ptr",)),
+                            (MB._mlp_bwd_dw_kernel,
+                             dict(HAS_B1=True, HAS_LS=True,
+                                  ONE_LOAD=cfg["dw"].get("ONE_LOAD", False)),
                              ("ws1_ptr", "ws2_ptr", "wsb_ptr"))):
                         c = cfg["dz" if kern is MB._mlp_bwd_dz_kernel else "dw"]
                         warps = c.get("nchw_warps", c["num_warps"]) if lay == "nchw" \
@@ -211,5 +218,8 @@ def all_specs() -> list[Spec]:
                                   dict(POOL=pid, HAS_DQN=True, NEED_DQ=True, NEED_DK=True,
                                        BLOCK_N=cfg["BLOCK_N"], BLOCK_D=key,
                                        BLOCK_S=A.MAX_SPLITS), cfg["num_warps"], "tok"))
+        # the fused backwards' partial sums: fp32 partials in, gradients in the weight dtype
+        specs.append(Spec(PS._sum_partials_kernel, "default", dt, dict(BLOCK=PS.BLOCK), 4,
+                          fp32_ptrs=tuple(f"src{i}_ptr" for i in range(PS.MAX_PAIRS))))
     specs.append(Spec(BW._gelu_fwd_bwd_kernel, "default", "fp32", dict(BLOCK=BW.GELU_BLOCK), 4))
     return specs

@@ -14,10 +14,10 @@ Kernels (this module; pixel tiles as in _conv, NCHW and channels_last through st
     BN forward (B = scale, C0 = shift) that the MLP's weight gradients need.
 Reused: the batch-statistics kernel (_conv._batch_stats: per-tile Chan merge), the dwconv dx / dw
 / db kernels (_conv.dwconv_bn_backward), and the MLP backward (_backward._mlp_grads: the fused
-kernels of _mlp_backward up to 128 channels, GEMMs in torch wider). The forward's batch
-statistics are recomputed (the backward op receives the forward's inputs only). Math in fp32 for
-every input dtype; gradients are returned in the dtype of their argument, x's gradient in x's
-memory format.
+kernels of _mlp_backward up to 256 channels, 128 in fp32, GEMMs in torch wider). The forward's
+batch statistics are recomputed (the backward op receives the forward's inputs only). Math in
+fp32 for every input dtype; gradients are returned in the dtype of their argument, x's gradient
+in x's memory format.
 """
 
 from __future__ import annotations

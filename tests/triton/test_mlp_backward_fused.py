@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _util import check, grads_of
+from _util import check, grads_of, to
 from cases import conv_args
-from tolerances import assert_close
+from tolerances import HALF_FACTOR, HALF_FLOOR, assert_close
 
 from swiftkern.ops import reference as R
 from swiftkern.ops._define import reference_backward
@@ -21,7 +21,22 @@ MB = pytest.importorskip("swiftkern.triton_kernels._mlp_backward")
 TB = pytest.importorskip("swiftkern.triton_kernels._train_backward")
 
 # (B, C, H, W, hidden, c_out) per config: a width the config is picked for, ragged pixels
-CONFIG_SHAPES = {64: (2, 33, 3, 5, 132, 20), 128: (1, 72, 3, 3, 72, 100)}
+CONFIG_SHAPES = {64: (2, 33, 3, 5, 132, 20), 128: (1, 72, 3, 3, 72, 100),
+                 256: (1, 150, 3, 5, 40, 200)}
+HALF = (torch.float16, torch.bfloat16)
+
+
+def _config_dtype(key):
+    """fp32 where the config serves fp32 weights, else the half dtypes only."""
+    return torch.float32 if key <= MB.BWD_FP32_MAX_WIDTH else torch.bfloat16
+
+
+def _assert_close_half(out, ref32, half, dtype, what):
+    """SPEC.md section 3 half rule for a gradient that may be stored in fp32 (dz rows)."""
+    base = (half.double() - ref32.double()).abs().max().item()
+    err = (out.double() - ref32.double()).abs().max().item()
+    bound = HALF_FACTOR * base + HALF_FLOOR[dtype] * max(1.0, ref32.abs().max().item())
+    assert err <= bound, f"{what} {dtype}: err {err:.3e} > {bound:.3e} (torch {base:.3e})"
 
 
 def _mlp_inputs(shape, layout, seed=0, bias=True, ls=True):
@@ -43,18 +58,29 @@ def _mlp_inputs(shape, layout, seed=0, bias=True, ls=True):
 @pytest.mark.parametrize("key", sorted(MB.BWD_CONFIGS))
 def test_every_config_and_segment_count(key):
     shape = CONFIG_SHAPES[key]
-    assert MB.bwd_config_key(shape[1], shape[5]) == key
-    for layout, n_seg, bias, ls in (("nchw", 1, True, True), ("channels_last", 2, True, True),
-                                    ("channels_last", 3, False, False)):
+    dtype = _config_dtype(key)
+    assert MB.bwd_config_key(shape[1], shape[5], dtype) == key
+    if dtype != torch.float32:  # a half-only config: fp32 weights take the torch path
+        assert MB.bwd_config_key(shape[1], shape[5], torch.float32) is None
+    variants = (("nchw", 1, True, True), ("channels_last", 2, True, True),
+                ("channels_last", 3, False, False))
+    for j, (layout, n_seg, bias, ls) in enumerate(variants):
         args = _mlp_inputs(shape, layout, bias=bias, ls=ls)
         need = [True] * 6
-        got = MB.mlp_grads_fused(*args, need, config=key, n_seg=n_seg)
+        dt = dtype if dtype == torch.float32 or j else torch.float16
+        got = MB.mlp_grads_fused(*to(args, dt), need, config=key, n_seg=n_seg)
         want = BW._mlp_grads_torch(*args, need)
+        half = BW._mlp_grads_torch(*to(args, dt), need) if dt != torch.float32 else None
         for i, (a, b) in enumerate(zip(got, want)):
-            assert (a is None) == (b is None), f"grad {i}"
-            if a is not None:
-                assert a.dtype == b.dtype
-                assert_close(a, b, torch.float32, what=f"cfg {key} seg {n_seg} {layout} {i}")
+            what = f"cfg {key} seg {n_seg} {layout} grad {i}"
+            assert (a is None) == (b is None), what
+            if a is None:
+                continue
+            assert a.dtype == (torch.float32 if i == 0 else dt), what
+            if half is None:
+                assert_close(a, b, torch.float32, what=what)
+            else:
+                _assert_close_half(a, b, half[i], dt, what)
 
 
 def test_need_flags_and_too_many_segments():
@@ -74,8 +100,13 @@ def test_need_flags_and_too_many_segments():
 def test_segments_fill_the_gpu():
     assert MB.segments(64 * 56 * 56, 192, 16, 16) * 12 >= 132 * 2
     assert MB.segments(10, 4096, 16, 16) == 1  # one tile: one segment
-    # wider than registers allow (SwiftFormer-XS stage 4: C = 220): torch path
-    assert MB.bwd_config_key(220, 220) is None and MB.bwd_config_key(8, 129) is None
+    # SwiftFormer-XS stage 4 (C = 220): fused for fp16/bf16 weights; fp32 spilled registers
+    # past 128 channels and everything past 256 takes the torch path
+    for dt in HALF:
+        assert MB.bwd_config_key(220, 220, dt) == 256
+        assert MB.bwd_config_key(8, 257, dt) is None and MB.bwd_config_key(257, 8, dt) is None
+    assert MB.bwd_config_key(220, 220, torch.float32) is None
+    assert MB.bwd_config_key(8, 129, torch.float32) is None
 
 
 # --- the ops through the fused path --------------------------------------------------------------
@@ -107,13 +138,22 @@ def test_eval_backward_half(op, dtype):
     assert all(o.dtype == dtype for o in out)
 
 
+# (C, dtype, layout, the config the op must take): a narrow fp32 case, and C = 150 (padded 256,
+# like XS stage 4's 220) in fp16/bf16: the half-only config
+FUSED_CASES = [(24, torch.float32, "channels_last", 64), (150, torch.float16, "nchw", 256),
+               (150, torch.bfloat16, "channels_last", 256)]
+
+
+@pytest.mark.parametrize("c,dtype,layout,key", FUSED_CASES)
 @pytest.mark.parametrize("op", list(IDX))
-def test_ops_take_the_fused_path(op, monkeypatch):
+def test_ops_take_the_fused_path(op, c, dtype, layout, key, monkeypatch):
+    """Each op's launcher runs the fused kernels with the expected config (never the torch
+    path), against the reference backward (at the half dtype: SPEC.md section 3 half rule)."""
     calls = []
     real = MB.mlp_grads_fused
 
     def spy(*a, **k):
-        calls.append(a[1].shape)
+        calls.append((a[1].shape, MB.bwd_config_key(a[1].shape[1], a[4].shape[0], a[2].dtype)))
         return real(*a, **k)
 
     def torch_path(*a, **k):
@@ -122,9 +162,9 @@ def test_ops_take_the_fused_path(op, monkeypatch):
     monkeypatch.setattr(MB, "mlp_grads_fused", spy)
     monkeypatch.setattr(BW, "_mlp_grads_torch", torch_path)
     fn, ref = _fns(op)
-    args = _op_args(op, (1, 24, 3, 3, 24), "channels_last")
-    check(fn, ref, args, what=f"{op} fused")
-    assert calls == [torch.Size((1, 24, 3, 3))]
+    out = check(fn, ref, _op_args(op, (1, c, 3, 3, 24), layout), dtype, what=f"{op} C={c}")
+    assert all(o.dtype == dtype for o in out)
+    assert calls == [(torch.Size((1, c, 3, 3)), key)]
 
 
 def test_mlp_c_out_differs_backward():
@@ -144,6 +184,7 @@ def test_roofline_model_matches_configs():
     from swiftkern.triton_kernels import _roofline as RL
 
     assert RL.MLP_BWD_MAX_C == max(MB.BWD_CONFIGS)
+    assert RL.MLP_BWD_MAX_C_FP32 == MB.BWD_FP32_MAX_WIDTH
     assert RL.MLP_BWD_TARGET_PROGRAMS == MB.TARGET_PROGRAMS
     assert RL.MLP_BWD_TILES == {k: tuple((c[n]["BLOCK_P"], c[n]["BLOCK_H"]) for n in ("dz", "dw"))
                                 for k, c in MB.BWD_CONFIGS.items()}
@@ -157,3 +198,7 @@ def test_wide_takes_the_torch_path(monkeypatch):
     args = _mlp_inputs((1, 129, 2, 3, 16, 8), "channels_last")
     got = BW._mlp_grads(*args, [True] * 6)
     assert got[0].shape == (6, 129)
+    args = to(_mlp_inputs((1, 8, 2, 3, 16, 257), "channels_last"), torch.bfloat16)
+    got = BW._mlp_grads(*args, [True] * 6)
+    assert got[3].shape == (257, 16) and got[3].dtype == torch.bfloat16
+
