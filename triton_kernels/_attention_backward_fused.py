@@ -25,7 +25,8 @@ Algebra that keeps every GEMM on tiles (dout1 = dy Wf, or dy without a final lin
     dgk_i its part needs (K-looped tl.dot on x / dy tiles), forms dq_i, dk_i, gk_i or qn_i from
     the scalars and accumulates one of dWq[i, :] += dq_i^T x (+ dbq, dw_g), dWk[i, :] +=
     dk_i^T x (+ dbk), E[:, i], F[:, i] (+ sum dy) in registers. One fp32 partial block per
-    segment: deterministic, summed on the host (no atomics), like the MLP backward.
+    segment: deterministic (no atomics), like the MLP backward; one _partials.sum_partials
+    launch sums the segments and stores dWq / dWk / their biases / dw_g in their dtype.
 The host then forms dWp, dWf, dbp from E, F, sum dy (three tiny GEMMs on [T, D] / [D, D]).
 
 Numerics: fp32 arithmetic after every load; GEMM operands in the input dtype for fp16/bf16 (as
@@ -45,6 +46,7 @@ import triton.language as tl
 
 from . import _attention as A
 from ._conv import _cast_out, _input_prec, dot_dtype
+from ._partials import sum_partials
 
 
 @triton.jit
@@ -467,16 +469,23 @@ def fused_backward(grad, x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final, b_f
         BLOCK_I=cw["BLOCK_I"], BLOCK_K=cw["BLOCK_K"], num_warps=cw["num_warps"],
         num_stages=cw["num_stages"], **flags,
     )
-    flat = ws_w.sum(0) if nseg > 1 else ws_w[0]
-    tot, dbf = flat[:mat].view(2 * d + 2 * t_out + 3, d), flat[mat:]
-    e_mat, f_mat = tot[2 * d:2 * d + t_out], tot[2 * d + t_out:2 * d + 2 * t_out]
-    vec = tot[2 * d + 2 * t_out:]
-    if need[1]:
-        out[1] = tot[:2 * d].to(w_qk.dtype)
-    if need[2]:
-        out[2] = vec[:2].reshape(-1).to(b_qk.dtype)
-    if need[3]:
-        out[3] = vec[2].reshape(w_g.shape).to(w_g.dtype)
+    # one launch sums the segments: dWqk, dbqk, dwg straight into their dtype; E, F and
+    # (sum dy) stay fp32 for the host's GEMMs below
+    tv = 2 * d + 2 * t_out  # ws_w rows of d: dWqk (2d), E (t_out), F (t_out), dbqk (2), dwg
+    pairs = []
+    for i, r0, r1, like in ((1, 0, 2 * d, w_qk), (2, tv, tv + 2, b_qk), (3, tv + 2, tv + 3, w_g)):
+        if need[i]:
+            out[i] = like.new_empty(like.shape)
+            pairs.append((ws_w[:, r0 * d:r1 * d], out[i].view(-1)))
+    need_ef = any(need[4:])
+    if need_ef:
+        ef = torch.empty((2 * t_out, d), **f32)
+        dbf = torch.empty((t_out,), **f32)
+        pairs += [(ws_w[:, 2 * d * d:tv * d], ef.view(-1)), (ws_w[:, mat:], dbf)]
+    sum_partials(pairs)
+    if not need_ef:
+        return out
+    e_mat, f_mat = ef[:t_out], ef[t_out:]
     wf32 = w_final.float() if has_final else None
     if need[4]:
         out[4] = (torch.mm(wf32.t(), e_mat) if has_final else e_mat).to(w_proj.dtype)
