@@ -246,6 +246,8 @@ def mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need, config=None, n_seg=None):
     hid, c_out = w1.shape[0], w2.shape[0]
     p = b * h * w
     key = bwd_config_key(c_in, c_out, w1.dtype) if config is None else config
+    if w1.dtype == torch.float32 and key > BWD_FP32_MAX_WIDTH:
+        raise ValueError(f"config {key} is not built for fp32 weights (it spills registers)")
     cfg = BWD_CONFIGS[key]
     # g in z's layout: only the matching-layout specializations are AOT-verified (a no-op for
     # autograd's usual gradients)

@@ -62,6 +62,8 @@ def test_every_config_and_segment_count(key):
     assert MB.bwd_config_key(shape[1], shape[5], dtype) == key
     if dtype != torch.float32:  # a half-only config: fp32 weights take the torch path
         assert MB.bwd_config_key(shape[1], shape[5], torch.float32) is None
+        with pytest.raises(ValueError, match="not built for fp32"):
+            MB.mlp_grads_fused(*_mlp_inputs(shape, "nchw"), [True] * 6, config=key)
     variants = (("nchw", 1, True, True), ("channels_last", 2, True, True),
                 ("channels_last", 3, False, False))
     for j, (layout, n_seg, bias, ls) in enumerate(variants):
