@@ -2,8 +2,9 @@
 swiftkern/ops/_define.py): ``(grad, <op args...>, grad_mask) -> list[Tensor]``, one tensor per
 Tensor argument.
 
-Split into several kernels (allowed for training paths): the dwconv forward recompute and its
-dx / dw / db kernels (triton_kernels._conv), and the MLP backward (_mlp_grads): up to 256
+Split into several kernels (allowed for training paths): the dwconv forward recompute, its
+backward kernel (triton_kernels._conv.dwconv_bn_backward: dx with the residual gradient added,
+and the dw / db partials, in one pass), and the MLP backward (_mlp_grads): up to 256
 channels (128 with fp32 weights) the fused two-kernel backward of
 triton_kernels._mlp_backward (tl.dot GEMMs, the hidden activation recomputed in registers),
 wider the torch path: GEMMs in cuBLAS on fp32 intermediates and one
@@ -128,8 +129,9 @@ def conv_block_backward(grad, x, dw_w, dw_b, pw1_w, pw1_b, pw2_w, pw2_b, ls, gra
     gx = gdw = gdb = e
     if need_z:
         gz = _unrows(g[0], x).float()
-        gxz, gdw, gdb = dwconv_bn_backward(gz, x, dw_w, dw_b,
-                                           [need_x, need_dww, need_dwb])
+        # dx = dwconv^T(gz) + grad (the residual), rounded once to x's dtype in one kernel
+        gxz, gdw, gdb = dwconv_bn_backward(gz, x, dw_w, dw_b, [need_x, need_dww, need_dwb],
+                                           out_dtype=x.dtype, residual=grad)
         if need_x:
-            gx = (gxz + grad.float()).to(x.dtype).contiguous(memory_format=_layout(x))
+            gx = gxz
     return [gx, gdw, gdb] + [t if t is not None else e for t in g[1:]]

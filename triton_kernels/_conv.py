@@ -152,33 +152,48 @@ def _dwconv_bn_stats_kernel(
 
 
 @triton.jit
-def _dwconv_bn_wgrad_kernel(
-    g_ptr, x_ptr, ws_ptr,
+def _dwconv_bn_bwd_kernel(
+    g_ptr, x_ptr, dwf_ptr, res_ptr, dx_ptr, ws_ptr,
     P, C, H, W,
-    sgb, sgc, sgh, sgw, sxb, sxc, sxh, sxw,
+    sgb, sgc, sgh, sgw, sxb, sxc, sxh, sxw, sob, soc, soh, sow, srb, src, srh, srw,
+    NEED_DX: tl.constexpr, NEED_W: tl.constexpr, HAS_RES: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Partial dw weight / bias gradients of one pixel tile: ws[pid0, 0:9, C] = sum_p g * x_shift,
-    ws[pid0, 9, C] = sum_p g. Summed over pid0 on the host (deterministic, no atomics)."""
+    """Backward of dwconv3x3 + b over one [BLOCK_P pixels, BLOCK_C channels] tile, one pass:
+    NEED_DX: dx = dwconv3x3(g) with the 180-degree-rotated kernel dwf (stride 1, pad 1 is
+      self-adjoint up to the flip) (+ res), rounded once to dx's dtype;
+    NEED_W: partial weight / bias gradients ws[pid0, c * 9 + tap] = sum_p g * x_shift (dw_w's own
+      [C, 1, 3, 3] order), ws[pid0, 9 C + c] = sum_p g, summed over pid0 by one
+      _partials.sum_partials launch (deterministic, no atomics).
+    g is read from memory once: the shifted g loads of dx and the centre load of the weight
+    gradient are the same cache lines."""
     pid = tl.program_id(0)
     bb, hh, ww, pmask = _pixel_coords(pid, P, H, W, BLOCK_P)
     cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cc < C
     c64 = cc.to(tl.int64)
-    goff = _off(bb, hh, ww, sgb, sgh, sgw)
-    g = tl.load(g_ptr + goff[:, None] + c64[None, :] * sgc,
-                mask=pmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
-    base = ws_ptr + pid.to(tl.int64) * 10 * C
-    for ky in tl.static_range(3):
-        ih = hh + (ky - 1)
-        for kx in tl.static_range(3):
-            iw = ww + (kx - 1)
-            m = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            off = _off(bb, ih, iw, sxb, sxh, sxw)
-            v = tl.load(x_ptr + off[:, None] + c64[None, :] * sxc,
-                        mask=m[:, None] & cmask[None, :], other=0.0).to(tl.float32)
-            tl.store(base + (ky * 3 + kx) * C + cc, tl.sum(g * v, axis=0), mask=cmask)
-    tl.store(base + 9 * C + cc, tl.sum(g, axis=0), mask=cmask)
+    if NEED_DX:
+        z = _dw_tile(g_ptr, dwf_ptr, dwf_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
+                     sgb, sgc, sgh, sgw, False)
+        if HAS_RES:
+            z += tl.load(res_ptr + _off(bb, hh, ww, srb, srh, srw)[:, None] + c64[None, :] * src,
+                         mask=pmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+        tl.store(dx_ptr + _off(bb, hh, ww, sob, soh, sow)[:, None] + c64[None, :] * soc,
+                 _cast_out(z, dx_ptr), mask=pmask[:, None] & cmask[None, :])
+    if NEED_W:
+        g = tl.load(g_ptr + _off(bb, hh, ww, sgb, sgh, sgw)[:, None] + c64[None, :] * sgc,
+                    mask=pmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+        base = ws_ptr + pid.to(tl.int64) * 10 * C
+        for ky in tl.static_range(3):
+            ih = hh + (ky - 1)
+            for kx in tl.static_range(3):
+                iw = ww + (kx - 1)
+                m = pmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                off = _off(bb, ih, iw, sxb, sxh, sxw)
+                v = tl.load(x_ptr + off[:, None] + c64[None, :] * sxc,
+                            mask=m[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+                tl.store(base + cc * 9 + (ky * 3 + kx), tl.sum(g * v, axis=0), mask=cmask)
+        tl.store(base + 9 * C + cc, tl.sum(g, axis=0), mask=cmask)
 
 
 @triton.jit
@@ -637,36 +652,56 @@ def conv_block_train(x, dw_w, dw_b, bn_weight, bn_bias, eps, pw1_w, pw1_b, pw2_w
 
 
 # --- backward ----------------------------------------------------------------------------------
-def dwconv_bn_backward(grad, x, dw_w, dw_b, grad_mask):
-    """Gradients of dwconv_bn: dx is the same depthwise conv of grad with the 180-degree-rotated
-    kernel (stride 1, pad 1 is self-adjoint up to the flip); dw, db are per-tile partial sums."""
+def dwconv_bn_backward(grad, x, dw_w, dw_b, grad_mask, out_dtype=None, residual=None):
+    """Gradients of dwconv_bn in one kernel (_dwconv_bn_bwd_kernel): dx in x's layout and
+    out_dtype (default grad's), plus `residual` (x's shape, e.g. the block's output gradient)
+    before the one rounding; dw, db from per-tile partial sums."""
     _check(x)
     b, c, h, w = x.shape
     p = b * h * w
     need_x, need_w, need_b = (list(grad_mask) + [False] * 3)[:3]
+    need_b = need_b and dw_b is not None
     empty = grad.new_empty(0)
-    gx = empty
+    gx = gw = gb = empty
+    lay = _layout(x)
     if need_x:
-        gx = dwconv_bn(grad, dw_w.flip(2, 3), None)
-        if _layout(gx) != _layout(x):
-            gx = gx.contiguous(memory_format=_layout(x))
-    gw = gb = empty
-    if (need_w or (need_b and dw_b is not None)) and p > 0:
-        cfg = DW_CONFIGS["default"]
-        nprog = triton.cdiv(p, cfg["BLOCK_P"])
-        ws = torch.empty((nprog, 10, c), device=x.device, dtype=torch.float32)
-        grad, x = _unit_stride(grad), _unit_stride(x)
-        _dwconv_bn_wgrad_kernel[(nprog, triton.cdiv(c, cfg["BLOCK_C"]))](
-            grad, x, ws, p, c, h, w, *_s4(grad), *_s4(x),
-            BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"],
-        )
-        tot = ws.sum(0)
+        gx = torch.empty(x.shape, device=x.device, dtype=out_dtype or grad.dtype,
+                         memory_format=lay)
+    if p == 0 or c == 0 or not (need_x or need_w or need_b):
         if need_w:
-            gw = tot[:9].t().reshape(c, 1, 3, 3).to(dw_w.dtype)
-        if need_b and dw_b is not None:
-            gb = tot[9].to(dw_b.dtype)
-    elif need_w:
-        gw = torch.zeros_like(dw_w)
-    if need_b and dw_b is not None and gb.numel() == 0:
-        gb = torch.zeros_like(dw_b)
+            gw = torch.zeros_like(dw_w)
+        if need_b:
+            gb = torch.zeros_like(dw_b)
+        return [gx, gw, gb]
+    # grad (and residual) in x's layout: only matching-layout specializations are AOT-verified
+    # (a no-op for autograd's usual gradients)
+    x = _unit_stride(x)
+    grad = _unit_stride(grad.contiguous(memory_format=lay))
+    res = grad
+    if residual is not None and need_x:
+        if residual.shape != x.shape:
+            raise ValueError(f"residual {tuple(residual.shape)} must have x's shape")
+        res = _unit_stride(residual.contiguous(memory_format=lay))
+    cfg = DW_CONFIGS["default"]
+    nprog = triton.cdiv(p, cfg["BLOCK_P"])
+    need_ws = need_w or need_b
+    ws = torch.empty((nprog, 10, c), device=x.device, dtype=torch.float32) if need_ws else grad
+    dx = gx if need_x else grad
+    dwf = dw_w.flip(2, 3).contiguous()
+    _dwconv_bn_bwd_kernel[(nprog, triton.cdiv(c, cfg["BLOCK_C"]))](
+        grad, x, dwf, res, dx, ws, p, c, h, w, *_s4(grad), *_s4(x), *_s4(dx), *_s4(res),
+        NEED_DX=need_x, NEED_W=need_ws, HAS_RES=need_x and residual is not None,
+        BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"],
+    )
+    if need_ws:
+        from ._partials import sum_partials  # (_partials imports this module)
+
+        flat, pairs = ws.view(nprog, 10 * c), []
+        if need_w:
+            gw = torch.empty(dw_w.shape, device=x.device, dtype=dw_w.dtype)
+            pairs.append((flat[:, :9 * c], gw.view(-1)))
+        if need_b:
+            gb = torch.empty(dw_b.shape, device=x.device, dtype=dw_b.dtype)
+            pairs.append((flat[:, 9 * c:], gb.view(-1)))
+        sum_partials(pairs)
     return [gx, gw, gb]

@@ -240,12 +240,10 @@ def _conv_backward(op: str, s: dict) -> dict:
         add(act * (g_bytes + e + f))  # BN backward affine -> dz fp32
     if has_dw:
         g_bytes = f if (train or is_pw) else e
-        add(2 * act * g_bytes)  # dx: dwconv of the gradient with the flipped kernel
-        add(act * (g_bytes + e))  # dW / db per-tile partial sums
-        if is_pw:
-            add(_cast(act, e) + 3 * act * f + _cast(act, e), 3)  # + residual grad, to x dtype
-        elif train:
-            add(_cast(act, e))
+        # one kernel: read the gradient and x once, write dx in x's dtype (dwconv of the
+        # gradient with the flipped kernel; + the residual's gradient for conv_block) and the
+        # dW / db per-tile partials; then the flipped weight copy and one partial-sum launch
+        add(act * (g_bytes + 2 * e) + (act * e if is_pw else 0), 3)
     elif train and is_pw:
         add(_cast(act, e))  # mlp_train: dz -> x dtype
     fwd = _conv(fwd_op, s)

@@ -83,7 +83,8 @@ def all_specs() -> list[Spec]:
                                   dict(HAS_DWB=True, **tiles), w, lay))
                 specs.append(Spec(K._dwconv_bn_stats_kernel, cname, dt,
                                   dict(HAS_DWB=True, **tiles), w, lay))
-                specs.append(Spec(K._dwconv_bn_wgrad_kernel, cname, dt, dict(tiles), w, lay))
+                bwd = dict(NEED_DX=True, NEED_W=True, HAS_RES=True, **tiles)
+                specs.append(Spec(K._dwconv_bn_bwd_kernel, cname, dt, dict(bwd), w, lay))
                 # backward of the train forms: BN reduce / affine, with g the op's gradient (dt)
                 # or the MLP backward's fp32 one; every output of the affine kernel is fp32
                 dw = dict(HAS_DW=True, HAS_DWB=True, **tiles)
@@ -95,12 +96,10 @@ def all_specs() -> list[Spec]:
                     specs.append(Spec(TB._bn_affine_kernel, name, dt, dict(HAS_G=True, **dw), w,
                                       lay, fp32_ptrs=gp + ("out_ptr",)))
                 if dt != "fp32":
-                    # dwconv_bn_backward on the train forms' fp32 dz: fp32 activations, dt weights
-                    specs.append(Spec(K._dwconv_bn_fwd_kernel, cname + ",x fp32", dt,
-                                      dict(HAS_DWB=False, **tiles), w, lay,
-                                      fp32_ptrs=("x_ptr", "out_ptr")))
-                    specs.append(Spec(K._dwconv_bn_wgrad_kernel, cname + ",g fp32", dt,
-                                      dict(tiles), w, lay, fp32_ptrs=("g_ptr",)))
+                    # dwconv_bn_backward on an fp32 dz (train forms, conv_block): fp32 gradient,
+                    # x, weights, the residual gradient and dx in dt
+                    specs.append(Spec(K._dwconv_bn_bwd_kernel, cname + ",g fp32", dt, dict(bwd),
+                                      w, lay, fp32_ptrs=("g_ptr",)))
             for key, cfg in K.MLP_CONFIGS.items():
                 # compiled at the widest channel count the config serves, every input present
                 c = dict(HAS_DW=True, HAS_DWB=True, HAS_AFFINE=True, HAS_B1=True, HAS_B2=True,

@@ -12,9 +12,10 @@ Kernels (this module; pixel tiles as in _conv, NCHW and channels_last through st
     (deterministic, no atomics); recomputes z = dwconv(x) on the fly (HAS_DW).
   _bn_affine_kernel: out = A g + B d + C0 per channel in fp32 (the dz above), or without g the
     BN forward (B = scale, C0 = shift) that the MLP's weight gradients need.
-Reused: the batch-statistics kernel (_conv._batch_stats: per-tile Chan merge), the dwconv dx / dw
-/ db kernels (_conv.dwconv_bn_backward), and the MLP backward (_backward._mlp_grads: the fused
-kernels of _mlp_backward up to 256 channels, 128 in fp32, GEMMs in torch wider). The forward's
+Reused: the batch-statistics kernel (_conv._batch_stats: per-tile Chan merge), the dwconv
+backward kernel (_conv.dwconv_bn_backward: dx in x's dtype, dw / db partials), and the MLP
+backward (_backward._mlp_grads: the fused kernels of _mlp_backward up to 256 channels, 128 in
+fp32, GEMMs in torch wider). The forward's
 batch statistics are recomputed (the backward op receives the forward's inputs only). Math in
 fp32 for every input dtype; gradients are returned in the dtype of their argument, x's gradient
 in x's memory format.
@@ -192,9 +193,9 @@ def dwconv_bn_train_backward(grad, x, dw_w, dw_b, bn_weight, bn_bias, eps, grad_
     e = _empty(grad)
     gx = gw = gb = e
     if need_dz:
-        gx, gw, gb = dwconv_bn_backward(dz, x, dw_w, dw_b, [need_x, need_w, need_b])
-        if need_x:
-            gx = gx.to(x.dtype)
+        # dx straight into x's dtype: one rounding of the fp32 result, no cast pass
+        gx, gw, gb = dwconv_bn_backward(dz, x, dw_w, dw_b, [need_x, need_w, need_b],
+                                        out_dtype=x.dtype)
     out = [gx, gw, gb, _param_grad(dgamma, need_bnw, bn_weight),
            _param_grad(dbeta, need_bnb, bn_bias)]
     return [t if t is not None else e for t in out]
@@ -244,9 +245,11 @@ def conv_block_train_backward(grad, x, dw_w, dw_b, bn_weight, bn_bias, eps, pw1_
         gz = _rows_to_x(gm[0], x)
         dz, dgamma, dbeta = _bn_backward(gz, x, dw_w, dw_b, mean, var, bn_weight, eps, need_dz)
         if need_dz:
-            gxz, gdw, gdb = dwconv_bn_backward(dz, x, dw_w, dw_b, [need_x, need_dww, need_dwb])
+            # dx = dwconv^T(dz) + grad (the residual), rounded once to x's dtype in one kernel
+            gxz, gdw, gdb = dwconv_bn_backward(dz, x, dw_w, dw_b, [need_x, need_dww, need_dwb],
+                                               out_dtype=x.dtype, residual=grad)
             if need_x:
-                gx = (gxz + grad.float()).to(x.dtype).contiguous(memory_format=_layout(x))
+                gx = gxz
     res = [gx, gdw, gdb, _param_grad(dgamma, need_bnw, bn_weight),
            _param_grad(dbeta, need_bnb, bn_bias), *gm[1:]]
     return [t if t is not None else e for t in res]

@@ -282,6 +282,34 @@ def test_backward_half():
         assert err <= 2 * base + 1e-3 * max(1.0, mx), f"grad {i}: {err} vs {base}"
 
 
+@pytest.mark.parametrize("x_layout", ["nchw", "channels_last"])
+def test_dx_with_residual_in_one_rounding(x_layout):
+    """dwconv_bn_backward's dx written in another dtype, with the block's residual gradient added
+    in the same kernel: equal to the fp32 dx plus the residual, rounded once; x's layout even
+    when the gradient arrives in the other one."""
+    g = torch.Generator().manual_seed(5)
+    shape = (2, 20, 5, 7)
+    other = torch.channels_last if x_layout == "nchw" else torch.contiguous_format
+    lay = torch.channels_last if x_layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(shape, generator=g).contiguous(memory_format=lay)
+    dz = torch.randn(shape, generator=g).contiguous(memory_format=other)  # fp32, the other layout
+    res = torch.randn(shape, generator=g).bfloat16()
+    w = torch.randn(20, 1, 3, 3, generator=g)
+    fp32 = K.dwconv_bn_backward(dz, x, w, None, [True])[0]
+    got = K.dwconv_bn_backward(dz, x, w, None, [True], out_dtype=torch.bfloat16, residual=res)[0]
+    assert got.dtype == torch.bfloat16 and K._layout(got) == K._layout(x)
+    assert torch.equal(got, (fp32 + res.float()).bfloat16())
+    with pytest.raises(ValueError, match="residual"):
+        K.dwconv_bn_backward(dz, x, w, None, [True], residual=res[:, :4])
+    # the weight gradients of the same call match the plain one's
+    b = torch.randn(20, generator=g)
+    plain = K.dwconv_bn_backward(dz, x, w, b, [False, True, True])
+    both = K.dwconv_bn_backward(dz, x, w, b, [True, True, True], out_dtype=torch.bfloat16,
+                                residual=res)
+    assert plain[0].numel() == 0 and torch.equal(both[0], got)
+    assert torch.equal(both[1], plain[1]) and torch.equal(both[2], plain[2])
+
+
 @pytest.mark.parametrize("op", ["conv_block", "mlp"])
 def test_wide_backward(op):
     # the backward never ran the fused forward (GEMMs in torch, dwconv tiled over channels):
