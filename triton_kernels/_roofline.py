@@ -237,15 +237,14 @@ def _conv_backward(op: str, s: dict) -> dict:
     if train:
         g_bytes = f if is_pw else e
         add(act * (g_bytes + e))  # BN backward reduce (recomputes the dwconv)
-        add(act * (g_bytes + e + f))  # BN backward affine -> dz fp32
+        # BN backward affine -> dz: fp32 for the dwconv backward, else (mlp_train) dx itself
+        add(act * (g_bytes + e + (f if has_dw else e)))
     if has_dw:
         g_bytes = f if (train or is_pw) else e
         # one kernel: read the gradient and x once, write dx in x's dtype (dwconv of the
         # gradient with the flipped kernel; + the residual's gradient for conv_block) and the
         # dW / db per-tile partials; then the flipped weight copy and one partial-sum launch
         add(act * (g_bytes + 2 * e) + (act * e if is_pw else 0), 3)
-    elif train and is_pw:
-        add(_cast(act, e))  # mlp_train: dz -> x dtype
     fwd = _conv(fwd_op, s)
     bytes_min = p * co * e + 2 * act * e + 2 * w_bytes  # read grad, x; write dx; weights + grads
     fused = is_pw and _mlp_bwd_fused(c, co, e)

@@ -86,7 +86,8 @@ def all_specs() -> list[Spec]:
                 bwd = dict(NEED_DX=True, NEED_W=True, HAS_RES=True, **tiles)
                 specs.append(Spec(K._dwconv_bn_bwd_kernel, cname, dt, dict(bwd), w, lay))
                 # backward of the train forms: BN reduce / affine, with g the op's gradient (dt)
-                # or the MLP backward's fp32 one; every output of the affine kernel is fp32
+                # or the MLP backward's fp32 one; the affine kernel's output is fp32 (the dwconv
+                # backward's input), or mlp_train's dx in dt
                 dw = dict(HAS_DW=True, HAS_DWB=True, **tiles)
                 for g32 in ((False, True) if dt != "fp32" else (False,)):
                     name = cname + (",g fp32" if g32 else "")
@@ -95,6 +96,9 @@ def all_specs() -> list[Spec]:
                                       fp32_ptrs=gp))
                     specs.append(Spec(TB._bn_affine_kernel, name, dt, dict(HAS_G=True, **dw), w,
                                       lay, fp32_ptrs=gp + ("out_ptr",)))
+                    if g32:  # mlp_train: the MLP's fp32 dz in, dx out in dt
+                        specs.append(Spec(TB._bn_affine_kernel, name + ",out " + dt, dt,
+                                          dict(HAS_G=True, **dw), w, lay, fp32_ptrs=gp))
                 if dt != "fp32":
                     # dwconv_bn_backward on an fp32 dz (train forms, conv_block): fp32 gradient,
                     # x, weights, the residual gradient and dx in dt

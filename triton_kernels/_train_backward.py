@@ -136,8 +136,10 @@ def _bn_forward(x, dw_w, dw_b, mean, var, bn_w, bn_b, eps):
     return _bn_affine(None, x, dw_w, dw_b, mean, coef, _f32_like(x))
 
 
-def _bn_backward(g, x, dw_w, dw_b, mean, var, bn_w, eps, need_dz, config="default"):
-    """(dz fp32 in x's layout or None, d bn_weight fp32, d bn_bias fp32) from g = dL/dBN(z)."""
+def _bn_backward(g, x, dw_w, dw_b, mean, var, bn_w, eps, need_dz, config="default",
+                 out_dtype=torch.float32):
+    """(dz in x's layout and out_dtype, or None; d bn_weight fp32, d bn_bias fp32) from
+    g = dL/dBN(z). dz is rounded once, by the affine kernel's store."""
     cfg = DW_CONFIGS[config]
     b, c, h, w = x.shape
     m = b * h * w
@@ -156,7 +158,8 @@ def _bn_backward(g, x, dw_w, dw_b, mean, var, bn_w, eps, need_dz, config="defaul
     if need_dz:
         a = gamma * inv
         coef = torch.stack([a, -a * inv * inv * sgd / m, -a * sg / m]).contiguous()
-        dz = _bn_affine(g, x, dw_w, dw_b, mean, coef, _f32_like(x), config)
+        out = torch.empty(x.shape, device=x.device, dtype=out_dtype, memory_format=_layout(x))
+        dz = _bn_affine(g, x, dw_w, dw_b, mean, coef, out, config)
     return dz, sgd * inv, sg
 
 
@@ -214,9 +217,9 @@ def mlp_train_backward(grad, x, bn_weight, bn_bias, eps, fc1_w, fc1_b, fc2_w, fc
     gx = dgamma = dbeta = None
     if need_z:
         gz = _rows_to_x(gm[0], x)
-        dz, dgamma, dbeta = _bn_backward(gz, x, None, None, mean, var, bn_weight, eps, need_x)
-        if need_x:
-            gx = dz.to(x.dtype)
+        # dx = dz straight from the affine kernel in x's dtype (no fp32 copy and cast pass)
+        gx, dgamma, dbeta = _bn_backward(gz, x, None, None, mean, var, bn_weight, eps, need_x,
+                                         out_dtype=x.dtype)
     res = [gx, _param_grad(dgamma, need_bnw, bn_weight), _param_grad(dbeta, need_bnb, bn_bias),
            *gm[1:]]
     res = [t if t is not None else e for t in res]
