@@ -53,25 +53,25 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1]).float()
 
 
-def _unrows(m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    b, _, h, w = like.shape
-    out = m.reshape(b, h, w, -1).permute(0, 3, 1, 2)
-    return out.to(like.dtype).contiguous(memory_format=_layout(like))
-
-
 def _empty(grad):
     return grad.new_empty(0)
 
 
-def _mlp_grads(grad, z, w1, b1, w2, b2, ls, need):
+def _mlp_grads(grad, z, w1, b1, w2, b2, ls, need, dz_dtype=None):
     """need = (z, w1, b1, w2, b2, ls). Returns grads in that order (None where not needed); the
-    z gradient as fp32 rows [B*H*W, C]. The fused Triton backward (_mlp_backward) where its
-    register-resident tiles fit, else the torch path below."""
+    z gradient as fp32 rows [B*H*W, C], or with dz_dtype as [B, C, H, W] in z's layout and that
+    dtype (rounded once). The fused Triton backward (_mlp_backward) where its register-resident
+    tiles fit, else the torch path below."""
     b, c, h, w = z.shape
     if (b * h * w > 0 and w1.shape[0] > 0
             and _mlp_backward.bwd_config_key(c, w2.shape[0], w1.dtype) is not None):
-        return _mlp_backward.mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need)
-    return _mlp_grads_torch(grad, z, w1, b1, w2, b2, ls, need)
+        return _mlp_backward.mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need,
+                                             dz_dtype=dz_dtype)
+    out = _mlp_grads_torch(grad, z, w1, b1, w2, b2, ls, need)
+    if dz_dtype is not None and out[0] is not None:
+        out[0] = out[0].reshape(b, h, w, c).permute(0, 3, 1, 2).to(dz_dtype).contiguous(
+            memory_format=_layout(z))
+    return out
 
 
 def _mlp_grads_torch(grad, z, w1, b1, w2, b2, ls, need):
@@ -107,9 +107,9 @@ def _mlp_grads_torch(grad, z, w1, b1, w2, b2, ls, need):
 def mlp_backward(grad, x, fc1_w, fc1_b, fc2_w, fc2_b, ls, residual, grad_mask):
     _check(x)
     mask = list(grad_mask)
-    g = _mlp_grads(grad, x, fc1_w, fc1_b, fc2_w, fc2_b, ls, mask[:6])
+    g = _mlp_grads(grad, x, fc1_w, fc1_b, fc2_w, fc2_b, ls, mask[:6], dz_dtype=x.dtype)
     e = _empty(grad)
-    gx = _unrows(g[0], x) if g[0] is not None else e
+    gx = g[0] if g[0] is not None else e
     res = [gx] + [t if t is not None else e for t in g[1:]]
     if mask[6] and residual is not None:
         res.append(grad.to(residual.dtype).contiguous(memory_format=_layout(residual)))
@@ -124,11 +124,13 @@ def conv_block_backward(grad, x, dw_w, dw_b, pw1_w, pw1_b, pw2_w, pw2_b, ls, gra
     need_x, need_dww, need_dwb = mask[0], mask[1], mask[2] and dw_b is not None
     need_z = need_x or need_dww or need_dwb
     z = dwconv_bn(x, dw_w, dw_b)
-    g = _mlp_grads(grad, z, pw1_w, pw1_b, pw2_w, pw2_b, ls, [need_z, *mask[3:8]])
+    # dz in x's dtype and layout, as eager rounds it (the dwconv backward reads it as is)
+    g = _mlp_grads(grad, z, pw1_w, pw1_b, pw2_w, pw2_b, ls, [need_z, *mask[3:8]],
+                   dz_dtype=x.dtype)
     e = _empty(grad)
     gx = gdw = gdb = e
     if need_z:
-        gz = _unrows(g[0], x).float()
+        gz = g[0]
         # dx = dwconv^T(gz) + grad (the residual), rounded once to x's dtype in one kernel
         gxz, gdw, gdb = dwconv_bn_backward(gz, x, dw_w, dw_b, [need_x, need_dww, need_dwb],
                                            out_dtype=x.dtype, residual=grad)

@@ -25,7 +25,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._conv import _layout, _off, _pad_c, _pixel_coords, _s4, _unit_stride, dot_dtype
+from ._conv import (
+    _cast_out,
+    _layout,
+    _off,
+    _pad_c,
+    _pixel_coords,
+    _s4,
+    _unit_stride,
+    dot_dtype,
+)
 from ._partials import sum_partials
 
 
@@ -80,7 +89,7 @@ def _mlp_bwd_dz_kernel(
     BLOCK_H: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
     RELOAD_G: tl.constexpr = False,
 ):
-    """dz rows [P, C_IN] (fp32, NEED_DZ) and ws[pid, 0:C_OUT] = sum_p g ls,
+    """dz rows [P, C_IN] (rounded once to dz's dtype; NEED_DZ) and ws[pid, 0:C_OUT] = sum_p g ls,
     ws[pid, C_OUT:2 C_OUT] = sum_p g (h W2^T + b2) (NEED_U) for one tile of BLOCK_P pixels.
     RELOAD_G: load g again for the last sum instead of holding it through the hidden loop."""
     pid = tl.program_id(0)
@@ -106,7 +115,7 @@ def _mlp_bwd_dz_kernel(
                        out_dtype=tl.float32)
     if NEED_DZ:
         rows = (pid * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64) * C_IN
-        tl.store(dz_ptr + rows[:, None] + ci[None, :], dz,
+        tl.store(dz_ptr + rows[:, None] + ci[None, :], _cast_out(dz, dz_ptr),
                  mask=pmask[:, None] & cimask[None, :])
     if NEED_U:
         if RELOAD_G:  # g again (from L1/L2) instead of holding the fp32 tile through the loop
@@ -238,8 +247,9 @@ def segments(p: int, hid: int, block_p: int, block_h: int) -> int:
     return max(1, min(n_tiles, triton.cdiv(TARGET_PROGRAMS, n_h)))
 
 
-def mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need, config=None, n_seg=None):
-    """_backward._mlp_grads in two Triton kernels; same outputs (dz as fp32 rows [P, C]).
+def mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need, config=None, n_seg=None, dz_dtype=None):
+    """_backward._mlp_grads in two Triton kernels; same outputs (dz as fp32 rows [P, C], or
+    with dz_dtype a [B, C, H, W] tensor in z's layout and that dtype, written by kernel P).
     config: a BWD_CONFIGS key (default: the narrowest that fits); n_seg: kernel W's pixel
     segments (default: segments())."""
     b, c_in, h, w = z.shape
@@ -269,7 +279,10 @@ def mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need, config=None, n_seg=None):
     if need[0] or need_u or (need[4] and b2 is not None):
         c = cfg["dz"]
         n_tiles = triton.cdiv(p, c["BLOCK_P"])
-        dz = torch.empty((p, c_in), **f32) if need[0] else dummy
+        # kernel P writes dz rows [P, C] (pixel-major: the channels_last order) in dz_dtype;
+        # a strided store in z's own layout spilled registers in most configs (AOT report)
+        dz = torch.empty(z.shape, device=z.device, dtype=dz_dtype or torch.float32,
+                         memory_format=torch.channels_last) if need[0] else dummy
         ws = torch.empty((n_tiles, 2, c_out), **f32)
         _mlp_bwd_dz_kernel[(n_tiles,)](
             z, grad, w1c, b1c, w2c, b2c, lsc, dz, ws, p, h, w, c_in, hid, c_out, *strides,
@@ -277,7 +290,8 @@ def mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need, config=None, n_seg=None):
             NEED_DZ=bool(need[0]), NEED_U=need_u, **widths, **c,
         )
         if need[0]:
-            out[0] = dz
+            out[0] = (dz.permute(0, 2, 3, 1).reshape(p, c_in) if dz_dtype is None
+                      else dz.contiguous(memory_format=_layout(z)))  # a copy only for NCHW
         if need[4] and b2 is not None:
             out[4] = b2.new_empty(c_out)
             pairs.append((ws[:, 0], out[4]))

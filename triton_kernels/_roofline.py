@@ -137,12 +137,14 @@ def _mlp_bwd_fused(c: int, co: int, e: int) -> bool:
     return max(c, co) <= (MLP_BWD_MAX_C if e == 2 else MLP_BWD_MAX_C_FP32)
 
 
-def _mlp_grads_traffic(p: int, c: int, hd: int, co: int, e: int, z_bytes: int, ls: bool):
+def _mlp_grads_traffic(p: int, c: int, hd: int, co: int, e: int, z_bytes: int, ls: bool,
+                       dz_bytes: int = 4):
     """(bytes, launches) of _backward._mlp_grads with every gradient wanted.
 
     max(C, c_out) <= MLP_BWD_MAX_C (MLP_BWD_MAX_C_FP32 for fp32): the fused kernels of
-    _mlp_backward. Kernel P reads z (z_bytes per element) and g, writes dz (fp32 rows) and
-    per-tile [2, c_out] partials;
+    _mlp_backward. Kernel P reads z (z_bytes per element) and g, writes dz rows (dz_bytes per
+    element: the input dtype for the eval forms, fp32 for the train forms) and per-tile
+    [2, c_out] partials;
     kernel W re-reads z and g, counted as DRAM unless z + g <= L2_REUSE_BYTES (launched right
     after kernel P; the L2 rule of the additive_attention forward), and writes per-segment
     [hd, c] + [c_out, hd] + [hd] fp32 partials. The hidden chunks of one pixel segment are
@@ -160,7 +162,7 @@ def _mlp_grads_traffic(p: int, c: int, hd: int, co: int, e: int, z_bytes: int, l
         n_h = -(-hd // bh_w)
         segs = max(1, min(-(-p // bp_w), -(-MLP_BWD_TARGET_PROGRAMS // n_h)))
         parts = -(-p // bp_p) * 2 * co * f + segs * (hd * c + co * hd + hd) * f
-        moved = io + p * c * f + (0 if io <= L2_REUSE_BYTES else io) + 2 * parts
+        moved = io + p * c * dz_bytes + (0 if io <= L2_REUSE_BYTES else io) + 2 * parts
         return moved, 3  # kernels P and W, then one _partials.sum_partials launch
     steps = [
         p * c * (z_bytes + f),  # z -> fp32 rows (a copy unless z is fp32 channels_last)
@@ -226,21 +228,24 @@ def _conv_backward(op: str, s: dict) -> dict:
             z_bytes = e
         else:
             z_bytes = e  # mlp: z is x
-        nb, nl = _mlp_grads_traffic(p, c, hd, co, e, z_bytes, ls)
+        fused_mlp = _mlp_bwd_fused(c, co, e)
+        nb, nl = _mlp_grads_traffic(p, c, hd, co, e, z_bytes, ls, f if train else e)
         add(nb, nl)
+        # dz rows (pixel-major) -> x's layout, assumed NCHW (optimize()'s default on a GPU; a
+        # channels_last x needs no copy)
         if train:
-            add(2 * act * f)  # dz rows -> x's layout (fp32)
-        elif has_dw:
-            add(act * (f + e) + _cast(act, e))  # dz rows -> x dtype -> fp32
+            add(2 * act * f)  # fp32
+        elif fused_mlp:
+            add(2 * act * e)  # kernel P wrote x's dtype
         else:
-            add(act * (f + e))  # dx rows -> x's dtype and layout
+            add(act * (f + e) + 2 * act * e)  # torch path: fp32 rows -> x's dtype, -> NCHW
     if train:
         g_bytes = f if is_pw else e
         add(act * (g_bytes + e))  # BN backward reduce (recomputes the dwconv)
         # BN backward affine -> dz: fp32 for the dwconv backward, else (mlp_train) dx itself
         add(act * (g_bytes + e + (f if has_dw else e)))
     if has_dw:
-        g_bytes = f if (train or is_pw) else e
+        g_bytes = f if train else e  # dz of the eval forms arrives in x's dtype
         # one kernel: read the gradient and x once, write dx in x's dtype (dwconv of the
         # gradient with the flipped kernel; + the residual's gradient for conv_block) and the
         # dW / db per-tile partials; then the flipped weight copy and one partial-sum launch

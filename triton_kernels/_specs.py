@@ -113,7 +113,8 @@ def all_specs() -> list[Spec]:
                 specs.append(Spec(K._fused_mlp_fwd_kernel, f"C<={key}", dt, c, cfg["num_warps"],
                                   lay, cfg["num_stages"]))
             # fused MLP backward at the config's width, every optional input; z is fp32 in
-            # the train forms (the BN output), dz and the partials always fp32
+            # the train forms (the BN output) and so is their dz, the eval forms' dz is in the
+            # input dtype; the partials are always fp32
             for key, cfg in MB.BWD_CONFIGS.items():
                 if dt == "fp32" and key > MB.BWD_FP32_MAX_WIDTH:
                     continue
@@ -124,7 +125,7 @@ def all_specs() -> list[Spec]:
                             (MB._mlp_bwd_dz_kernel,
                              dict(HAS_B1=True, HAS_B2=True, HAS_LS=True, NEED_DZ=True,
                                   NEED_U=True, RELOAD_G=cfg["dz"].get("RELOAD_G", False)),
-                             ("dz_ptr",)),
+                             ("dz_ptr",) if z32 else ()),
                             (MB._mlp_bwd_dw_kernel,
                              dict(HAS_B1=True, HAS_LS=True,
                                   ONE_LOAD=cfg["dw"].get("ONE_LOAD", False)),

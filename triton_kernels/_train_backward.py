@@ -168,12 +168,6 @@ def _like_x(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return _unit_stride(g.contiguous(memory_format=_layout(x)))
 
 
-def _rows_to_x(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """fp32 rows [B*H*W, C] -> fp32 [B, C, H, W] in x's layout (no rounding to x's dtype)."""
-    b, _, h, w = x.shape
-    return m.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous(memory_format=_layout(x))
-
-
 def _prepare(x):
     _check(x)
     if x.numel() == 0:
@@ -212,11 +206,12 @@ def mlp_train_backward(grad, x, bn_weight, bn_bias, eps, fc1_w, fc1_b, fc2_w, fc
     need_z = need_x or need_bnw or need_bnb
     mean, var = _batch_stats(x, None, None)
     z = _bn_forward(x, None, None, mean, var, bn_weight, bn_bias, eps)
-    gm = _mlp_grads(grad, z, fc1_w, fc1_b, fc2_w, fc2_b, ls, [need_z, *mask[3:8]])
+    gm = _mlp_grads(grad, z, fc1_w, fc1_b, fc2_w, fc2_b, ls, [need_z, *mask[3:8]],
+                    dz_dtype=torch.float32)  # fp32, x's layout: the BN backward's input
     e = _empty(grad)
     gx = dgamma = dbeta = None
     if need_z:
-        gz = _rows_to_x(gm[0], x)
+        gz = gm[0]
         # dx = dz straight from the affine kernel in x's dtype (no fp32 copy and cast pass)
         gx, dgamma, dbeta = _bn_backward(gz, x, None, None, mean, var, bn_weight, eps, need_x,
                                          out_dtype=x.dtype)
@@ -240,12 +235,13 @@ def conv_block_train_backward(grad, x, dw_w, dw_b, bn_weight, bn_bias, eps, pw1_
     need_z = need_dz or need_bnw or need_bnb
     mean, var = _batch_stats(x, dw_w, dw_b)
     z = _bn_forward(x, dw_w, dw_b, mean, var, bn_weight, bn_bias, eps)
-    gm = _mlp_grads(grad, z, pw1_w, pw1_b, pw2_w, pw2_b, ls, [need_z, *mask[5:10]])
+    gm = _mlp_grads(grad, z, pw1_w, pw1_b, pw2_w, pw2_b, ls, [need_z, *mask[5:10]],
+                    dz_dtype=torch.float32)  # fp32, x's layout: the BN backward's input
     e = _empty(grad)
     gx = gdw = gdb = e
     dgamma = dbeta = None
     if need_z:
-        gz = _rows_to_x(gm[0], x)
+        gz = gm[0]
         dz, dgamma, dbeta = _bn_backward(gz, x, dw_w, dw_b, mean, var, bn_weight, eps, need_dz)
         if need_dz:
             # dx = dwconv^T(dz) + grad (the residual), rounded once to x's dtype in one kernel

@@ -203,4 +203,24 @@ def test_wide_takes_the_torch_path(monkeypatch):
     args = to(_mlp_inputs((1, 8, 2, 3, 16, 257), "channels_last"), torch.bfloat16)
     got = BW._mlp_grads(*args, [True] * 6)
     assert got[3].shape == (257, 16) and got[3].dtype == torch.bfloat16
+    # dz in the input's dtype and layout, as the fused kernels hand it back: the rows rounded
+    for layout in ("nchw", "channels_last"):
+        args = _mlp_inputs((1, 129, 2, 3, 16, 8), layout)
+        rows = BW._mlp_grads(*args, [True] * 6)[0]
+        dz = BW._mlp_grads(*args, [True] * 6, dz_dtype=torch.bfloat16)[0]
+        assert dz.dtype == torch.bfloat16 and dz.shape == args[1].shape
+        assert BW._layout(dz) == BW._layout(args[1])
+        assert torch.equal(dz.permute(0, 2, 3, 1).reshape(6, 129), rows.bfloat16())
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_dz_in_the_input_dtype_and_layout(layout):
+    """Kernel P writes dz rounded once to the requested dtype; the launcher returns it in z's
+    layout: equal to the fp32 rows rounded."""
+    args = _mlp_inputs(CONFIG_SHAPES[64], layout)
+    rows = MB.mlp_grads_fused(*args, [True] * 6)[0]
+    dz = MB.mlp_grads_fused(*args, [True] * 6, dz_dtype=torch.bfloat16)[0]
+    assert dz.dtype == torch.bfloat16 and BW._layout(dz) == BW._layout(args[1])
+    b, c, h, w = args[1].shape
+    assert torch.equal(dz.permute(0, 2, 3, 1).reshape(b * h * w, c), rows.bfloat16())
 
