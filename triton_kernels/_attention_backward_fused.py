@@ -27,7 +27,8 @@ Algebra that keeps every GEMM on tiles (dout1 = dy Wf, or dy without a final lin
     dk_i^T x (+ dbk), E[:, i], F[:, i] (+ sum dy) in registers. One fp32 partial block per
     segment: deterministic (no atomics), like the MLP backward; one _partials.sum_partials
     launch sums the segments and stores dWq / dWk / their biases / dw_g in their dtype.
-The host then forms dWp, dWf, dbp from E, F, sum dy (three tiny GEMMs on [T, D] / [D, D]).
+Kernel F (_attn_bwd_finalize_kernel, one launch) then forms dWp, dbp, dWf, dbf from E, F and
+sum dy (small fp32 GEMMs on [T, D] / [D, D] tiles), each rounded once to its parameter's dtype.
 
 Numerics: fp32 arithmetic after every load; GEMM operands in the input dtype for fp16/bf16 (as
 the eager reference rounds dqk, gk, ...) and fp32 with input_precision="ieee" for fp32. Token
@@ -352,6 +353,112 @@ def _attn_bwd_fused_weight_kernel(
                 tl.store(vrow + 3 * D + t, v_bf, mask=tmask)
 
 
+@triton.jit
+def _attn_bwd_finalize_kernel(
+    e_ptr, f_ptr, dbf_ptr, wf_ptr, wp_ptr, bp_ptr, dwp_ptr, dbp_ptr, dwf_ptr, dbfo_ptr,
+    D, T,
+    HAS_FINAL: tl.constexpr, HAS_BP: tl.constexpr, NEED_WP: tl.constexpr,
+    NEED_BP: tl.constexpr, NEED_WF: tl.constexpr, NEED_BF: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """The host-side tail of the fused backward in one launch, from kernel W's summed fp32
+    E = dy^T gk, F = dy^T qn ([T, D]) and s = sum dy ([T]):
+      programs [0, nd^2) (NEED_WP or NEED_BP): the [BLOCK, BLOCK] tile (i, j) of
+        dWp = Wf^T E (E itself without a final linear); the j == 0 programs also write
+        dbp[i-block] = Wf^T s (s itself);
+      programs [nd^2, nd^2 + nt nd) (NEED_WF or NEED_BF): tile (t, j) of
+        dWf = E Wp^T + F + s bp^T; the j == 0 programs also write dbf[t-block] = s.
+    fp32 FMA dots (input_precision "ieee") on fp32 loads, like the fp32 torch GEMMs they
+    replace; every result is rounded once to its gradient's dtype."""
+    pid = tl.program_id(0)
+    nd = tl.cdiv(D, BLOCK)
+    n_p = 0
+    if NEED_WP or NEED_BP:
+        n_p = nd * nd
+    r = tl.arange(0, BLOCK)
+    if pid < n_p:
+        i = (pid // nd) * BLOCK + r  # dWp rows (D)
+        j = (pid % nd) * BLOCK + r  # dWp columns (D)
+        im, jm = i < D, j < D
+        if HAS_FINAL:
+            acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
+            bacc = tl.zeros((BLOCK,), dtype=tl.float32)
+            for t0 in range(0, T, BLOCK):
+                t = t0 + r
+                tm = t < T
+                wft = tl.load(wf_ptr + t[None, :] * D + i[:, None], mask=im[:, None] & tm[None, :],
+                              other=0.0).to(tl.float32)  # Wf^T tile [i, t]
+                if NEED_WP:
+                    e = tl.load(e_ptr + t[:, None] * D + j[None, :],
+                                mask=tm[:, None] & jm[None, :], other=0.0)
+                    acc = tl.dot(wft, e, acc, input_precision="ieee", out_dtype=tl.float32)
+                if NEED_BP:
+                    s = tl.load(dbf_ptr + t, mask=tm, other=0.0)
+                    bacc += tl.sum(wft * s[None, :], axis=1)
+        else:  # T == D: dWp = E, dbp = s
+            acc = tl.load(e_ptr + i[:, None] * D + j[None, :], mask=im[:, None] & jm[None, :],
+                          other=0.0)
+            bacc = tl.load(dbf_ptr + i, mask=im, other=0.0)
+        if NEED_WP:
+            tl.store(dwp_ptr + i[:, None] * D + j[None, :], _cast_out(acc, dwp_ptr),
+                     mask=im[:, None] & jm[None, :])
+        if NEED_BP:
+            if pid % nd == 0:
+                tl.store(dbp_ptr + i, _cast_out(bacc, dbp_ptr), mask=im)
+    else:
+        q = pid - n_p
+        t = (q // nd) * BLOCK + r  # dWf rows (T)
+        j = (q % nd) * BLOCK + r  # dWf columns (D)
+        tm, jm = t < T, j < D
+        s = tl.load(dbf_ptr + t, mask=tm, other=0.0)
+        if NEED_WF:
+            acc = tl.load(f_ptr + t[:, None] * D + j[None, :], mask=tm[:, None] & jm[None, :],
+                          other=0.0)
+            for k0 in range(0, D, BLOCK):
+                k = k0 + r
+                km = k < D
+                e = tl.load(e_ptr + t[:, None] * D + k[None, :], mask=tm[:, None] & km[None, :],
+                            other=0.0)
+                wpt = tl.load(wp_ptr + j[None, :] * D + k[:, None],
+                              mask=km[:, None] & jm[None, :], other=0.0).to(tl.float32)
+                acc = tl.dot(e, wpt, acc, input_precision="ieee", out_dtype=tl.float32)
+            if HAS_BP:
+                bp = tl.load(bp_ptr + j, mask=jm, other=0.0).to(tl.float32)
+                acc += s[:, None] * bp[None, :]
+            tl.store(dwf_ptr + t[:, None] * D + j[None, :], _cast_out(acc, dwf_ptr),
+                     mask=tm[:, None] & jm[None, :])
+        if NEED_BF:
+            if q % nd == 0:
+                tl.store(dbfo_ptr + t, _cast_out(s, dbfo_ptr), mask=tm)
+
+
+FINALIZE_BLOCK, FINALIZE_WARPS = 32, 8
+
+
+def _finalize(e_mat, f_mat, dbf, w_proj, b_proj, w_final, b_final, need):
+    """{4: dWp, 5: dbp, 6: dWf, 7: dbf}, those `need` asks for, in their parameters' dtypes,
+    from kernel W's summed fp32 E, F ([T, D]) and s = sum dy ([T]): one launch of
+    _attn_bwd_finalize_kernel."""
+    t_out, d = e_mat.shape
+    out = {i: torch.empty(like.shape, device=e_mat.device, dtype=like.dtype)
+           for i, like in ((4, w_proj), (5, b_proj), (6, w_final), (7, b_final)) if need[i]}
+    nd, nt = triton.cdiv(d, FINALIZE_BLOCK), triton.cdiv(t_out, FINALIZE_BLOCK)
+    n_p = nd * nd if (need[4] or need[5]) else 0
+    n_f = nt * nd if (need[6] or need[7]) else 0
+    if n_p + n_f == 0:
+        return out
+    dummy = e_mat
+    _attn_bwd_finalize_kernel[(n_p + n_f,)](
+        e_mat, f_mat, dbf, dummy if w_final is None else w_final.contiguous(),
+        w_proj.contiguous(), dummy if b_proj is None else b_proj.contiguous(),
+        *(out.get(i, dummy) for i in (4, 5, 6, 7)), d, t_out,
+        HAS_FINAL=w_final is not None, HAS_BP=b_proj is not None, NEED_WP=bool(need[4]),
+        NEED_BP=bool(need[5]), NEED_WF=bool(need[6]), NEED_BF=bool(need[7]),
+        BLOCK=FINALIZE_BLOCK, num_warps=FINALIZE_WARPS,
+    )
+    return out
+
+
 # Configs by the padded width max(D, T) (every one run in the interpreter and AOT-compiled
 # spill-free for sm_80 / sm_90 by tools/triton_report.py). Kernel T holds q, k, dgk, dout1 and
 # then dq, dk as full [BLOCK_N, BLOCK_D] fp32 tiles: 32 tokens x 4 warps spilled 470-770 B for
@@ -470,7 +577,7 @@ def fused_backward(grad, x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final, b_f
         num_stages=cw["num_stages"], **flags,
     )
     # one launch sums the segments: dWqk, dbqk, dwg straight into their dtype; E, F and
-    # (sum dy) stay fp32 for the host's GEMMs below
+    # (sum dy) stay fp32 for the finalize kernel
     tv = 2 * d + 2 * t_out  # ws_w rows of d: dWqk (2d), E (t_out), F (t_out), dbqk (2), dwg
     pairs = []
     for i, r0, r1, like in ((1, 0, 2 * d, w_qk), (2, tv, tv + 2, b_qk), (3, tv + 2, tv + 3, w_g)):
@@ -486,17 +593,7 @@ def fused_backward(grad, x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final, b_f
     if not need_ef:
         return out
     e_mat, f_mat = ef[:t_out], ef[t_out:]
-    wf32 = w_final.float() if has_final else None
-    if need[4]:
-        out[4] = (torch.mm(wf32.t(), e_mat) if has_final else e_mat).to(w_proj.dtype)
-    if need[5]:
-        out[5] = (torch.mv(wf32.t(), dbf) if has_final else dbf).to(b_proj.dtype)
-    if need[6]:
-        # dWf = dy^T o1 with o1 = gk Wp^T + bp + qn
-        dwf = torch.addmm(f_mat, e_mat, w_proj.float().t())
-        if b_proj is not None:
-            dwf.addr_(dbf, b_proj.float())
-        out[6] = dwf.to(w_final.dtype)
-    if need[7]:
-        out[7] = dbf.to(b_final.dtype)
+    # dWp = Wf^T E, dbp = Wf^T s, dWf = E Wp^T + F + s bp^T (dWf = dy^T o1 with
+    # o1 = gk Wp^T + bp + qn), dbf = s: one launch
+    out.update(_finalize(e_mat, f_mat, dbf, w_proj, b_proj, w_final, b_final, need))
     return out

@@ -371,18 +371,14 @@ def _attention_backward_fused(b: int, n: int, d: int, t_out: int, e: int) -> tup
         again + 6 * rows * f + seg * part,  # W: scalars, one partial per segment
     ]
     steps.append(seg * part + part)  # sum_partials: the segments' sum, dWqk / dbqk / dwg cast
-    host = [2 * t_out * d * f + d * d * f,  # dWp = Wf^T E
-            t_out * d * f,  # dbp = (sum dy) Wf
-            3 * t_out * d * f + d * d * f,  # dWf = F + E Wp^T
-            2 * t_out * d * f]  # + (sum dy) bp^T
-    if e == 2:  # fp32 copies of Wf, Wp for those GEMMs; their 4 gradients cast to the dtype
-        host += [t_out * d * (e + f), d * d * (e + f)]
-        host += [n_ * (f + e) for n_ in (d * d, d, t_out * d, t_out)]
-    steps += host
+    # the finalize kernel: reads E, F, sum dy (fp32), Wf, Wp, bp; writes dWp, dbp, dWf, dbf
+    steps.append((2 * t_out * d + t_out) * f + (t_out * d + d * d + d) * e
+                 + (d * d + d + t_out * d + t_out) * e)
     # tensor-core MACs per token: P q, k, dgk; T q, k, dout1, dgk, dx; W (4 parts) q_i, k_i
-    # twice each, dout1_i, dgk_i and four accumulations; plus the host's [T, D] x [D, D] GEMMs
+    # twice each, dout1_i, dgk_i and four accumulations; plus Wf Wp and the finalize GEMMs
     gemm = 2.0 * rows * (12 * d * d + 7 * t_out * d) + 2.0 * 3 * t_out * d * d
-    return sum(steps), gemm, len(steps)
+    # launches: one per step, plus the cast of Wf Wp to fp16 / bf16
+    return sum(steps), gemm, len(steps) + (1 if e == 2 else 0)
 
 
 def _attention_backward(op: str, s: dict) -> dict:
@@ -391,8 +387,8 @@ def _attention_backward(op: str, s: dict) -> dict:
     backward serves it (padded max(D, T) <= ATTN_BWD_FUSED_MAX_WIDTH for fp16/bf16, <=
     ATTN_BWD_FUSED_MAX_WIDTH_FP32 for fp32): kernels P, T, W of _attention_backward_fused (no
     token-sized intermediate in memory; x and dy re-read by T and W from L2 when they fit,
-    L2_REUSE_BYTES), fp32 weight partials per W segment summed by one kernel, then the host's
-    small GEMMs and casts (_attention_backward_fused counts them one launch each). Wider:
+    L2_REUSE_BYTES), fp32 weight partials per W segment summed by one kernel, then the small
+    GEMMs of the projection gradients in one finalize kernel (_attention_backward_fused). Wider:
     the torch path recomputes its forward (qk GEMM, the core, proj for w_final's gradient) and
     runs each GEMM's two gradient GEMMs in cuBLAS."""
     b, n, d = s["B"], s["N"], s["D"]

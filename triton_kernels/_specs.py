@@ -213,6 +213,13 @@ def all_specs() -> list[Spec]:
                                        BLOCK_T=key, BLOCK_I=cw["BLOCK_I"],
                                        BLOCK_K=cw["BLOCK_K"], **dots),
                                   cw["num_warps"], num_stages=cw["num_stages"]))
+        # the fused backward's tail: fp32 E / F / sum dy in, the four gradients in dt
+        for final in (True, False):
+            specs.append(Spec(ABF._attn_bwd_finalize_kernel, "final" if final else "no final", dt,
+                              dict(HAS_FINAL=final, HAS_BP=True, NEED_WP=True, NEED_BP=True,
+                                   NEED_WF=final, NEED_BF=final, BLOCK=ABF.FINALIZE_BLOCK),
+                              ABF.FINALIZE_WARPS,
+                              fp32_ptrs=("e_ptr", "f_ptr", "dbf_ptr")))
         for key, cfg in AB.ATTN_BWD_CONFIGS.items():
             for pool, pid in A.POOL_IDS.items():
                 specs.append(Spec(AB._attn_bwd_partial_kernel, f"D<={key},{pool}", dt,
