@@ -10,15 +10,15 @@ z the BN input (dwconv(x) or x), d = z - mean, inv = rsqrt(var + eps), g the gra
 Kernels (this module; pixel tiles as in _conv, NCHW and channels_last through strides):
   _bn_bwd_reduce_kernel: per-tile partial (sum g, sum g d) into a workspace, summed on the host
     (deterministic, no atomics); recomputes z = dwconv(x) on the fly (HAS_DW).
-  _bn_affine_kernel: out = A g + B d + C0 per channel in fp32 (the dz above), or without g the
-    BN forward (B = scale, C0 = shift) that the MLP's weight gradients need.
+  _bn_affine_kernel: out = A g + B d + C0 per channel in fp32 math (the dz above; stored in fp32
+    for the dwconv backward, or as mlp_train's dx in x's dtype), or without g the BN forward
+    (B = scale, C0 = shift) that the MLP's weight gradients need.
 Reused: the batch-statistics kernel (_conv._batch_stats: per-tile Chan merge), the dwconv
 backward kernel (_conv.dwconv_bn_backward: dx in x's dtype, dw / db partials), and the MLP
 backward (_backward._mlp_grads: the fused kernels of _mlp_backward up to 256 channels, 128 in
-fp32, GEMMs in torch wider). The forward's
-batch statistics are recomputed (the backward op receives the forward's inputs only). Math in
-fp32 for every input dtype; gradients are returned in the dtype of their argument, x's gradient
-in x's memory format.
+fp32, GEMMs in torch wider). The forward's batch statistics are recomputed (the backward op
+receives the forward's inputs only). Math in fp32 for every input dtype; gradients are returned
+in the dtype of their argument, x's gradient in x's memory format.
 """
 
 from __future__ import annotations
