@@ -126,12 +126,6 @@ def _conv(op: str, s: dict) -> dict:
                 + LAUNCH_US * (7 + (2 if train else 0)))
 
 
-def _cast(n: int, e: int) -> int:
-    """Bytes of converting n elements between the input dtype (e bytes) and fp32 (no-op for
-    fp32: .float() / .to() return the tensor itself)."""
-    return 0 if e == 4 else n * (e + 4)
-
-
 def _mlp_bwd_fused(c: int, co: int, e: int) -> bool:
     """Whether _mlp_backward's fused kernels serve these widths at e bytes per element."""
     return max(c, co) <= (MLP_BWD_MAX_C if e == 2 else MLP_BWD_MAX_C_FP32)

@@ -100,8 +100,8 @@ def all_specs() -> list[Spec]:
                         specs.append(Spec(TB._bn_affine_kernel, name + ",out " + dt, dt,
                                           dict(HAS_G=True, **dw), w, lay, fp32_ptrs=gp))
                 if dt != "fp32":
-                    # dwconv_bn_backward on an fp32 dz (train forms, conv_block): fp32 gradient,
-                    # x, weights, the residual gradient and dx in dt
+                    # dwconv_bn_backward on the train forms' fp32 dz: fp32 gradient; x, weights,
+                    # the residual gradient (conv_block_train) and dx in dt
                     specs.append(Spec(K._dwconv_bn_bwd_kernel, cname + ",g fp32", dt, dict(bwd),
                                       w, lay, fp32_ptrs=("g_ptr",)))
             for key, cfg in K.MLP_CONFIGS.items():
