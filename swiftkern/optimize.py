@@ -321,13 +321,14 @@ def _nchw_outputs(out):
 
 
 def _bf16_cpu_note() -> str | None:
-    """A note for bf16 models on a CPU without bf16 arithmetic (measured slower than fp32)."""
+    """A note for bf16 models on a CPU without bf16 arithmetic (measured no faster than fp32)."""
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return None
     return (
-        "bf16 on a CPU without bf16 arithmetic: the CPU kernels convert to fp32 inside and the "
-        "bf16 model measured 0.63-0.91x of eager fp32's speed on such a CPU (README "
-        "'Performance'); for speed, optimize the fp32 model"
+        "bf16 on a CPU without bf16 arithmetic: the CPU kernels and the folded convolutions "
+        "compute in fp32 inside, so the bf16 model runs at about the optimized fp32 model's "
+        "speed (0.86-1.06x measured on such a CPU, README 'Performance'), not faster; the fp32 "
+        "model is as fast and more accurate"
     )
 
 

@@ -236,7 +236,7 @@ def test_bf16_logits_cosine(name):
                                      return_report=True)
     out = _run(opt, x)
     assert out.dtype == torch.bfloat16
-    # a CPU without bf16 arithmetic (this one) is told that fp32 is faster here
+    # a CPU without bf16 arithmetic (this one) is told that bf16 is no faster than fp32 here
     has_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     assert any("without bf16 arithmetic" in n for n in report.notes) != has_bf16
     assert ("note: bf16" in str(report)) != has_bf16

@@ -178,22 +178,14 @@ _PACKED_CONV = torch.backends.mkldnn.is_available() and hasattr(
 )
 
 
-def _packed_conv_ok(x: torch.Tensor, w: torch.Tensor, b, conv: nn.Module) -> bool:
+def _plain_cpu_call(x: torch.Tensor, w: torch.Tensor, b) -> bool:
+    """A CPU call with no autograd graph to build, outside tracers, compilers and modes: the
+    only calls the conv routes below serve (a graph sees the plain F.conv2d)."""
     return (
-        _PACKED_CONV
-        and type(x) is torch.Tensor
+        type(x) is torch.Tensor
         and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and w.dtype == torch.float32
         and x.dim() == 4
         and x.numel() > 0
-        # channels_last inputs only: for NCHW ones oneDNN hands back a channels_last output,
-        # where F.conv2d keeps NCHW
-        and not x.is_contiguous()
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and conv.padding_mode == "zeros"
-        and not isinstance(conv.padding, str)
-        # tracers, compilers and modes see the plain conv (no opaque oneDNN weight in a graph)
         and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
         and not torch._C._is_torch_function_mode_enabled()
@@ -205,6 +197,44 @@ def _packed_conv_ok(x: torch.Tensor, w: torch.Tensor, b, conv: nn.Module) -> boo
     )
 
 
+def _packed_conv_ok(x: torch.Tensor, w: torch.Tensor, b, conv: nn.Module) -> bool:
+    return (
+        _PACKED_CONV
+        and x.dtype == torch.float32
+        and w.dtype == torch.float32
+        # channels_last inputs only: for NCHW ones oneDNN hands back a channels_last output,
+        # where F.conv2d keeps NCHW
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and _plain_cpu_call(x, w, b)
+    )
+
+
+def _native_half_conv(dtype: torch.dtype) -> bool:
+    """Whether oneDNN runs convolutions in this half dtype on this CPU (bf16: AVX512-BF16 /
+    AMX; fp16: AVX512-FP16 / AMX-FP16)."""
+    if dtype == torch.bfloat16:
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.ops.mkldnn._is_mkldnn_fp16_supported()
+
+
+def _half_conv_in_fp32(x: torch.Tensor, w: torch.Tensor, b) -> bool:
+    """bf16 / fp16 conv on a CPU whose oneDNN has no kernels for that dtype: ATen then runs its
+    reference convolution (im2col + a scalar-path GEMM), measured 16 of the 35 ms of a bf16
+    SwiftFormer-XS at batch 1 here (AVX2, 2 threads). It is computed in fp32 instead, on the
+    same half-precision values: exact products, fp32 accumulation, one rounding to x's dtype
+    (what a native half conv with fp32 accumulation gives)."""
+    return (
+        x.dtype in (torch.bfloat16, torch.float16)
+        and w.dtype == x.dtype
+        and (b is None or b.dtype == x.dtype)
+        and _plain_cpu_call(x, w, b)
+        and not _native_half_conv(x.dtype)
+    )
+
+
 def folded_conv2d(owner: FusedModule, x: torch.Tensor, w, b, conv: nn.Conv2d) -> torch.Tensor:
     """conv2d with a folded (w, b) and the hyper-parameters of `conv`.
 
@@ -212,6 +242,10 @@ def folded_conv2d(owner: FusedModule, x: torch.Tensor, w, b, conv: nn.Conv2d) ->
     reordered once and cached on `owner` (see _PACKED_CONV). Otherwise F.conv2d; for a
     channels_last input the weight is then kept channels_last (cached too): given an NCHW weight,
     oneDNN reorders it on every call (measured 0.15-0.37 ms for a 220x112x3x3 weight here)."""
+    if _half_conv_in_fp32(x, w, b):
+        w32 = owner.cached("conv_fp32_w", [w], lambda: w.float())
+        b32 = None if b is None else owner.cached("conv_fp32_b", [b], lambda: b.float())
+        return folded_conv2d(owner, x.float(), w32, b32, conv).to(x.dtype)
     if _packed_conv_ok(x, w, b, conv):
         pad, stride, dil = list(conv.padding), list(conv.stride), list(conv.dilation)
         packed = owner.cached(

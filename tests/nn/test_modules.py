@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 from models import Holder, randomize_
-from tolerances import assert_close
+from tolerances import assert_close, assert_close_half
 
 from swiftkern.nn import FusedAdditiveAttention
 from swiftkern.optimize import optimize
@@ -161,6 +161,46 @@ def test_folded_conv_packed_weight(layout, groups):
     model(x).square().sum().backward()
     assert_close(gx, x.grad, torch.float32, what="input grad")
     assert_close(gw, model[0].weight.grad, torch.float32, what="weight grad")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("native", [False, True])
+def test_folded_conv_half_in_fp32(monkeypatch, dtype, layout, native):
+    """A bf16 / fp16 folded conv on a CPU whose oneDNN has no kernels for that dtype (ATen's slow
+    reference conv otherwise) runs in fp32 on the same half values and rounds once: bit for bit
+    the fp32 conv of the upcast operands, within the SPEC half rule of the fp32 module, in the
+    input's layout. Where the dtype is native, or autograd needs a graph, F.conv2d runs as is."""
+    from swiftkern.nn import _base
+
+    monkeypatch.setattr(_base, "_native_half_conv", lambda dt: native)
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(5, 7, 3, stride=2, padding=1), torch.nn.BatchNorm2d(7)
+    )
+    randomize_(model).eval()
+    opt = optimize(copy.deepcopy(model), dtype=dtype)
+    folded = opt[0]
+    x32 = torch.randn(2, 5, 9, 11)
+    if layout == "channels_last":
+        x32 = x32.contiguous(memory_format=torch.channels_last)
+    x = x32.to(dtype)
+    with torch.no_grad():
+        got = opt(x)
+        w, b = folded.cached("conv", _base.fold_sources(folded, opt[1]), None)  # built above
+        plain = torch.nn.functional.conv2d(x, w, b, 2, 1)
+        upcast = torch.nn.functional.conv2d(x.float(), w.float(), b.float(), 2, 1).to(dtype)
+        ref32 = model(x32)
+        eager_half = copy.deepcopy(model).to(dtype)(x)
+    assert got.dtype == dtype
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert got.is_contiguous(memory_format=fmt)
+    assert torch.equal(got, plain if native else upcast)
+    assert ("conv_fp32_w" in folded._cache) == (not native)
+    assert_close_half(got, ref32, eager_half, what=f"{dtype} folded conv")
+    # with autograd the graph runs through F.conv2d on the half operands
+    xg = x.clone().requires_grad_(True)
+    assert torch.equal(opt(xg).detach(), plain)
 
 
 def test_folded_conv_traces_as_a_plain_conv():
