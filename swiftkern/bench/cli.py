@@ -230,7 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     if roof is not None:
         roof_d = dict(gflops=roof.gflops, bandwidth_gbs=roof.bandwidth_gbs, device=roof.device,
                       threads=roof.threads, loadavg_1m=roof.loadavg_1m)
-        g = ", ".join(f"{k} {v:.1f}" for k, v in roof.gflops.items())
+        g = ", ".join(
+            f"{k} {v:.1f}" + (f" (roofline uses fp32's {roof.peak_gflops(k):.1f})"
+                              if roof.peak_gflops(k) > v else "")
+            for k, v in roof.gflops.items()
+        )
         load = f", measured at load {roof.loadavg_1m:.1f}" if roof.loadavg_1m is not None else ""
         console.print(f"[dim]roofline: GEMM GFLOP/s {g}; bandwidth {roof.bandwidth_gbs:.1f} GB/s "
                       f"(cache {roofline.cache_path()}{load})[/dim]")

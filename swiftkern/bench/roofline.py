@@ -2,7 +2,8 @@
 
 The cache lives in ``$SWIFTKERN_CACHE/roofline.json`` (default ``~/.cache/swiftkern``), keyed by
 device, CPU/GPU model, thread count and torch version. A workload's roofline time is
-``max(flops / peak_gflops[dtype], bytes / bandwidth)``; its fraction of roofline is that time over
+``max(flops / peak_gflops(dtype), bytes / bandwidth)`` (a half dtype's peak is at least fp32's:
+see :meth:`Roofline.peak_gflops`); its fraction of roofline is that time over
 the measured median (1.0 = at the machine's limit). FLOPs come from
 ``torch.utils.flop_counter.FlopCounterMode`` (GEMMs and convolutions, which dominate SwiftFormer);
 bytes from a compulsory-traffic model (:func:`min_bytes`): every input, parameter and output moved
@@ -35,8 +36,15 @@ class Roofline:
     # `swiftkern bench --refresh-roofline` when idle).
     loadavg_1m: float | None = None
 
+    def peak_gflops(self, dtype: str) -> float:
+        """The GEMM rate a `dtype` workload can reach here: its measured torch.mm rate, or the fp32
+        rate where that is higher. Upcasting half operands to fp32 is exact, so a half GEMM never
+        has to run slower than an fp32 one; on a CPU without bf16 arithmetic ATen's own bf16 mm
+        takes a scalar path (~1 GFLOP/s), a library limit rather than the machine's."""
+        return max(self.gflops.get(dtype) or 0.0, self.gflops["fp32"])
+
     def time_s(self, flops: float, nbytes: float, dtype: str) -> float:
-        peak = self.gflops.get(dtype) or self.gflops["fp32"]
+        peak = self.peak_gflops(dtype)
         return max(flops / (peak * 1e9), nbytes / (self.bandwidth_gbs * 1e9))
 
     def fraction(self, flops: float, nbytes: float, dtype: str, measured_s: float) -> float:

@@ -11,10 +11,13 @@ from swiftkern.bench import roofline
 
 
 def test_time_and_fraction():
-    r = roofline.Roofline({"fp32": 100.0, "bf16": 10.0}, 10.0, "cpu", 2)
+    r = roofline.Roofline({"fp32": 100.0, "bf16": 400.0}, 10.0, "cpu", 2)
     # compute bound: 1e9 flops at 100 GFLOP/s = 10 ms; 1e6 bytes at 10 GB/s = 0.1 ms
     assert r.time_s(1e9, 1e6, "fp32") == pytest.approx(0.01)
-    assert r.time_s(1e9, 1e6, "bf16") == pytest.approx(0.1)
+    assert r.time_s(1e9, 1e6, "bf16") == pytest.approx(0.0025)
+    # a bf16 mm slower than fp32's (no bf16 arithmetic): the upcast fp32 rate bounds it
+    slow = roofline.Roofline({"fp32": 100.0, "bf16": 10.0}, 10.0, "cpu", 2)
+    assert slow.time_s(1e9, 1e6, "bf16") == pytest.approx(0.01)
     # memory bound
     assert r.time_s(1e3, 1e9, "fp32") == pytest.approx(0.1)
     assert r.fraction(1e9, 1e6, "fp32", 0.02) == pytest.approx(0.5)
