@@ -133,7 +133,7 @@ def conv_block_backward(grad, x, dw_w, dw_b, pw1_w, pw1_b, pw2_w, pw2_b, ls, gra
         gz = g[0]
         # dx = dwconv^T(gz) + grad (the residual), rounded once to x's dtype in one kernel
         gxz, gdw, gdb = dwconv_bn_backward(gz, x, dw_w, dw_b, [need_x, need_dww, need_dwb],
-                                           out_dtype=x.dtype, residual=grad)
+                                           residual=grad)
         if need_x:
             gx = gxz
     return [gx, gdw, gdb] + [t if t is not None else e for t in g[1:]]

@@ -652,10 +652,10 @@ def conv_block_train(x, dw_w, dw_b, bn_weight, bn_bias, eps, pw1_w, pw1_b, pw2_w
 
 
 # --- backward ----------------------------------------------------------------------------------
-def dwconv_bn_backward(grad, x, dw_w, dw_b, grad_mask, out_dtype=None, residual=None):
+def dwconv_bn_backward(grad, x, dw_w, dw_b, grad_mask, residual=None):
     """Gradients of dwconv_bn in one kernel (_dwconv_bn_bwd_kernel): dx in x's layout and
-    out_dtype (default grad's), plus `residual` (x's shape, e.g. the block's output gradient)
-    before the one rounding; dw, db from per-tile partial sums."""
+    dtype, plus `residual` (x's shape, e.g. the block's output gradient) before the one
+    rounding; dw, db from per-tile partial sums."""
     _check(x)
     b, c, h, w = x.shape
     p = b * h * w
@@ -665,8 +665,7 @@ def dwconv_bn_backward(grad, x, dw_w, dw_b, grad_mask, out_dtype=None, residual=
     gx = gw = gb = empty
     lay = _layout(x)
     if need_x:
-        gx = torch.empty(x.shape, device=x.device, dtype=out_dtype or grad.dtype,
-                         memory_format=lay)
+        gx = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=lay)
     if p == 0 or c == 0 or not (need_x or need_w or need_b):
         if need_w:
             gw = torch.zeros_like(dw_w)

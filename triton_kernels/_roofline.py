@@ -137,8 +137,7 @@ def _mlp_grads_traffic(p: int, c: int, hd: int, co: int, e: int, z_bytes: int, l
 
     max(C, c_out) <= MLP_BWD_MAX_C (MLP_BWD_MAX_C_FP32 for fp32): the fused kernels of
     _mlp_backward. Kernel P reads z (z_bytes per element) and g, writes dz rows (dz_bytes per
-    element: the input dtype for the eval forms, fp32 for the train forms) and per-tile
-    [2, c_out] partials;
+    element: the input dtype) and per-tile [2, c_out] partials;
     kernel W re-reads z and g, counted as DRAM unless z + g <= L2_REUSE_BYTES (launched right
     after kernel P; the L2 rule of the additive_attention forward), and writes per-segment
     [hd, c] + [c_out, hd] + [hd] fp32 partials. The hidden chunks of one pixel segment are
@@ -214,36 +213,33 @@ def _conv_backward(op: str, s: dict) -> dict:
     if train:
         add(act * e)  # batch statistics (recomputes the dwconv)
     if is_pw:
+        fused_mlp = _mlp_bwd_fused(c, co, e)
         if train:
-            add(act * (e + f))  # z = BN(dwconv(x)) in fp32
-            z_bytes = f
+            # z = BN(dwconv(x)): in x's dtype where the fused MLP backward reads it, else fp32
+            z_bytes = e if fused_mlp else f
+            add(act * (e + z_bytes))
         elif has_dw:
             add(2 * act * e)  # z = dwconv_bn(x) recomputed
             z_bytes = e
         else:
             z_bytes = e  # mlp: z is x
-        fused_mlp = _mlp_bwd_fused(c, co, e)
-        nb, nl = _mlp_grads_traffic(p, c, hd, co, e, z_bytes, ls, f if train else e)
+        nb, nl = _mlp_grads_traffic(p, c, hd, co, e, z_bytes, ls, e)
         add(nb, nl)
         # dz rows (pixel-major) -> x's layout, assumed NCHW (optimize()'s default on a GPU; a
         # channels_last x needs no copy)
-        if train:
-            add(2 * act * f)  # fp32
-        elif fused_mlp:
+        if fused_mlp:
             add(2 * act * e)  # kernel P wrote x's dtype
         else:
             add(act * (f + e) + 2 * act * e)  # torch path: fp32 rows -> x's dtype, -> NCHW
     if train:
-        g_bytes = f if is_pw else e
-        add(act * (g_bytes + e))  # BN backward reduce (recomputes the dwconv)
-        # BN backward affine -> dz: fp32 for the dwconv backward, else (mlp_train) dx itself
-        add(act * (g_bytes + e + (f if has_dw else e)))
+        # every gradient between the kernels is in x's dtype (as eager rounds them)
+        add(act * 2 * e)  # BN backward reduce: g, x (recomputes the dwconv)
+        add(act * 3 * e)  # BN backward affine: g, x -> dz (dwconv backward's input) or dx
     if has_dw:
-        g_bytes = f if train else e  # dz of the eval forms arrives in x's dtype
         # one kernel: read the gradient and x once, write dx in x's dtype (dwconv of the
         # gradient with the flipped kernel; + the residual's gradient for conv_block) and the
         # dW / db per-tile partials; then the flipped weight copy and one partial-sum launch
-        add(act * (g_bytes + 2 * e) + (act * e if is_pw else 0), 3)
+        add(act * 3 * e + (act * e if is_pw else 0), 3)
     fwd = _conv(fwd_op, s)
     bytes_min = p * co * e + 2 * act * e + 2 * w_bytes  # read grad, x; write dx; weights + grads
     fused = is_pw and _mlp_bwd_fused(c, co, e)

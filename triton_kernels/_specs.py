@@ -85,25 +85,16 @@ def all_specs() -> list[Spec]:
                                   dict(HAS_DWB=True, **tiles), w, lay))
                 bwd = dict(NEED_DX=True, NEED_W=True, HAS_RES=True, **tiles)
                 specs.append(Spec(K._dwconv_bn_bwd_kernel, cname, dt, dict(bwd), w, lay))
-                # backward of the train forms: BN reduce / affine, with g the op's gradient (dt)
-                # or the MLP backward's fp32 one; the affine kernel's output is fp32 (the dwconv
-                # backward's input), or mlp_train's dx in dt
+                # backward of the train forms: BN reduce / affine on a gradient in dt; the
+                # affine kernel writes dz / dx in dt, or (no g: the BN forward) z in dt where the
+                # fused MLP backward reads it, in fp32 for the torch path of wider MLPs
                 dw = dict(HAS_DW=True, HAS_DWB=True, **tiles)
-                for g32 in ((False, True) if dt != "fp32" else (False,)):
-                    name = cname + (",g fp32" if g32 else "")
-                    gp = ("g_ptr",) if g32 else ()
-                    specs.append(Spec(TB._bn_bwd_reduce_kernel, name, dt, dict(dw), w, lay,
-                                      fp32_ptrs=gp))
-                    specs.append(Spec(TB._bn_affine_kernel, name, dt, dict(HAS_G=True, **dw), w,
-                                      lay, fp32_ptrs=gp + ("out_ptr",)))
-                    if g32:  # mlp_train: the MLP's fp32 dz in, dx out in dt
-                        specs.append(Spec(TB._bn_affine_kernel, name + ",out " + dt, dt,
-                                          dict(HAS_G=True, **dw), w, lay, fp32_ptrs=gp))
+                specs.append(Spec(TB._bn_bwd_reduce_kernel, cname, dt, dict(dw), w, lay))
+                specs.append(Spec(TB._bn_affine_kernel, cname, dt, dict(HAS_G=True, **dw), w,
+                                  lay))
                 if dt != "fp32":
-                    # dwconv_bn_backward on the train forms' fp32 dz: fp32 gradient; x, weights,
-                    # the residual gradient (conv_block_train) and dx in dt
-                    specs.append(Spec(K._dwconv_bn_bwd_kernel, cname + ",g fp32", dt, dict(bwd),
-                                      w, lay, fp32_ptrs=("g_ptr",)))
+                    specs.append(Spec(TB._bn_affine_kernel, cname + ",out fp32", dt,
+                                      dict(HAS_G=True, **dw), w, lay, fp32_ptrs=("out_ptr",)))
             for key, cfg in K.MLP_CONFIGS.items():
                 # compiled at the widest channel count the config serves, every input present
                 c = dict(HAS_DW=True, HAS_DWB=True, HAS_AFFINE=True, HAS_B1=True, HAS_B2=True,
@@ -112,33 +103,29 @@ def all_specs() -> list[Spec]:
                          INPUT_PREC="ieee" if dt == "fp32" else "tf32")
                 specs.append(Spec(K._fused_mlp_fwd_kernel, f"C<={key}", dt, c, cfg["num_warps"],
                                   lay, cfg["num_stages"]))
-            # fused MLP backward at the config's width, every optional input; z is fp32 in
-            # the train forms (the BN output) and so is their dz, the eval forms' dz is in the
-            # input dtype; the partials are always fp32
+            # fused MLP backward at the config's width, every optional input; z (x, or the
+            # train forms' BN output) and dz in the input dtype, the partials in fp32
             for key, cfg in MB.BWD_CONFIGS.items():
                 if dt == "fp32" and key > MB.BWD_FP32_MAX_WIDTH:
                     continue
-                for z32 in ((False, True) if dt != "fp32" else (False,)):
-                    name = f"C<={key}" + (",z fp32" if z32 else "")
-                    zp = ("z_ptr",) if z32 else ()
-                    for kern, flags, outs in (
-                            (MB._mlp_bwd_dz_kernel,
-                             dict(HAS_B1=True, HAS_B2=True, HAS_LS=True, NEED_DZ=True,
-                                  NEED_U=True, RELOAD_G=cfg["dz"].get("RELOAD_G", False)),
-                             ("dz_ptr",) if z32 else ()),
-                            (MB._mlp_bwd_dw_kernel,
-                             dict(HAS_B1=True, HAS_LS=True,
-                                  ONE_LOAD=cfg["dw"].get("ONE_LOAD", False)),
-                             ("ws1_ptr", "ws2_ptr", "wsb_ptr"))):
-                        c = cfg["dz" if kern is MB._mlp_bwd_dz_kernel else "dw"]
-                        warps = c.get("nchw_warps", c["num_warps"]) if lay == "nchw" \
-                            else c["num_warps"]
-                        specs.append(Spec(
-                            kern, name, dt,
-                            dict(BLOCK_P=c["BLOCK_P"], BLOCK_CI=key, BLOCK_CO=key,
-                                 BLOCK_H=c["BLOCK_H"], DOT_DT=_DT[dt],
-                                 INPUT_PREC="ieee" if dt == "fp32" else "tf32", **flags),
-                            warps, lay, c["num_stages"], fp32_ptrs=zp + outs))
+                for kern, flags, outs in (
+                        (MB._mlp_bwd_dz_kernel,
+                         dict(HAS_B1=True, HAS_B2=True, HAS_LS=True, NEED_DZ=True,
+                              NEED_U=True, RELOAD_G=cfg["dz"].get("RELOAD_G", False)),
+                         ()),
+                        (MB._mlp_bwd_dw_kernel,
+                         dict(HAS_B1=True, HAS_LS=True,
+                              ONE_LOAD=cfg["dw"].get("ONE_LOAD", False)),
+                         ("ws1_ptr", "ws2_ptr", "wsb_ptr"))):
+                    c = cfg["dz" if kern is MB._mlp_bwd_dz_kernel else "dw"]
+                    warps = c.get("nchw_warps", c["num_warps"]) if lay == "nchw" \
+                        else c["num_warps"]
+                    specs.append(Spec(
+                        kern, f"C<={key}", dt,
+                        dict(BLOCK_P=c["BLOCK_P"], BLOCK_CI=key, BLOCK_CO=key,
+                             BLOCK_H=c["BLOCK_H"], DOT_DT=_DT[dt],
+                             INPUT_PREC="ieee" if dt == "fp32" else "tf32", **flags),
+                        warps, lay, c["num_stages"], fp32_ptrs=outs))
             # wide-channel split (width-independent tiles); the hidden kernel also without the
             # dwconv prologue (mlp / mlp_train), whose loads differ from the heaviest form
             prec = "ieee" if dt == "fp32" else "tf32"

@@ -10,15 +10,19 @@ z the BN input (dwconv(x) or x), d = z - mean, inv = rsqrt(var + eps), g the gra
 Kernels (this module; pixel tiles as in _conv, NCHW and channels_last through strides):
   _bn_bwd_reduce_kernel: per-tile partial (sum g, sum g d) into a workspace, summed on the host
     (deterministic, no atomics); recomputes z = dwconv(x) on the fly (HAS_DW).
-  _bn_affine_kernel: out = A g + B d + C0 per channel in fp32 math (the dz above; stored in fp32
-    for the dwconv backward, or as mlp_train's dx in x's dtype), or without g the BN forward
-    (B = scale, C0 = shift) that the MLP's weight gradients need.
+  _bn_affine_kernel: out = A g + B d + C0 per channel in fp32 math (the dz above, stored in x's
+    dtype: the dwconv backward's input, or mlp_train's dx), or without g the BN forward
+    (B = scale, C0 = shift) that the MLP backward reads.
 Reused: the batch-statistics kernel (_conv._batch_stats: per-tile Chan merge), the dwconv
 backward kernel (_conv.dwconv_bn_backward: dx in x's dtype, dw / db partials), and the MLP
 backward (_backward._mlp_grads: the fused kernels of _mlp_backward up to 256 channels, 128 in
 fp32, GEMMs in torch wider). The forward's batch statistics are recomputed (the backward op
 receives the forward's inputs only). Math in fp32 for every input dtype; gradients are returned
 in the dtype of their argument, x's gradient in x's memory format.
+Intermediates between the kernels are rounded to x's dtype where eager autograd rounds them
+(the gradients of the BN output and of the BN input: fp16 / bf16 tensors in an eager fp16 /
+bf16 model), and the BN output z where the fused MLP backward reads it, whose tensor-core dots
+take z in x's dtype anyway. The torch path (wider MLPs) keeps z in fp32 for its fp32 GEMMs.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _mlp_backward
 from ._backward import _empty, _mlp_grads
 from ._conv import (
     DW_CONFIGS,
@@ -127,18 +132,22 @@ def _bn_affine(g, x, dw_w, dw_b, mean, coef, out, config="default"):
     return out
 
 
-def _bn_forward(x, dw_w, dw_b, mean, var, bn_w, bn_b, eps):
-    """BN(z) with batch statistics in fp32, x's layout: the input of the MLP's fc1 / pw1."""
+def _bn_forward(x, dw_w, dw_b, mean, var, bn_w, bn_b, eps, w1, c_out):
+    """BN(z) with batch statistics, x's layout: the input of the MLP's fc1 / pw1 (w1, c_out).
+    In x's dtype where the fused MLP backward reads it (its dots take z in that dtype: no bit
+    changes, half the bytes), else fp32 (the torch path's fp32 GEMMs)."""
     inv = torch.rsqrt(var + eps)
     scale = inv if bn_w is None else bn_w.float() * inv
     shift = torch.zeros_like(scale) if bn_b is None else bn_b.float()
     coef = torch.stack([torch.zeros_like(scale), scale, shift]).contiguous()
-    return _bn_affine(None, x, dw_w, dw_b, mean, coef, _f32_like(x))
+    fused = _mlp_backward.bwd_config_key(x.shape[1], c_out, w1.dtype) is not None
+    out = _f32_like(x) if not fused else torch.empty(
+        x.shape, device=x.device, dtype=x.dtype, memory_format=_layout(x))
+    return _bn_affine(None, x, dw_w, dw_b, mean, coef, out)
 
 
-def _bn_backward(g, x, dw_w, dw_b, mean, var, bn_w, eps, need_dz, config="default",
-                 out_dtype=torch.float32):
-    """(dz in x's layout and out_dtype, or None; d bn_weight fp32, d bn_bias fp32) from
+def _bn_backward(g, x, dw_w, dw_b, mean, var, bn_w, eps, need_dz, config="default"):
+    """(dz in x's layout and dtype, or None; d bn_weight fp32, d bn_bias fp32) from
     g = dL/dBN(z). dz is rounded once, by the affine kernel's store."""
     cfg = DW_CONFIGS[config]
     b, c, h, w = x.shape
@@ -158,7 +167,7 @@ def _bn_backward(g, x, dw_w, dw_b, mean, var, bn_w, eps, need_dz, config="defaul
     if need_dz:
         a = gamma * inv
         coef = torch.stack([a, -a * inv * inv * sgd / m, -a * sg / m]).contiguous()
-        out = torch.empty(x.shape, device=x.device, dtype=out_dtype, memory_format=_layout(x))
+        out = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=_layout(x))
         dz = _bn_affine(g, x, dw_w, dw_b, mean, coef, out, config)
     return dz, sgd * inv, sg
 
@@ -190,9 +199,7 @@ def dwconv_bn_train_backward(grad, x, dw_w, dw_b, bn_weight, bn_bias, eps, grad_
     e = _empty(grad)
     gx = gw = gb = e
     if need_dz:
-        # dx straight into x's dtype: one rounding of the fp32 result, no cast pass
-        gx, gw, gb = dwconv_bn_backward(dz, x, dw_w, dw_b, [need_x, need_w, need_b],
-                                        out_dtype=x.dtype)
+        gx, gw, gb = dwconv_bn_backward(dz, x, dw_w, dw_b, [need_x, need_w, need_b])
     out = [gx, gw, gb, _param_grad(dgamma, need_bnw, bn_weight),
            _param_grad(dbeta, need_bnb, bn_bias)]
     return [t if t is not None else e for t in out]
@@ -205,16 +212,16 @@ def mlp_train_backward(grad, x, bn_weight, bn_bias, eps, fc1_w, fc1_b, fc2_w, fc
     need_x, need_bnw, need_bnb = mask[0], mask[1], mask[2]
     need_z = need_x or need_bnw or need_bnb
     mean, var = _batch_stats(x, None, None)
-    z = _bn_forward(x, None, None, mean, var, bn_weight, bn_bias, eps)
+    z = _bn_forward(x, None, None, mean, var, bn_weight, bn_bias, eps, fc1_w, fc2_w.shape[0])
+    # dz in x's dtype and layout (as eager rounds it): the BN backward's input
     gm = _mlp_grads(grad, z, fc1_w, fc1_b, fc2_w, fc2_b, ls, [need_z, *mask[3:8]],
-                    dz_dtype=torch.float32)  # fp32, x's layout: the BN backward's input
+                    dz_dtype=x.dtype)
     e = _empty(grad)
     gx = dgamma = dbeta = None
     if need_z:
         gz = gm[0]
-        # dx = dz straight from the affine kernel in x's dtype (no fp32 copy and cast pass)
-        gx, dgamma, dbeta = _bn_backward(gz, x, None, None, mean, var, bn_weight, eps, need_x,
-                                         out_dtype=x.dtype)
+        # dx = the affine kernel's output (x's dtype, rounded once)
+        gx, dgamma, dbeta = _bn_backward(gz, x, None, None, mean, var, bn_weight, eps, need_x)
     res = [gx, _param_grad(dgamma, need_bnw, bn_weight), _param_grad(dbeta, need_bnb, bn_bias),
            *gm[1:]]
     res = [t if t is not None else e for t in res]
@@ -234,9 +241,10 @@ def conv_block_train_backward(grad, x, dw_w, dw_b, bn_weight, bn_bias, eps, pw1_
     need_dz = need_x or need_dww or need_dwb
     need_z = need_dz or need_bnw or need_bnb
     mean, var = _batch_stats(x, dw_w, dw_b)
-    z = _bn_forward(x, dw_w, dw_b, mean, var, bn_weight, bn_bias, eps)
+    z = _bn_forward(x, dw_w, dw_b, mean, var, bn_weight, bn_bias, eps, pw1_w, pw2_w.shape[0])
+    # dz in x's dtype and layout (as eager rounds it): the BN backward's input
     gm = _mlp_grads(grad, z, pw1_w, pw1_b, pw2_w, pw2_b, ls, [need_z, *mask[5:10]],
-                    dz_dtype=torch.float32)  # fp32, x's layout: the BN backward's input
+                    dz_dtype=x.dtype)
     e = _empty(grad)
     gx = gdw = gdb = e
     dgamma = dbeta = None
@@ -246,7 +254,7 @@ def conv_block_train_backward(grad, x, dw_w, dw_b, bn_weight, bn_bias, eps, pw1_
         if need_dz:
             # dx = dwconv^T(dz) + grad (the residual), rounded once to x's dtype in one kernel
             gxz, gdw, gdb = dwconv_bn_backward(dz, x, dw_w, dw_b, [need_x, need_dww, need_dwb],
-                                               out_dtype=x.dtype, residual=grad)
+                                               residual=grad)
             if need_x:
                 gx = gxz
     res = [gx, gdw, gdb, _param_grad(dgamma, need_bnw, bn_weight),

@@ -284,28 +284,27 @@ def test_backward_half():
 
 @pytest.mark.parametrize("x_layout", ["nchw", "channels_last"])
 def test_dx_with_residual_in_one_rounding(x_layout):
-    """dwconv_bn_backward's dx written in another dtype, with the block's residual gradient added
-    in the same kernel: equal to the fp32 dx plus the residual, rounded once; x's layout even
+    """dwconv_bn_backward's bf16 dx with the block's residual gradient added in the same kernel:
+    equal to the fp32 dx of the same values plus the residual, rounded once; x's layout even
     when the gradient arrives in the other one."""
     g = torch.Generator().manual_seed(5)
     shape = (2, 20, 5, 7)
     other = torch.channels_last if x_layout == "nchw" else torch.contiguous_format
     lay = torch.channels_last if x_layout == "channels_last" else torch.contiguous_format
-    x = torch.randn(shape, generator=g).contiguous(memory_format=lay)
-    dz = torch.randn(shape, generator=g).contiguous(memory_format=other)  # fp32, the other layout
+    x = torch.randn(shape, generator=g).bfloat16().contiguous(memory_format=lay)
+    dz = torch.randn(shape, generator=g).bfloat16().contiguous(memory_format=other)
     res = torch.randn(shape, generator=g).bfloat16()
-    w = torch.randn(20, 1, 3, 3, generator=g)
-    fp32 = K.dwconv_bn_backward(dz, x, w, None, [True])[0]
-    got = K.dwconv_bn_backward(dz, x, w, None, [True], out_dtype=torch.bfloat16, residual=res)[0]
+    w = torch.randn(20, 1, 3, 3, generator=g).bfloat16()
+    fp32 = K.dwconv_bn_backward(dz.float(), x.float(), w.float(), None, [True])[0]
+    got = K.dwconv_bn_backward(dz, x, w, None, [True], residual=res)[0]
     assert got.dtype == torch.bfloat16 and K._layout(got) == K._layout(x)
     assert torch.equal(got, (fp32 + res.float()).bfloat16())
     with pytest.raises(ValueError, match="residual"):
         K.dwconv_bn_backward(dz, x, w, None, [True], residual=res[:, :4])
     # the weight gradients of the same call match the plain one's
-    b = torch.randn(20, generator=g)
+    b = torch.randn(20, generator=g).bfloat16()
     plain = K.dwconv_bn_backward(dz, x, w, b, [False, True, True])
-    both = K.dwconv_bn_backward(dz, x, w, b, [True, True, True], out_dtype=torch.bfloat16,
-                                residual=res)
+    both = K.dwconv_bn_backward(dz, x, w, b, [True, True, True], residual=res)
     assert plain[0].numel() == 0 and torch.equal(both[0], got)
     assert torch.equal(both[1], plain[1]) and torch.equal(both[2], plain[2])
 

@@ -155,7 +155,8 @@ def test_ops_take_the_fused_path(op, c, dtype, layout, key, monkeypatch):
     real = MB.mlp_grads_fused
 
     def spy(*a, **k):
-        calls.append((a[1].shape, MB.bwd_config_key(a[1].shape[1], a[4].shape[0], a[2].dtype)))
+        calls.append((a[1].shape, a[1].dtype,
+                      MB.bwd_config_key(a[1].shape[1], a[4].shape[0], a[2].dtype)))
         return real(*a, **k)
 
     def torch_path(*a, **k):
@@ -166,7 +167,22 @@ def test_ops_take_the_fused_path(op, c, dtype, layout, key, monkeypatch):
     fn, ref = _fns(op)
     out = check(fn, ref, _op_args(op, (1, c, 3, 3, 24), layout), dtype, what=f"{op} C={c}")
     assert all(o.dtype == dtype for o in out)
-    assert calls == [(torch.Size((1, c, 3, 3)), key)]
+    # z in the input dtype, also the train forms' BN output
+    assert calls == [(torch.Size((1, c, 3, 3)), dtype, key)]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_half_z_changes_no_bit(layout):
+    """The train forms store their BN output z in the input dtype where these kernels read it:
+    every dot takes z in the weights' half dtype anyway (DOT_DT), so z rounded first gives the
+    same gradients bit for bit (fp16, whose dots the interpreter runs in fp16 as a GPU does)."""
+    args = _mlp_inputs(CONFIG_SHAPES[64], layout)
+    half = to(args, torch.float16)
+    unrounded = [half[0], args[1], *half[2:]]  # z in fp32
+    got = MB.mlp_grads_fused(*unrounded, [True] * 6, dz_dtype=torch.float16)
+    want = MB.mlp_grads_fused(*half, [True] * 6, dz_dtype=torch.float16)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.dtype == b.dtype and torch.equal(a, b), f"grad {i}"
 
 
 def test_mlp_c_out_differs_backward():
