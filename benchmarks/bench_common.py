@@ -17,6 +17,7 @@ Ratios between providers measured side by side per round are the CLI's job
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import pytest
@@ -57,3 +58,12 @@ def run_benchmark(benchmark, cand, group: str, extra: dict, settings) -> None:
         fn = cand.fn
     benchmark.pedantic(fn, rounds=max(5, int(20 / max(1, inner) ** 0.5)), iterations=inner,
                        warmup_rounds=1)
+
+
+def script_parser(doc: str) -> argparse.ArgumentParser:
+    """The --model / --batch / --threads options shared by the A/B scripts in this folder."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--model", default="hf:xs")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    return ap

@@ -9,11 +9,11 @@ Prints the median latency of each and the median [IQR] of the per-round ratios N
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 
 import torch
+from bench_common import script_parser
 
 import swiftkern
 from swiftkern.bench.models import build_model, example_input
@@ -21,10 +21,7 @@ from swiftkern.bench.stats import per_round_ratios, summarize
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="hf:xs")
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = script_parser(__doc__)
     ap.add_argument("--rounds", type=int, default=21)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)

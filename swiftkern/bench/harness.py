@@ -5,6 +5,12 @@ Method (what makes the numbers comparable):
   at least ``min_sample_s`` (timer resolution and call overhead stay negligible);
 * providers are measured in interleaved rounds (A B C A B C ...; the order rotates each round so
   no provider always runs right after another), so drift of a shared machine hits all of them;
+* each sample is preceded by ``rewarm`` untimed calls of the same provider: a sample then measures
+  the provider in steady state (its weights and buffers in cache, its thread pool awake, the
+  previous provider's spinning threads parked), as a model serving requests back to back runs,
+  not the cold first call after another framework ran (measured on the 2-core CI machine,
+  HF SwiftFormer-XS batch 1: without it ONNX Runtime read 18-21 ms interleaved against 12-15 ms
+  run alone, swiftkern 16.5-18 ms either way);
 * per provider: median and IQR of the samples; ratios between providers are computed per round and
   then summarized (median of ratios), never as a ratio of separately taken medians;
 * on CUDA, samples are timed with CUDA events around the inner loop; on CPU with perf_counter.
@@ -89,8 +95,10 @@ def run_rounds(
     on_step: Callable[[], None] | None = None,
     time_budget_s: float | None = None,
     min_rounds: int = 5,
+    rewarm: int = 1,
 ) -> Timings:
-    """Measure ``providers`` in ``rounds`` interleaved rounds (see module docstring).
+    """Measure ``providers`` in ``rounds`` interleaved rounds (see module docstring), each
+    sample after ``rewarm`` untimed calls of its provider.
 
     With ``time_budget_s``, stop after the first complete round past the budget (but not before
     ``min_rounds``): a loaded machine then yields fewer rounds instead of an endless run. Every
@@ -108,6 +116,8 @@ def run_rounds(
     for r in range(rounds):
         for i in range(n):
             p = providers[(r + i) % n]
+            for _ in range(rewarm):
+                p.fn()
             _sync(p.device)
             t.samples[p.name].append(time_once(p, p.inner))
             if on_step is not None:

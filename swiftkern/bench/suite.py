@@ -342,7 +342,10 @@ def _no_grad(f, x):
     return run
 
 
-def _ort_fn(model: torch.nn.Module, x: torch.Tensor, threads: int, tmpdir: str):
+def _ort_fn(model: torch.nn.Module, x: torch.Tensor, threads: int, tmpdir: str,
+            spin: bool = False):
+    """ONNX Runtime on `model` exported to ONNX; spin=True keeps ORT's default spin-waiting
+    thread pool (benchmarks/solo_peers.py, which runs each provider alone)."""
     import onnxruntime as ort
 
     path = os.path.join(tmpdir, "model.onnx")
@@ -355,11 +358,11 @@ def _ort_fn(model: torch.nn.Module, x: torch.Tensor, threads: int, tmpdir: str):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Providers run interleaved (A B A B ...): ORT's default spin-waiting pool keeps both cores
-    # busy after each run and slowed whichever provider ran next (measured: swiftkern 1.66x faster
-    # than eager without ORT in the rotation, 0.60x with it). Never called back to back here, ORT
-    # gains nothing from spinning.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Without ORT's spin-waiting thread pool: after a run its spinning workers kept both cores
+    # busy for tens of ms and slowed whichever provider ran next even after the harness's re-warm
+    # call (HF XS batch 1: swiftkern 16.5 -> 20-34 ms). That costs ORT itself: run alone, back to
+    # back, it took 12-14 ms with spinning and 14-16 ms without (README "Performance" reports both).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     xn = x.numpy()
 

@@ -35,9 +35,13 @@ def test_rounds_alternate_and_rotate():
     t = run_rounds(provs, rounds=4, warmup_s=0.0, min_sample_s=0.0)
     assert all(len(t.samples[n]) == 4 for n in "ABC")
     assert t.inner == {"A": 1, "B": 1, "C": 1}
-    timed = calls[-12:]  # after warm-up / calibration calls
-    rounds = [timed[i:i + 3] for i in range(0, 12, 3)]
+    timed = calls[-24:]  # after warm-up / calibration calls: (re-warm, timed) per sample
+    assert timed[0::2] == timed[1::2], "each sample follows one untimed call of its provider"
+    rounds = [timed[1::2][i:i + 3] for i in range(0, 12, 3)]
     assert rounds == [list("ABC"), list("BCA"), list("CAB"), list("ABC")]
+    calls.clear()
+    run_rounds(provs, rounds=2, warmup_s=0.0, min_sample_s=0.0, rewarm=0)
+    assert calls[-6:] == list("ABCBCA")
 
 
 def test_time_budget_keeps_rounds_equal():
