@@ -335,7 +335,7 @@ def _bf16_cpu_note() -> str | None:
     return (
         "bf16 on a CPU without bf16 arithmetic: the CPU kernels and the folded convolutions "
         "compute in fp32 inside, so the bf16 model runs at about the optimized fp32 model's "
-        "speed (0.86-1.06x measured on such a CPU, README 'Performance'), not faster; the fp32 "
+        "speed (0.84-1.17x measured on such a CPU, README 'Performance'), not faster; the fp32 "
         "model is as fast and more accurate"
     )
 
