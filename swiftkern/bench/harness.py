@@ -9,8 +9,8 @@ Method (what makes the numbers comparable):
   the provider in steady state (its weights and buffers in cache, its thread pool awake, the
   previous provider's spinning threads parked), as a model serving requests back to back runs,
   not the cold first call after another framework ran (measured on the 2-core CI machine,
-  HF SwiftFormer-XS batch 1: without it ONNX Runtime read 18-21 ms interleaved against 12-15 ms
-  run alone, swiftkern 16.5-18 ms either way);
+  HF SwiftFormer-XS batch 1: without it ONNX Runtime read 18-21 ms interleaved against 14-16 ms
+  run alone, swiftkern 16-18 ms either way);
 * per provider: median and IQR of the samples; ratios between providers are computed per round and
   then summarized (median of ratios), never as a ratio of separately taken medians;
 * on CUDA, samples are timed with CUDA events around the inner loop; on CPU with perf_counter.

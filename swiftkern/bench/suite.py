@@ -361,7 +361,7 @@ def _ort_fn(model: torch.nn.Module, x: torch.Tensor, threads: int, tmpdir: str,
     # Without ORT's spin-waiting thread pool: after a run its spinning workers kept both cores
     # busy for tens of ms and slowed whichever provider ran next even after the harness's re-warm
     # call (HF XS batch 1: swiftkern 16.5 -> 20-34 ms). That costs ORT itself: run alone, back to
-    # back, it took 12-14 ms with spinning and 14-16 ms without (README "Performance" reports both).
+    # back, it took 12-14 ms with spinning and 14-17 ms without (README "Performance" reports both).
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     xn = x.numpy()

@@ -241,7 +241,8 @@ def folded_conv2d(owner: FusedModule, x: torch.Tensor, w, b, conv: nn.Conv2d) ->
     Without autograd on channels_last fp32 CPU tensors it runs oneDNN's convolution on a weight
     reordered once and cached on `owner` (see _PACKED_CONV). Otherwise F.conv2d; for a
     channels_last input the weight is then kept channels_last (cached too): given an NCHW weight,
-    oneDNN reorders it on every call (measured 0.15-0.37 ms for a 220x112x3x3 weight here)."""
+    oneDNN reorders it on every call (measured 0.15-0.37 ms for a 220x112x3x3 weight here).
+    bf16 / fp16 without native CPU kernels: the same routes in fp32 (see _half_conv_in_fp32)."""
     if _half_conv_in_fp32(x, w, b):
         w32 = owner.cached("conv_fp32_w", [w], lambda: w.float())
         b32 = None if b is None else owner.cached("conv_fp32_b", [b], lambda: b.float())
