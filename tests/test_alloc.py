@@ -69,10 +69,12 @@ def _faults(tuned: bool) -> float:
 @pytest.mark.skipif(_alloc._glibc() is None, reason="not glibc")
 def test_tuning_removes_the_page_faults_of_a_forward():
     """HF SwiftFormer-XS, batch 2, 224x224: the activations of a forward are faulted in again on
-    every call with glibc's defaults (thousands of minor faults on the CI machine), not once the
-    heap keeps freed memory."""
+    every call with glibc's defaults (~2,500-2,700 minor faults on the CI machine), not once the
+    heap keeps freed memory (0.2 per forward on an idle machine; 177 in one CI run while other
+    processes ran, when the VM's memory reclaim faults pages back in too: hence the 4x margin
+    rather than a near-zero bound)."""
     untuned = _faults(tuned=False)
     if untuned < 100:
         pytest.skip(f"glibc's defaults fault only {untuned:.0f} times per forward here")
     tuned = _faults(tuned=True)
-    assert tuned < 0.05 * untuned, f"{tuned:.0f} faults per forward tuned vs {untuned:.0f}"
+    assert tuned < 0.25 * untuned, f"{tuned:.0f} faults per forward tuned vs {untuned:.0f}"
