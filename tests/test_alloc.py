@@ -70,9 +70,9 @@ def _faults(tuned: bool) -> float:
 def test_tuning_removes_the_page_faults_of_a_forward():
     """HF SwiftFormer-XS, batch 2, 224x224: the activations of a forward are faulted in again on
     every call with glibc's defaults (~2,500-2,700 minor faults on the CI machine), not once the
-    heap keeps freed memory (0.2 per forward on an idle machine; 177 in one CI run while other
-    processes ran, when the VM's memory reclaim faults pages back in too: hence the 4x margin
-    rather than a near-zero bound)."""
+    heap keeps freed memory (0.2 per forward on an idle machine, but 177 in one CI run, cause not
+    established: the VM runs a memory reclaimer, kdamond, that can fault pages back in. Hence
+    the 4x margin rather than a near-zero bound)."""
     untuned = _faults(tuned=False)
     if untuned < 100:
         pytest.skip(f"glibc's defaults fault only {untuned:.0f} times per forward here")
