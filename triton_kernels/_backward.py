@@ -57,14 +57,20 @@ def _empty(grad):
     return grad.new_empty(0)
 
 
+def _mlp_fused(z_shape, w1, w2) -> bool:
+    """Whether _mlp_grads takes the fused Triton kernels for a pw1 input of z_shape."""
+    b, c, h, w = z_shape
+    return (b * h * w > 0 and w1.shape[0] > 0
+            and _mlp_backward.bwd_config_key(c, w2.shape[0], w1.dtype) is not None)
+
+
 def _mlp_grads(grad, z, w1, b1, w2, b2, ls, need, dz_dtype=None):
     """need = (z, w1, b1, w2, b2, ls). Returns grads in that order (None where not needed); the
     z gradient as fp32 rows [B*H*W, C], or with dz_dtype as [B, C, H, W] in z's layout and that
     dtype (rounded once). The fused Triton backward (_mlp_backward) where its register-resident
     tiles fit, else the torch path below."""
     b, c, h, w = z.shape
-    if (b * h * w > 0 and w1.shape[0] > 0
-            and _mlp_backward.bwd_config_key(c, w2.shape[0], w1.dtype) is not None):
+    if _mlp_fused(z.shape, w1, w2):
         return _mlp_backward.mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need,
                                              dz_dtype=dz_dtype)
     out = _mlp_grads_torch(grad, z, w1, b1, w2, b2, ls, need)

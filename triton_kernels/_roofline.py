@@ -131,13 +131,12 @@ def _mlp_bwd_fused(c: int, co: int, e: int) -> bool:
     return max(c, co) <= (MLP_BWD_MAX_C if e == 2 else MLP_BWD_MAX_C_FP32)
 
 
-def _mlp_grads_traffic(p: int, c: int, hd: int, co: int, e: int, z_bytes: int, ls: bool,
-                       dz_bytes: int = 4):
+def _mlp_grads_traffic(p: int, c: int, hd: int, co: int, e: int, z_bytes: int, ls: bool):
     """(bytes, launches) of _backward._mlp_grads with every gradient wanted.
 
     max(C, c_out) <= MLP_BWD_MAX_C (MLP_BWD_MAX_C_FP32 for fp32): the fused kernels of
-    _mlp_backward. Kernel P reads z (z_bytes per element) and g, writes dz rows (dz_bytes per
-    element: the input dtype) and per-tile [2, c_out] partials;
+    _mlp_backward. Kernel P reads z (z_bytes per element) and g, writes dz rows (in the input
+    dtype) and per-tile [2, c_out] partials;
     kernel W re-reads z and g, counted as DRAM unless z + g <= L2_REUSE_BYTES (launched right
     after kernel P; the L2 rule of the additive_attention forward), and writes per-segment
     [hd, c] + [c_out, hd] + [hd] fp32 partials. The hidden chunks of one pixel segment are
@@ -155,7 +154,7 @@ def _mlp_grads_traffic(p: int, c: int, hd: int, co: int, e: int, z_bytes: int, l
         n_h = -(-hd // bh_w)
         segs = max(1, min(-(-p // bp_w), -(-MLP_BWD_TARGET_PROGRAMS // n_h)))
         parts = -(-p // bp_p) * 2 * co * f + segs * (hd * c + co * hd + hd) * f
-        moved = io + p * c * dz_bytes + (0 if io <= L2_REUSE_BYTES else io) + 2 * parts
+        moved = io + p * c * e + (0 if io <= L2_REUSE_BYTES else io) + 2 * parts
         return moved, 3  # kernels P and W, then one _partials.sum_partials launch
     steps = [
         p * c * (z_bytes + f),  # z -> fp32 rows (a copy unless z is fp32 channels_last)
@@ -223,7 +222,7 @@ def _conv_backward(op: str, s: dict) -> dict:
             z_bytes = e
         else:
             z_bytes = e  # mlp: z is x
-        nb, nl = _mlp_grads_traffic(p, c, hd, co, e, z_bytes, ls, e)
+        nb, nl = _mlp_grads_traffic(p, c, hd, co, e, z_bytes, ls)
         add(nb, nl)
         # dz rows (pixel-major) -> x's layout, assumed NCHW (optimize()'s default on a GPU; a
         # channels_last x needs no copy)

@@ -31,8 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _mlp_backward
-from ._backward import _empty, _mlp_grads
+from ._backward import _empty, _mlp_fused, _mlp_grads
 from ._conv import (
     DW_CONFIGS,
     Unsupported,
@@ -132,16 +131,15 @@ def _bn_affine(g, x, dw_w, dw_b, mean, coef, out, config="default"):
     return out
 
 
-def _bn_forward(x, dw_w, dw_b, mean, var, bn_w, bn_b, eps, w1, c_out):
-    """BN(z) with batch statistics, x's layout: the input of the MLP's fc1 / pw1 (w1, c_out).
+def _bn_forward(x, dw_w, dw_b, mean, var, bn_w, bn_b, eps, w1, w2):
+    """BN(z) with batch statistics, x's layout: the input of the MLP's fc1 / pw1 (w1, w2).
     In x's dtype where the fused MLP backward reads it (its dots take z in that dtype: no bit
     changes, half the bytes), else fp32 (the torch path's fp32 GEMMs)."""
     inv = torch.rsqrt(var + eps)
     scale = inv if bn_w is None else bn_w.float() * inv
     shift = torch.zeros_like(scale) if bn_b is None else bn_b.float()
     coef = torch.stack([torch.zeros_like(scale), scale, shift]).contiguous()
-    fused = _mlp_backward.bwd_config_key(x.shape[1], c_out, w1.dtype) is not None
-    out = _f32_like(x) if not fused else torch.empty(
+    out = _f32_like(x) if not _mlp_fused(x.shape, w1, w2) else torch.empty(
         x.shape, device=x.device, dtype=x.dtype, memory_format=_layout(x))
     return _bn_affine(None, x, dw_w, dw_b, mean, coef, out)
 
@@ -212,7 +210,7 @@ def mlp_train_backward(grad, x, bn_weight, bn_bias, eps, fc1_w, fc1_b, fc2_w, fc
     need_x, need_bnw, need_bnb = mask[0], mask[1], mask[2]
     need_z = need_x or need_bnw or need_bnb
     mean, var = _batch_stats(x, None, None)
-    z = _bn_forward(x, None, None, mean, var, bn_weight, bn_bias, eps, fc1_w, fc2_w.shape[0])
+    z = _bn_forward(x, None, None, mean, var, bn_weight, bn_bias, eps, fc1_w, fc2_w)
     # dz in x's dtype and layout (as eager rounds it): the BN backward's input
     gm = _mlp_grads(grad, z, fc1_w, fc1_b, fc2_w, fc2_b, ls, [need_z, *mask[3:8]],
                     dz_dtype=x.dtype)
@@ -241,7 +239,7 @@ def conv_block_train_backward(grad, x, dw_w, dw_b, bn_weight, bn_bias, eps, pw1_
     need_dz = need_x or need_dww or need_dwb
     need_z = need_dz or need_bnw or need_bnb
     mean, var = _batch_stats(x, dw_w, dw_b)
-    z = _bn_forward(x, dw_w, dw_b, mean, var, bn_weight, bn_bias, eps, pw1_w, pw2_w.shape[0])
+    z = _bn_forward(x, dw_w, dw_b, mean, var, bn_weight, bn_bias, eps, pw1_w, pw2_w)
     # dz in x's dtype and layout (as eager rounds it): the BN backward's input
     gm = _mlp_grads(grad, z, pw1_w, pw1_b, pw2_w, pw2_b, ls, [need_z, *mask[5:10]],
                     dz_dtype=x.dtype)
