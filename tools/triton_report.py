@@ -4,7 +4,6 @@
     python tools/triton_report.py               # compile for sm_80 and sm_90, print the table
     python tools/triton_report.py --roofline    # bytes / FLOPs / predicted H100 time per kernel
     python tools/triton_report.py --targets 90 --jobs 2
-    python tools/triton_report.py --flag-variants   # also every spec with its optional flags off
 
 Each (kernel, config, dtype) of swiftkern.triton_kernels._specs.all_specs() goes through the
 full Triton pipeline with the bundled ptxas (triton.compile(ASTSource(...), target=GPUTarget)).
@@ -13,9 +12,8 @@ shared memory from the kernel metadata. Exit status 1 on a compile error, any sp
 LOCAL > 0) or shared memory over the target's per-block limit (sm_80: 163 KB, sm_90: 227 KB).
 Must run without TRITON_INTERPRET (the interpreter replaces @triton.jit functions): the script
 re-executes itself with it removed.
-The specs compile each kernel with its optional HAS_* / NEED_* flags on (every input present).
-That is not always the most register-hungry variant: --flag-variants also compiles, per spec,
-all those flags off and each one off alone (~2,300 compiles, ~21 min on 2 cores; not run in CI).
+The specs are every variant the launchers produce (each flag combination, tiles at the config's
+width); tests/triton/test_spec_coverage.py checks the interpreter tests' launches against them.
 """
 
 from __future__ import annotations
@@ -53,29 +51,15 @@ def _resource_usage(cubin: bytes) -> dict:
     return res
 
 
-def flag_variants(spec) -> list[tuple[str, ...]]:
-    """The optional flags to switch off for --flag-variants: all of them, and each alone."""
-    on = [k for k, v in spec.constexprs.items()
-          if v is True and k.startswith(("HAS_", "NEED_"))]
-    out = [tuple(on)] if on else []
-    return out + [(f,) for f in on] if len(on) > 1 else out
-
-
 def _compile_one(job):
-    idx, arch, off = job
-    import dataclasses
-
+    idx, arch = job
     import triton
     from swiftkern.triton_kernels._specs import all_specs
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     spec = all_specs()[idx]
-    if off:
-        spec = dataclasses.replace(spec, constexprs={**spec.constexprs,
-                                                      **dict.fromkeys(off, False)})
-    config = spec.config + ("" if not off else " -" + ",-".join(off))
-    row = dict(kernel=spec.name, config=config, dtype=spec.dtype, warps=spec.num_warps,
+    row = dict(kernel=spec.name, config=spec.config, dtype=spec.dtype, warps=spec.num_warps,
                layout=spec.layout or "-", target=f"sm_{arch}")
     try:
         src = ASTSource(fn=spec.kernel, signature=spec.signature(), constexprs=spec.constants(),
@@ -103,17 +87,15 @@ def _problems(row) -> list[str]:
     return out
 
 
-def compile_report(targets=(80, 90), jobs: int = 2, only: str = "",
-                   variants: bool = False) -> tuple[list[dict], int]:
+def compile_report(targets=(80, 90), jobs: int = 2, only: str = "") -> tuple[list[dict], int]:
     from swiftkern.triton_kernels._specs import all_specs
 
     specs = all_specs()
-    work = [(i, a, off) for i, s in enumerate(specs)
-            if not only or only in f"{s.name} {s.config} {s.dtype} {s.layout}"
-            for off in (flag_variants(s) if variants else [()]) for a in targets]
+    work = [(i, a) for i, s in enumerate(specs)
+            if not only or only in f"{s.name} {s.config} {s.dtype} {s.layout}" for a in targets]
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as ex:
-            rows = list(ex.map(_compile_one, work, chunksize=4 if variants else 1))
+            rows = list(ex.map(_compile_one, work, chunksize=4))
     else:
         rows = [_compile_one(w) for w in work]
     bad = sum(1 for r in rows if _problems(r))
@@ -189,19 +171,14 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", default="80,90")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--only", default="", help="substring of 'kernel config dtype layout'")
-    ap.add_argument("--flag-variants", action="store_true",
-                    help="compile each spec with its optional flags off instead (all, each one)")
     args = ap.parse_args(argv)
     if args.roofline:
         roofline_report(args.batch)
         return 0
     rows, bad = compile_report(tuple(int(t) for t in args.targets.split(",")), args.jobs,
-                               args.only, args.flag_variants)
-    n = len(rows)
-    if args.flag_variants:  # thousands of rows: the ones with problems only
-        rows = [r for r in rows if _problems(r)]
+                               args.only)
     print_table(rows)
-    print(f"\n{n} compiles, {bad} with problems")
+    print(f"\n{len(rows)} compiles, {bad} with problems")
     return 1 if bad else 0
 
 

@@ -207,7 +207,10 @@ def attn_config_key(d: int) -> int:
 
 
 def _splits(b: int, n: int, block_n: int, max_splits: int = MAX_SPLITS) -> tuple[int, int]:
-    """(splits, tokens per split): enough programs to fill a GPU (~4 per SM of 132) at small B."""
+    """(splits, tokens per split): enough programs to fill a GPU (~4 per SM of 132) at small B.
+    The merges always run BLOCK_S = MAX_SPLITS wide (the AOT-compiled variant)."""
+    if not 1 <= max_splits <= MAX_SPLITS:
+        raise ValueError(f"max_splits {max_splits} outside [1, {MAX_SPLITS}]")
     blocks = triton.cdiv(n, block_n)
     want = max(1, min(max_splits, blocks, triton.cdiv(528, max(b, 1))))
     per = triton.cdiv(blocks, want) * block_n
@@ -233,10 +236,9 @@ def additive_attention_core(q, k, w_g, scale, pool, config=None, max_splits=MAX_
         return gk, qn
     key = attn_config_key(d) if config is None else config
     cfg = ATTN_CONFIGS[key]
-    block_d = triton.next_power_of_2(d)
-    if block_d > key:
+    if triton.next_power_of_2(d) > key:
         raise ValueError(f"config {key} too narrow for D={d}")
-    block_d = key if config is not None else max(block_d, 16)
+    block_d = key  # tiles always at the config's width: only those variants are AOT-compiled
     nsplit, per = _splits(bsz, n, cfg["BLOCK_N"], max_splits)
     ws_g = torch.empty((bsz * nsplit, block_d), device=q.device, dtype=torch.float32)
     ws_ml = torch.empty((bsz * nsplit, 2), device=q.device, dtype=torch.float32)
@@ -249,7 +251,7 @@ def additive_attention_core(q, k, w_g, scale, pool, config=None, max_splits=MAX_
     _attn_apply_kernel[(bsz, triton.cdiv(n, cfg["BLOCK_N"]))](
         k, ws_g, ws_ml, gk, n, d, nsplit, *k.stride(),
         POOL=pid, BLOCK_N=cfg["BLOCK_N"], BLOCK_D=block_d,
-        BLOCK_S=triton.next_power_of_2(nsplit), num_warps=cfg["num_warps"],
+        BLOCK_S=MAX_SPLITS, num_warps=cfg["num_warps"],
     )
     return gk, qn
 

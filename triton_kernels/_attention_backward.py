@@ -150,10 +150,12 @@ def _attn_bwd_apply_kernel(
 # 16 fp32 per thread per tile it needs 128-143 registers; the forward's 32 per thread reached
 # 207-249, and 16 per thread in other BLOCK_N / warp splits spilled 8 bytes at sm_80. Pass 1
 # (P1_BLOCK_N, p1_warps) streams its token range: the forward's 32 per thread needed 226
-# registers at D <= 128, 16 per thread 124.
+# registers at D <= 128, 16 per thread 124. Pass 2 at D <= 128 / 256 runs 4 / 8 warps (8 fp32 per
+# thread per tile): at 2 / 4 warps its variants without dk (D <= 128, l2, fp32) or without the
+# extra gradient (D <= 256, sum, all dtypes) spilled 8 B at sm_90.
 ATTN_BWD_CONFIGS = {
-    128: dict(BLOCK_N=8, num_warps=2, P1_BLOCK_N=16, p1_warps=4),
-    256: dict(BLOCK_N=8, num_warps=4, P1_BLOCK_N=16, p1_warps=4),
+    128: dict(BLOCK_N=8, num_warps=4, P1_BLOCK_N=16, p1_warps=4),
+    256: dict(BLOCK_N=8, num_warps=8, P1_BLOCK_N=16, p1_warps=4),
     512: dict(BLOCK_N=8, num_warps=8, P1_BLOCK_N=8, p1_warps=4),
 }
 
@@ -183,7 +185,7 @@ def core_backward(dgk, q, k, w_g, scale, pool, need_dq, need_dk, dqn=None, dq=No
     cfg = ATTN_BWD_CONFIGS[key]
     if triton.next_power_of_2(d) > key:
         raise ValueError(f"config {key} too narrow for D={d}")
-    block_d = key if config is not None else max(triton.next_power_of_2(d), 16)
+    block_d = key  # tiles always at the config's width: only those variants are AOT-compiled
     if need_dq and dq is None:
         dq = torch.empty((bsz, n, d), device=q.device, dtype=q.dtype)
     if need_dk and dk is None:
@@ -219,7 +221,7 @@ def core_backward(dgk, q, k, w_g, scale, pool, need_dq, need_dk, dqn=None, dq=No
         q, k, wg, dgk, dqn, ws_g, ws_ml, ws_dg, dqo, dko, ws_dw, n, d, nsplit, float(scale),
         *q.stride(), *k.stride(), dqo.stride(0), dqo.stride(1), dko.stride(0), dko.stride(1),
         POOL=pid, HAS_DQN=has_dqn, NEED_DQ=need_dq, NEED_DK=need_dk,
-        BLOCK_N=cfg["BLOCK_N"], BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(nsplit),
+        BLOCK_N=cfg["BLOCK_N"], BLOCK_D=block_d, BLOCK_S=A.MAX_SPLITS,
         num_warps=cfg["num_warps"],
     )
     if need_dw:

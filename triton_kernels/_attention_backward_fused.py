@@ -46,7 +46,7 @@ import triton
 import triton.language as tl
 
 from . import _attention as A
-from ._conv import _cast_out, _input_prec, dot_dtype
+from ._conv import _cast_out, _input_prec, _vec, dot_dtype
 from ._partials import sum_partials
 
 
@@ -71,18 +71,16 @@ def _rows_dot(a_ptr, arow, rmask, K, w_ptr, swk, swc, cols, cmask,
 
 @triton.jit
 def _qk_tiles(x_ptr, xrow, nmask, wqk_ptr, bqk_ptr, d, dmask, D,
-              HAS_BQK: tl.constexpr, BLOCK_K: tl.constexpr, DOT_DT: tl.constexpr,
-              INPUT_PREC: tl.constexpr):
+              BLOCK_K: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr):
     """Full-width fp32 q, k tiles of x Wqk^T + bqk (0 in masked rows and columns)."""
     q = _rows_dot(x_ptr, xrow, nmask, D, wqk_ptr, 1, D, d, dmask, BLOCK_K, DOT_DT, INPUT_PREC)
     k = _rows_dot(x_ptr, xrow, nmask, D, wqk_ptr + D * D, 1, D, d, dmask, BLOCK_K, DOT_DT,
                   INPUT_PREC)
-    if HAS_BQK:
-        msk = nmask[:, None] & dmask[None, :]
-        q = tl.where(msk, q + tl.load(bqk_ptr + d, mask=dmask, other=0.0).to(tl.float32)[None, :],
-                     0.0)
-        k = tl.where(msk, k + tl.load(bqk_ptr + D + d, mask=dmask,
-                                      other=0.0).to(tl.float32)[None, :], 0.0)
+    msk = nmask[:, None] & dmask[None, :]
+    q = tl.where(msk, q + tl.load(bqk_ptr + d, mask=dmask, other=0.0).to(tl.float32)[None, :],
+                 0.0)
+    k = tl.where(msk, k + tl.load(bqk_ptr + D + d, mask=dmask, other=0.0).to(tl.float32)[None, :],
+                 0.0)
     return q, k
 
 
@@ -91,7 +89,7 @@ def _attn_bwd_fused_pool_kernel(
     x_ptr, dy_ptr, wqk_ptr, bqk_ptr, wg_ptr, wfp_ptr, ws_g_ptr, ws_ml_ptr, ws_dg_ptr,
     N, D, T, TOK_PER_SPLIT, scale,
     sxb, sxn,
-    HAS_BQK: tl.constexpr, POOL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    POOL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_K: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
 ):
     """Kernel P for batch b = pid0, tokens [pid1*TOK_PER_SPLIT, +TOK_PER_SPLIT): the forward's
@@ -109,7 +107,7 @@ def _attn_bwd_fused_pool_kernel(
         nmask = n < end
         n64 = n.to(tl.int64)
         q, k = _qk_tiles(x_ptr, b * sxb + n64 * sxn, nmask, wqk_ptr, bqk_ptr, d, dmask, D,
-                         HAS_BQK, BLOCK_K, DOT_DT, INPUT_PREC)
+                         BLOCK_K, DOT_DT, INPUT_PREC)
         g, m, acc_l = A._pool_accumulate(A._normalize_rows(q, nmask), wg, scale, nmask, g, m,
                                          acc_l, POOL)
         dgk = _rows_dot(dy_ptr, (b * N + n64) * T, nmask, T, wfp_ptr, D, 1, d, dmask, BLOCK_K,
@@ -125,7 +123,7 @@ def _attn_bwd_fused_token_kernel(
     gm_ptr, tok_ptr, dx_ptr,
     N, D, T, NSPLIT, R, scale,
     sxb, sxn,
-    HAS_BQK: tl.constexpr, HAS_FINAL: tl.constexpr, NEED_DX: tl.constexpr, POOL: tl.constexpr,
+    HAS_FINAL: tl.constexpr, NEED_DX: tl.constexpr, POOL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr,
     BLOCK_S: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
 ):
@@ -146,7 +144,7 @@ def _attn_bwd_fused_token_kernel(
     n64 = n.to(tl.int64)
     row = b * N + n64
     msk = nmask[:, None] & dmask[None, :]
-    q, k = _qk_tiles(x_ptr, b * sxb + n64 * sxn, nmask, wqk_ptr, bqk_ptr, d, dmask, D, HAS_BQK,
+    q, k = _qk_tiles(x_ptr, b * sxb + n64 * sxn, nmask, wqk_ptr, bqk_ptr, d, dmask, D,
                      BLOCK_K, DOT_DT, INPUT_PREC)
     # k's half first: its tiles are dead before q's backward needs dout1 (registers at 256)
     dgk = _rows_dot(dy_ptr, row * T, nmask, T, wfp_ptr, D, 1, d, dmask, BLOCK_K, DOT_DT,
@@ -232,12 +230,11 @@ def _w_rows(x_ptr, r0, end, N, sxb, sxn, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _w_proj_chunk(x_ptr, xrow, rmask, w_ptr, b_ptr, i, imask, D, HAS_B: tl.constexpr,
+def _w_proj_chunk(x_ptr, xrow, rmask, w_ptr, b_ptr, i, imask, D,
                   BLOCK_K: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr):
     """q_i^T or k_i^T ([BLOCK_I, BLOCK_N] fp32): W[i, :] x^T + b[i] for W = Wq or Wk."""
     v = _chunk_dot_t(w_ptr, D, 1, i, imask, x_ptr, xrow, rmask, D, BLOCK_K, DOT_DT, INPUT_PREC)
-    if HAS_B:
-        v += tl.load(b_ptr + i, mask=imask, other=0.0).to(tl.float32)[:, None]
+    v += tl.load(b_ptr + i, mask=imask, other=0.0).to(tl.float32)[:, None]
     return v
 
 
@@ -252,7 +249,7 @@ def _attn_bwd_fused_weight_kernel(
     x_ptr, dy_ptr, wqk_ptr, bqk_ptr, wg_ptr, wf_ptr, wfp_ptr, gm_ptr, tok_ptr, ws_w_ptr,
     N, D, T, R, ROWS_PER_SEG,
     sxb, sxn,
-    HAS_BQK: tl.constexpr, HAS_FINAL: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_FINAL: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_K: tl.constexpr,
     DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
 ):
@@ -286,7 +283,7 @@ def _attn_bwd_fused_weight_kernel(
         wg_i = tl.load(wg_ptr + i, mask=imask, other=0.0).to(tl.float32)
         for r0 in range(start, end, BLOCK_N):
             r, rmask, bb, xrow = _w_rows(x_ptr, r0, end, N, sxb, sxn, BLOCK_N)
-            q_i = _w_proj_chunk(x_ptr, xrow, rmask, wqk_ptr, bqk_ptr, i, imask, D, HAS_BQK,
+            q_i = _w_proj_chunk(x_ptr, xrow, rmask, wqk_ptr, bqk_ptr, i, imask, D,
                                 BLOCK_K, DOT_DT, INPUT_PREC)
             irm = imask[:, None] & rmask[None, :]
             if HAS_FINAL:
@@ -313,7 +310,7 @@ def _attn_bwd_fused_weight_kernel(
         for r0 in range(start, end, BLOCK_N):
             r, rmask, bb, xrow = _w_rows(x_ptr, r0, end, N, sxb, sxn, BLOCK_N)
             k_i = _w_proj_chunk(x_ptr, xrow, rmask, wqk_ptr + D * D, bqk_ptr + D, i, imask, D,
-                                HAS_BQK, BLOCK_K, DOT_DT, INPUT_PREC)
+                                BLOCK_K, DOT_DT, INPUT_PREC)
             dgk_i = _chunk_dot_t(wfp_ptr, 1, D, i, imask, dy_ptr, r * T, rmask, T, BLOCK_K,
                                  DOT_DT, INPUT_PREC)
             G_i = tl.load(gm_ptr + bb[None, :] * 2 * BLOCK_D + i[:, None],
@@ -334,12 +331,12 @@ def _attn_bwd_fused_weight_kernel(
             r, rmask, bb, xrow = _w_rows(x_ptr, r0, end, N, sxb, sxn, BLOCK_N)
             if part == 2:  # gk_i = kinv G_i k_i
                 c_i = _w_proj_chunk(x_ptr, xrow, rmask, wqk_ptr + D * D, bqk_ptr + D, i, imask,
-                                    D, HAS_BQK, BLOCK_K, DOT_DT, INPUT_PREC)
+                                    D, BLOCK_K, DOT_DT, INPUT_PREC)
                 c_i *= _w_tok(tok_ptr, 4, R, r, rmask) \
                     * tl.load(gm_ptr + bb[None, :] * 2 * BLOCK_D + i[:, None],
                               mask=imask[:, None] & rmask[None, :], other=0.0)
             else:  # qn_i = qinv q_i
-                c_i = _w_proj_chunk(x_ptr, xrow, rmask, wqk_ptr, bqk_ptr, i, imask, D, HAS_BQK,
+                c_i = _w_proj_chunk(x_ptr, xrow, rmask, wqk_ptr, bqk_ptr, i, imask, D,
                                     BLOCK_K, DOT_DT, INPUT_PREC) * _w_tok(tok_ptr, 0, R, r, rmask)
             dy = tl.load(dy_ptr + r[:, None] * T + t[None, :],
                          mask=rmask[:, None] & tmask[None, :], other=0.0).to(tl.float32)
@@ -357,7 +354,7 @@ def _attn_bwd_fused_weight_kernel(
 def _attn_bwd_finalize_kernel(
     e_ptr, f_ptr, dbf_ptr, wf_ptr, wp_ptr, bp_ptr, dwp_ptr, dbp_ptr, dwf_ptr, dbfo_ptr,
     D, T,
-    HAS_FINAL: tl.constexpr, HAS_BP: tl.constexpr, NEED_WP: tl.constexpr,
+    HAS_FINAL: tl.constexpr, NEED_WP: tl.constexpr,
     NEED_BP: tl.constexpr, NEED_WF: tl.constexpr, NEED_BF: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -422,9 +419,8 @@ def _attn_bwd_finalize_kernel(
                 wpt = tl.load(wp_ptr + j[None, :] * D + k[:, None],
                               mask=km[:, None] & jm[None, :], other=0.0).to(tl.float32)
                 acc = tl.dot(e, wpt, acc, input_precision="ieee", out_dtype=tl.float32)
-            if HAS_BP:
-                bp = tl.load(bp_ptr + j, mask=jm, other=0.0).to(tl.float32)
-                acc += s[:, None] * bp[None, :]
+            bp = tl.load(bp_ptr + j, mask=jm, other=0.0).to(tl.float32)
+            acc += s[:, None] * bp[None, :]
             tl.store(dwf_ptr + t[:, None] * D + j[None, :], _cast_out(acc, dwf_ptr),
                      mask=tm[:, None] & jm[None, :])
         if NEED_BF:
@@ -450,9 +446,9 @@ def _finalize(e_mat, f_mat, dbf, w_proj, b_proj, w_final, b_final, need):
     dummy = e_mat
     _attn_bwd_finalize_kernel[(n_p + n_f,)](
         e_mat, f_mat, dbf, dummy if w_final is None else w_final.contiguous(),
-        w_proj.contiguous(), dummy if b_proj is None else b_proj.contiguous(),
+        w_proj.contiguous(), _vec(b_proj, d, w_proj),
         *(out.get(i, dummy) for i in (4, 5, 6, 7)), d, t_out,
-        HAS_FINAL=w_final is not None, HAS_BP=b_proj is not None, NEED_WP=bool(need[4]),
+        HAS_FINAL=w_final is not None, NEED_WP=bool(need[4]),
         NEED_BP=bool(need[5]), NEED_WF=bool(need[6]), NEED_BF=bool(need[7]),
         BLOCK=FINALIZE_BLOCK, num_warps=FINALIZE_WARPS,
     )
@@ -479,6 +475,16 @@ BWD_FUSED_CONFIGS = {
               weight=dict(BLOCK_N=16, BLOCK_I=16, BLOCK_K=16, num_warps=8, num_stages=1)),
 }
 FP32_MAX_WIDTH = 128  # widest padded width fused for fp32 inputs
+# Kernel T without dx (x needs no gradient): the lighter kernel gets its own tiles where the
+# config's spilled (AOT report: 8-24 B of stack at D,T <= 128 sum, all dtypes, and D,T <= 64 l2
+# fp32 at sm_90; 4 and 16 warps spilled too at 64).
+TOKEN_NO_DX = {64: dict(BLOCK_K=32), 128: dict(num_warps=4), 256: dict(num_warps=4)}
+
+
+def token_config(key: int, need_dx: bool) -> dict:
+    """Kernel T's launch config for config `key`, with or without dx."""
+    ct = BWD_FUSED_CONFIGS[key]["token"]
+    return ct if need_dx else {**ct, **TOKEN_NO_DX.get(key, {})}
 # Kernel W's grid: about one program per SM of an H100 (132) over the D-chunks x token segments,
 # with at least MIN_SEG_ROWS token rows per segment (each segment writes a full fp32 partial of
 # the weight gradients: more segments, more partial bytes).
@@ -523,12 +529,13 @@ def fused_backward(grad, x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final, b_f
                 for i, t in enumerate((x, w_qk, b_qk, w_g, w_proj, b_proj, w_final, b_final))
                 if need[i]}
     dy = grad.contiguous()
-    cp, ct, cw = (BWD_FUSED_CONFIGS[key][k] for k in ("pool", "token", "weight"))
+    cp, cw = BWD_FUSED_CONFIGS[key]["pool"], BWD_FUSED_CONFIGS[key]["weight"]
+    ct = token_config(key, need_x)
     block = key  # tiles always at the config's width: only those variants are AOT-compiled
     dev = x.device
     f32 = dict(device=dev, dtype=torch.float32)
     wqk = w_qk.contiguous()
-    bqk = wqk if b_qk is None else b_qk.contiguous()
+    bqk = _vec(b_qk, 2 * d, wqk)
     wg = w_g.reshape(-1).contiguous()
     has_final = w_final is not None
     wf = w_final.contiguous() if has_final else wqk
@@ -536,7 +543,7 @@ def fused_backward(grad, x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final, b_f
     # reference rounds dout1 there instead); fp32 accumulation in the GEMM
     wfp = torch.mm(w_final, w_proj).to(x.dtype) if has_final else w_proj.contiguous()
     dot_dt, prec, pid = dot_dtype(x.dtype), _input_prec(x.dtype), A.POOL_IDS[pool]
-    flags = dict(HAS_BQK=b_qk is not None, DOT_DT=dot_dt, INPUT_PREC=prec)
+    flags = dict(DOT_DT=dot_dt, INPUT_PREC=prec)
     nsplit, per = A._splits(bsz, n, cp["BLOCK_N"], max_splits)
     ws_g = torch.empty((bsz * nsplit, block), **f32)
     ws_ml = torch.empty((bsz * nsplit, 2), **f32)
@@ -554,7 +561,7 @@ def fused_backward(grad, x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final, b_f
         x, dy, wqk, bqk, wg, wf, wfp, ws_g, ws_ml, ws_dg, gm, tok, dx, n, d, t_out, nsplit, rows,
         float(scale), x.stride(0), x.stride(1),
         HAS_FINAL=has_final, NEED_DX=need_x, POOL=pid, BLOCK_N=ct["BLOCK_N"], BLOCK_D=block,
-        BLOCK_K=ct["BLOCK_K"], BLOCK_J=ct["BLOCK_J"], BLOCK_S=triton.next_power_of_2(nsplit),
+        BLOCK_K=ct["BLOCK_K"], BLOCK_J=ct["BLOCK_J"], BLOCK_S=A.MAX_SPLITS,
         num_warps=ct["num_warps"], num_stages=ct["num_stages"], **flags,
     )
     if need_x:

@@ -31,14 +31,14 @@ import triton
 import triton.language as tl
 
 from . import _attention as A
-from ._conv import _cast_out, _input_prec, dot_dtype
+from ._conv import _cast_out, _input_prec, _vec, dot_dtype
 
 
 @triton.jit
 def _x_linear(x_ptr, xrow, nmask, w_ptr, b_ptr, cols, cmask, D,
-              HAS_B: tl.constexpr, BLOCK_K: tl.constexpr, DOT_DT: tl.constexpr,
+              BLOCK_K: tl.constexpr, DOT_DT: tl.constexpr,
               INPUT_PREC: tl.constexpr):
-    """fp32 [BLOCK_N, len(cols)] tile of x W[cols]^T (+ b[cols]): x rows at element offsets xrow
+    """fp32 [BLOCK_N, len(cols)] tile of x W[cols]^T + b[cols]: x rows at element offsets xrow
     (int64, unit channel stride), W [*, D] row-major; K-loop over D in BLOCK_K chunks. Masked
     columns come out 0; masked rows hold the bias (callers mask them)."""
     acc = tl.zeros((xrow.shape[0], cols.shape[0]), dtype=tl.float32)
@@ -51,8 +51,7 @@ def _x_linear(x_ptr, xrow, nmask, w_ptr, b_ptr, cols, cmask, D,
                     other=0.0).to(tl.float32)
         acc = tl.dot(xa.to(DOT_DT), w.to(DOT_DT), acc, input_precision=INPUT_PREC,
                      out_dtype=tl.float32)
-    if HAS_B:
-        acc += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    acc += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     return acc
 
 
@@ -61,7 +60,7 @@ def _attn_fused_pool_kernel(
     x_ptr, wqk_ptr, bqk_ptr, wg_ptr, ws_g_ptr, ws_ml_ptr,
     N, D, TOK_PER_SPLIT, scale,
     sxb, sxn,
-    HAS_BQK: tl.constexpr, POOL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    POOL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_K: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
 ):
     """Kernel A for batch b = pid0, tokens [pid1*TOK_PER_SPLIT, +TOK_PER_SPLIT): the split's
@@ -77,7 +76,7 @@ def _attn_fused_pool_kernel(
         n = n0 + tl.arange(0, BLOCK_N)
         nmask = n < end
         xrow = b * sxb + n.to(tl.int64) * sxn
-        q = _x_linear(x_ptr, xrow, nmask, wqk_ptr, bqk_ptr, d, dmask, D, HAS_BQK, BLOCK_K,
+        q = _x_linear(x_ptr, xrow, nmask, wqk_ptr, bqk_ptr, d, dmask, D, BLOCK_K,
                       DOT_DT, INPUT_PREC)
         qn = A._normalize_rows(q, nmask)
         g, m, acc_l = A._pool_accumulate(qn, wg, scale, nmask, g, m, acc_l, POOL)
@@ -90,7 +89,7 @@ def _attn_fused_apply_kernel(
     ws_gk_ptr,
     N, D, T, NSPLIT,
     sxb, sxn,
-    HAS_BQK: tl.constexpr, HAS_BP: tl.constexpr, HAS_FINAL: tl.constexpr, HAS_BF: tl.constexpr,
+    HAS_FINAL: tl.constexpr,
     POOL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
     GK_SCRATCH: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
@@ -108,11 +107,11 @@ def _attn_fused_apply_kernel(
     xrow = b * sxb + n64 * sxn
     d = tl.arange(0, BLOCK_D)
     dmask = d < D
-    q = _x_linear(x_ptr, xrow, nmask, wqk_ptr, bqk_ptr, d, dmask, D, HAS_BQK, BLOCK_K, DOT_DT,
+    q = _x_linear(x_ptr, xrow, nmask, wqk_ptr, bqk_ptr, d, dmask, D, BLOCK_K, DOT_DT,
                   INPUT_PREC)
     q_inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(q * q, axis=1)), 1e-12)
-    k = _x_linear(x_ptr, xrow, nmask, wqk_ptr + D * D, bqk_ptr + D, d, dmask, D, HAS_BQK,
-                  BLOCK_K, DOT_DT, INPUT_PREC)
+    k = _x_linear(x_ptr, xrow, nmask, wqk_ptr + D * D, bqk_ptr + D, d, dmask, D, BLOCK_K,
+                  DOT_DT, INPUT_PREC)
     # the proj GEMM's A operand, rounded to the dot dtype as the eager reference rounds gk
     gk = (G[None, :] * A._normalize_rows(k, nmask)).to(DOT_DT)
     if GK_SCRATCH:
@@ -127,7 +126,7 @@ def _attn_fused_apply_kernel(
     for j0 in range(0, D, BLOCK_J):
         jj = j0 + tl.arange(0, BLOCK_J)
         jmask = jj < D
-        t = _x_linear(x_ptr, xrow, nmask, wqk_ptr, bqk_ptr, jj, jmask, D, HAS_BQK, BLOCK_K,
+        t = _x_linear(x_ptr, xrow, nmask, wqk_ptr, bqk_ptr, jj, jmask, D, BLOCK_K,
                       DOT_DT, INPUT_PREC) * q_inv[:, None]
         if GK_SCRATCH:
             # K-loop over gk's columns (rows past N are neither written nor read: no DRAM
@@ -145,8 +144,7 @@ def _attn_fused_apply_kernel(
             wp = tl.load(wp_ptr + jj[None, :] * D + d[:, None],
                          mask=dmask[:, None] & jmask[None, :], other=0.0).to(tl.float32)
             t = tl.dot(gk, wp.to(DOT_DT), t, input_precision=INPUT_PREC, out_dtype=tl.float32)
-        if HAS_BP:
-            t += tl.load(bp_ptr + jj, mask=jmask, other=0.0).to(tl.float32)[None, :]
+        t += tl.load(bp_ptr + jj, mask=jmask, other=0.0).to(tl.float32)[None, :]
         if HAS_FINAL:
             wf = tl.load(wf_ptr + tt[None, :] * D + jj[:, None],
                          mask=jmask[:, None] & tmask[None, :], other=0.0).to(tl.float32)
@@ -156,8 +154,7 @@ def _attn_fused_apply_kernel(
             tl.store(out_ptr + (b * N + n64)[:, None] * T + jj[None, :], _cast_out(t, out_ptr),
                      mask=nmask[:, None] & jmask[None, :])
     if HAS_FINAL:
-        if HAS_BF:
-            acc += tl.load(bf_ptr + tt, mask=tmask, other=0.0).to(tl.float32)[None, :]
+        acc += tl.load(bf_ptr + tt, mask=tmask, other=0.0).to(tl.float32)[None, :]
         tl.store(out_ptr + (b * N + n64)[:, None] * T + tt[None, :], _cast_out(acc, out_ptr),
                  mask=nmask[:, None] & tmask[None, :])
 
@@ -233,28 +230,27 @@ def fused_forward(x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final, b_final, p
     ws_ml = torch.empty((bsz * nsplit, 2), device=x.device, dtype=torch.float32)
     wqk = w_qk.contiguous()
     dummy = wqk
-    bqk = dummy if b_qk is None else b_qk.contiguous()
+    bqk = _vec(b_qk, 2 * d, wqk)
     dot_dt, prec, pid = dot_dtype(x.dtype), _input_prec(x.dtype), A.POOL_IDS[pool]
     _attn_fused_pool_kernel[(bsz, nsplit)](
         x, wqk, bqk, w_g.reshape(-1).contiguous(), ws_g, ws_ml, n, d, per, float(scale),
         x.stride(0), x.stride(1),
-        HAS_BQK=b_qk is not None, POOL=pid, BLOCK_N=ca["BLOCK_N"], BLOCK_D=block_d,
+        POOL=pid, BLOCK_N=ca["BLOCK_N"], BLOCK_D=block_d,
         BLOCK_K=ca["BLOCK_K"], DOT_DT=dot_dt, INPUT_PREC=prec, num_warps=ca["num_warps"],
         num_stages=ca["num_stages"],
     )
     # GK_SCRATCH: one fp32 [BLOCK_N, D] gk block per kernel B program
+    wp = w_proj.contiguous()
+    wf = dummy if w_final is None else w_final.contiguous()
     ws_gk = (torch.empty((bsz * tiles * cb["BLOCK_N"], d), device=x.device, dtype=torch.float32)
              if scratch else ws_g)
     _attn_fused_apply_kernel[(bsz, tiles)](
-        x, wqk, bqk, ws_g, ws_ml, w_proj.contiguous(),
-        dummy if b_proj is None else b_proj.contiguous(),
-        dummy if w_final is None else w_final.contiguous(),
-        dummy if b_final is None else b_final.contiguous(), out, ws_gk,
+        x, wqk, bqk, ws_g, ws_ml, wp, _vec(b_proj, d, wp), wf,
+        dummy if w_final is None else _vec(b_final, t_out, wf), out, ws_gk,
         n, d, t_out, nsplit, x.stride(0), x.stride(1),
-        HAS_BQK=b_qk is not None, HAS_BP=b_proj is not None, HAS_FINAL=w_final is not None,
-        HAS_BF=w_final is not None and b_final is not None, POOL=pid, BLOCK_N=cb["BLOCK_N"],
+        HAS_FINAL=w_final is not None, POOL=pid, BLOCK_N=cb["BLOCK_N"],
         BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_K=cb["BLOCK_K"], BLOCK_J=cb["BLOCK_J"],
-        BLOCK_S=triton.next_power_of_2(nsplit), GK_SCRATCH=scratch, DOT_DT=dot_dt,
+        BLOCK_S=A.MAX_SPLITS, GK_SCRATCH=scratch, DOT_DT=dot_dt,
         INPUT_PREC=prec,
         num_warps=cb["num_warps"], num_stages=cb["num_stages"],
     )

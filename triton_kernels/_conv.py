@@ -112,14 +112,14 @@ def _dwconv_bn_fwd_kernel(
     x_ptr, dww_ptr, dwb_ptr, out_ptr,
     P, C, H, W,
     sxb, sxc, sxh, sxw, sob, soc, soh, sow,
-    HAS_DWB: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """out = dwconv3x3(x) + b over a [BLOCK_P pixels, BLOCK_C channels] tile. Grid (P/BP, C/BC)."""
     bb, hh, ww, pmask = _pixel_coords(tl.program_id(0), P, H, W, BLOCK_P)
     cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cc < C
     z = _dw_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
-                 sxb, sxc, sxh, sxw, HAS_DWB)
+                 sxb, sxc, sxh, sxw, True)
     off = _off(bb, hh, ww, sob, soh, sow)
     tl.store(out_ptr + off[:, None] + cc.to(tl.int64)[None, :] * soc,
              _cast_out(z, out_ptr), mask=pmask[:, None] & cmask[None, :])
@@ -130,7 +130,7 @@ def _dwconv_bn_stats_kernel(
     x_ptr, dww_ptr, dwb_ptr, ws_ptr,
     P, C, H, W,
     sxb, sxc, sxh, sxw,
-    HAS_DWB: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Per-program (count, mean, M2) of dwconv3x3(x) per channel into ws[pid0, 0:3, C]; merged with
     Chan's formula on the host side (two-pass within a tile: no E[z^2]-E[z]^2 cancellation)."""
@@ -139,7 +139,7 @@ def _dwconv_bn_stats_kernel(
     cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cc < C
     z = _dw_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
-                 sxb, sxc, sxh, sxw, HAS_DWB)
+                 sxb, sxc, sxh, sxw, True)
     z = tl.where(pmask[:, None], z, 0.0)  # masked pixels hold the bias: drop them
     n = tl.sum(pmask.to(tl.float32), axis=0)
     mean = tl.sum(z, axis=0) / n
@@ -198,14 +198,11 @@ def _dwconv_bn_bwd_kernel(
 
 @triton.jit
 def _pw2_epilogue(acc, b2_ptr, ls_ptr, res_ptr, out_ptr, co, comask, bb, hh, ww, pmask,
-                  srb, src, srh, srw, sob, soc, soh, sow,
-                  HAS_B2: tl.constexpr, HAS_LS: tl.constexpr, HAS_RES: tl.constexpr):
+                  srb, src, srh, srw, sob, soc, soh, sow, HAS_RES: tl.constexpr):
     """out = res + ls * (acc + b2) for a [pixels, C_out] tile (shared by the fused and the
     wide-channel output kernels)."""
-    if HAS_B2:
-        acc += tl.load(b2_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
-    if HAS_LS:
-        acc *= tl.load(ls_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
+    acc += tl.load(b2_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
+    acc *= tl.load(ls_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
     omask = pmask[:, None] & comask[None, :]
     co64 = co.to(tl.int64)
     if HAS_RES:
@@ -219,11 +216,11 @@ def _pw2_epilogue(acc, b2_ptr, ls_ptr, res_ptr, out_ptr, co, comask, bb, hh, ww,
 
 @triton.jit
 def _z_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
-            sxb, sxc, sxh, sxw, HAS_DW: tl.constexpr, HAS_DWB: tl.constexpr):
-    """fp32 [BLOCK_P, BLOCK_C] tile of dwconv3x3(x) (+ bias) (HAS_DW) or of x itself."""
+            sxb, sxc, sxh, sxw, HAS_DW: tl.constexpr):
+    """fp32 [BLOCK_P, BLOCK_C] tile of dwconv3x3(x) + bias (HAS_DW) or of x itself."""
     if HAS_DW:
         z = _dw_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
-                     sxb, sxc, sxh, sxw, HAS_DWB)
+                     sxb, sxc, sxh, sxw, True)
     else:
         z = tl.load(x_ptr + _off(bb, hh, ww, sxb, sxh, sxw)[:, None]
                     + cc.to(tl.int64)[None, :] * sxc,
@@ -234,13 +231,13 @@ def _z_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
 @triton.jit
 def _prologue_tile(x_ptr, dww_ptr, dwb_ptr, mean_ptr, scale_ptr, shift_ptr, bb, hh, ww, pmask,
                    cc, cmask, H, W, sxb, sxc, sxh, sxw, HAS_DW: tl.constexpr,
-                   HAS_DWB: tl.constexpr, HAS_AFFINE: tl.constexpr):
+                   HAS_AFFINE: tl.constexpr):
     """The pw1 input tile of the mlp / conv_block kernels: _z_tile, then the optional train-form
     BN (z - mean) * scale + shift (mean first: folding it into the shift cancels when
     |mean| >> std). Padded channels load 0 everywhere, so (0 - 0) * 0 + 0 keeps them out of
     the dot."""
     z = _z_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
-                sxb, sxc, sxh, sxw, HAS_DW, HAS_DWB)
+                sxb, sxc, sxh, sxw, HAS_DW)
     if HAS_AFFINE:
         mu = tl.load(mean_ptr + cc, mask=cmask, other=0.0)
         sc = tl.load(scale_ptr + cc, mask=cmask, other=0.0)
@@ -255,8 +252,7 @@ def _fused_mlp_fwd_kernel(
     mean_ptr, scale_ptr, shift_ptr,
     P, H, W, C_IN, HID, C_OUT,
     sxb, sxc, sxh, sxw, srb, src, srh, srw, sob, soc, soh, sow,
-    HAS_DW: tl.constexpr, HAS_DWB: tl.constexpr, HAS_AFFINE: tl.constexpr,
-    HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, HAS_LS: tl.constexpr, HAS_RES: tl.constexpr,
+    HAS_DW: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_RES: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
     BLOCK_H: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
 ):
@@ -269,7 +265,7 @@ def _fused_mlp_fwd_kernel(
     ci = tl.arange(0, BLOCK_CI)
     cimask = ci < C_IN
     z = _prologue_tile(x_ptr, dww_ptr, dwb_ptr, mean_ptr, scale_ptr, shift_ptr, bb, hh, ww, pmask,
-                       ci, cimask, H, W, sxb, sxc, sxh, sxw, HAS_DW, HAS_DWB, HAS_AFFINE)
+                       ci, cimask, H, W, sxb, sxc, sxh, sxw, HAS_DW, HAS_AFFINE)
     zd = z.to(DOT_DT)
     co = tl.arange(0, BLOCK_CO)
     comask = co < C_OUT
@@ -280,15 +276,14 @@ def _fused_mlp_fwd_kernel(
         w1 = tl.load(w1_ptr + hidx[None, :] * C_IN + ci[:, None],
                      mask=cimask[:, None] & hmask[None, :], other=0.0).to(tl.float32)
         h = tl.dot(zd, w1.to(DOT_DT), input_precision=INPUT_PREC, out_dtype=tl.float32)
-        if HAS_B1:
-            h += tl.load(b1_ptr + hidx, mask=hmask, other=0.0).to(tl.float32)[None, :]
+        h += tl.load(b1_ptr + hidx, mask=hmask, other=0.0).to(tl.float32)[None, :]
         h = _gelu(h)
         w2 = tl.load(w2_ptr + co[None, :] * HID + hidx[:, None],
                      mask=hmask[:, None] & comask[None, :], other=0.0).to(tl.float32)
         acc = tl.dot(h.to(DOT_DT), w2.to(DOT_DT), acc, input_precision=INPUT_PREC,
                      out_dtype=tl.float32)
     _pw2_epilogue(acc, b2_ptr, ls_ptr, res_ptr, out_ptr, co, comask, bb, hh, ww, pmask,
-                  srb, src, srh, srw, sob, soc, soh, sow, HAS_B2, HAS_LS, HAS_RES)
+                  srb, src, srh, srw, sob, soc, soh, sow, HAS_RES)
 
 
 # --- wide channels (C > 256): two kernels, the hidden activation goes through memory -----------
@@ -297,8 +292,7 @@ def _mlp_hidden_kernel(
     x_ptr, dww_ptr, dwb_ptr, w1_ptr, b1_ptr, h_ptr, mean_ptr, scale_ptr, shift_ptr,
     P, H, W, C_IN, HID,
     sxb, sxc, sxh, sxw,
-    HAS_DW: tl.constexpr, HAS_DWB: tl.constexpr, HAS_AFFINE: tl.constexpr,
-    HAS_B1: tl.constexpr,
+    HAS_DW: tl.constexpr, HAS_AFFINE: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
 ):
@@ -320,14 +314,12 @@ def _mlp_hidden_kernel(
         ci = k0 + tl.arange(0, BLOCK_K)
         cimask = ci < C_IN
         z = _prologue_tile(x_ptr, dww_ptr, dwb_ptr, mean_ptr, scale_ptr, shift_ptr, bb, hh, ww,
-                           pmask, ci, cimask, H, W, sxb, sxc, sxh, sxw, HAS_DW, HAS_DWB,
-                           HAS_AFFINE)
+                           pmask, ci, cimask, H, W, sxb, sxc, sxh, sxw, HAS_DW, HAS_AFFINE)
         w1 = tl.load(w1_ptr + hidx[None, :] * C_IN + ci[:, None],
                      mask=cimask[:, None] & hmask[None, :], other=0.0).to(tl.float32)
         acc = tl.dot(z.to(DOT_DT), w1.to(DOT_DT), acc, input_precision=INPUT_PREC,
                      out_dtype=tl.float32)
-    if HAS_B1:
-        acc += tl.load(b1_ptr + hidx, mask=hmask, other=0.0).to(tl.float32)[None, :]
+    acc += tl.load(b1_ptr + hidx, mask=hmask, other=0.0).to(tl.float32)[None, :]
     acc = _gelu(acc)
     rows = (pid_p * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64) * HID
     tl.store(h_ptr + rows[:, None] + hidx[None, :], _cast_out(acc, h_ptr),
@@ -339,7 +331,7 @@ def _mlp_out_kernel(
     h_ptr, w2_ptr, b2_ptr, ls_ptr, res_ptr, out_ptr,
     P, H, W, HID, C_OUT,
     srb, src, srh, srw, sob, soc, soh, sow,
-    HAS_B2: tl.constexpr, HAS_LS: tl.constexpr, HAS_RES: tl.constexpr,
+    HAS_RES: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
 ):
@@ -364,7 +356,7 @@ def _mlp_out_kernel(
         acc = tl.dot(h.to(DOT_DT), w2.to(DOT_DT), acc, input_precision=INPUT_PREC,
                      out_dtype=tl.float32)
     _pw2_epilogue(acc, b2_ptr, ls_ptr, res_ptr, out_ptr, co, comask, bb, hh, ww, pmask,
-                  srb, src, srh, srw, sob, soc, soh, sow, HAS_B2, HAS_LS, HAS_RES)
+                  srb, src, srh, srw, sob, soc, soh, sow, HAS_RES)
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,6 +458,17 @@ def _c(t):
     return None if t is None else t.contiguous()
 
 
+def _vec(t: torch.Tensor | None, n: int, like: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    """A bias (fill 0) or scale (fill 1) vector, contiguous; when absent, n copies of `fill` in
+    `like`'s dtype. Kernels always load their biases and scales: one specialization per kernel
+    instead of one per present/absent combination (those lighter variants compiled to different
+    register allocations, and some of them spilled: session-6 sweep, README). Adding 0 or
+    multiplying by 1 in fp32 changes no value (a -0.0 sum may come out +0.0)."""
+    if t is not None:
+        return t.contiguous()
+    return torch.full((n,), fill, device=like.device, dtype=like.dtype)
+
+
 def _empty_like_x(x: torch.Tensor, c_out: int | None = None) -> torch.Tensor:
     b, c, h, w = x.shape
     return torch.empty((b, c if c_out is None else c_out, h, w), device=x.device, dtype=x.dtype,
@@ -489,9 +492,8 @@ def dwconv_bn(x, dw_w, dw_b, config: str = "default"):
     grid = (triton.cdiv(p, cfg["BLOCK_P"]), triton.cdiv(c, cfg["BLOCK_C"]))
     dww = dw_w.contiguous()
     _dwconv_bn_fwd_kernel[grid](
-        x, dww, dww if dw_b is None else dw_b.contiguous(), out, p, c, h, w, *_s4(x), *_s4(out),
-        HAS_DWB=dw_b is not None, BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"],
-        num_warps=cfg["num_warps"],
+        x, dww, _vec(dw_b, c, dww), out, p, c, h, w, *_s4(x), *_s4(out),
+        BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"],
     )
     return out
 
@@ -516,19 +518,24 @@ def _fused(x, dw_w, dw_b, bn, w1, b1, w2, b2, ls, residual, config=None):
     res = residual if residual is not None else out
     grid = (triton.cdiv(p, cfg["BLOCK_P"]),)
     _fused_mlp_fwd_kernel[grid](
-        x, dummy if dw_w is None else dw_w.contiguous(), dummy if dw_b is None else _c(dw_b),
-        w1c, dummy if b1 is None else _c(b1), w2c, dummy if b2 is None else _c(b2),
-        dummy if ls is None else _c(ls), res, out,
+        x, *_dw_args(dw_w, dw_b, dummy, c_in), w1c, _vec(b1, hid, w1c), w2c,
+        _vec(b2, c_out, w2c), _vec(ls, c_out, w2c, 1.0), res, out,
         *((dummy, dummy, dummy) if bn is None else bn),
         p, h, w, c_in, hid, c_out, *_s4(x), *_s4(res), *_s4(out),
-        HAS_DW=dw_w is not None, HAS_DWB=dw_b is not None, HAS_AFFINE=bn is not None,
-        HAS_B1=b1 is not None, HAS_B2=b2 is not None, HAS_LS=ls is not None,
-        HAS_RES=residual is not None,
-        BLOCK_P=cfg["BLOCK_P"], BLOCK_CI=_pad_c(c_in), BLOCK_CO=_pad_c(c_out),
+        HAS_DW=dw_w is not None, HAS_AFFINE=bn is not None, HAS_RES=residual is not None,
+        BLOCK_P=cfg["BLOCK_P"], BLOCK_CI=key, BLOCK_CO=key,  # the AOT-compiled tiles (_specs)
         BLOCK_H=cfg["BLOCK_H"], DOT_DT=dot_dtype(x.dtype), INPUT_PREC=_input_prec(x.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
+
+
+def _dw_args(dw_w, dw_b, dummy, c):
+    """(dwconv weight, bias) pointers of the fused kernels: `dummy` twice without a dwconv."""
+    if dw_w is None:
+        return dummy, dummy
+    dww = dw_w.contiguous()
+    return dww, _vec(dw_b, c, dww)
 
 
 def _fused_split(x, dw_w, dw_b, bn, w1, b1, w2, b2, ls, residual):
@@ -548,12 +555,10 @@ def _fused_split(x, dw_w, dw_b, bn, w1, b1, w2, b2, ls, residual):
     if hid > 0:
         grid = (triton.cdiv(p, ca["BLOCK_P"]) * triton.cdiv(hid, ca["BLOCK_N"]),)
         _mlp_hidden_kernel[grid](
-            x, dummy if dw_w is None else dw_w.contiguous(), dummy if dw_b is None else _c(dw_b),
-            w1c, dummy if b1 is None else _c(b1), hbuf,
+            x, *_dw_args(dw_w, dw_b, dummy, c_in), w1c, _vec(b1, hid, w1c), hbuf,
             *((dummy, dummy, dummy) if bn is None else bn),
             p, h, w, c_in, hid, *_s4(x),
-            HAS_DW=dw_w is not None, HAS_DWB=dw_b is not None, HAS_AFFINE=bn is not None,
-            HAS_B1=b1 is not None,
+            HAS_DW=dw_w is not None, HAS_AFFINE=bn is not None,
             BLOCK_P=ca["BLOCK_P"], BLOCK_N=ca["BLOCK_N"], BLOCK_K=ca["BLOCK_K"],
             DOT_DT=dot_dt, INPUT_PREC=prec,
             num_warps=ca["num_warps"], num_stages=ca["num_stages"],
@@ -561,9 +566,9 @@ def _fused_split(x, dw_w, dw_b, bn, w1, b1, w2, b2, ls, residual):
     res = residual if residual is not None else out
     grid = (triton.cdiv(p, cb["BLOCK_P"]) * triton.cdiv(c_out, cb["BLOCK_N"]),)
     _mlp_out_kernel[grid](
-        hbuf, w2c, dummy if b2 is None else _c(b2), dummy if ls is None else _c(ls), res, out,
+        hbuf, w2c, _vec(b2, c_out, w2c), _vec(ls, c_out, w2c, 1.0), res, out,
         p, h, w, hid, c_out, *_s4(res), *_s4(out),
-        HAS_B2=b2 is not None, HAS_LS=ls is not None, HAS_RES=residual is not None,
+        HAS_RES=residual is not None,
         BLOCK_P=cb["BLOCK_P"], BLOCK_N=cb["BLOCK_N"], BLOCK_K=cb["BLOCK_K"],
         DOT_DT=dot_dt, INPUT_PREC=prec,
         num_warps=cb["num_warps"], num_stages=cb["num_stages"],
@@ -595,9 +600,8 @@ def _batch_stats(x, dw_w, dw_b, config="default"):
     ws = torch.empty((nprog, 3, c), device=x.device, dtype=torch.float32)
     dww = dw_w.contiguous()
     _dwconv_bn_stats_kernel[(nprog, triton.cdiv(c, cfg["BLOCK_C"]))](
-        x, dww, dww if dw_b is None else dw_b.contiguous(), ws, p, c, h, w, *_s4(x),
-        HAS_DWB=dw_b is not None, BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"],
-        num_warps=cfg["num_warps"],
+        x, dww, _vec(dw_b, c, dww), ws, p, c, h, w, *_s4(x),
+        BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"],
     )
     n, m, m2 = ws[:, 0], ws[:, 1], ws[:, 2]
     mean = (n * m).sum(0) / p

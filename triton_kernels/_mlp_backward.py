@@ -33,6 +33,7 @@ from ._conv import (
     _pixel_coords,
     _s4,
     _unit_stride,
+    _vec,
     dot_dtype,
 )
 from ._partials import sum_partials
@@ -47,7 +48,7 @@ def _load_rows(ptr, bb, hh, ww, pmask, cc, cmask, sb, sc, sh, sw):
 
 @triton.jit
 def _hidden_chunk(zd, gud, w1_ptr, b1_ptr, w2_ptr, hidx, hmask, ci, cimask, co, comask,
-                  C_IN, HID, HAS_B1: tl.constexpr, DOT_DT: tl.constexpr,
+                  C_IN, HID, DOT_DT: tl.constexpr,
                   INPUT_PREC: tl.constexpr):
     """Recompute one hidden chunk: (h, ga, W1[j] as [BH, CI], W2[:, j] as [CO, BH]) with
     a = z W1[j]^T + b1[j], h = GELU(a), ga = ((g ls) W2[:, j]) * GELU'(a), all fp32."""
@@ -56,8 +57,7 @@ def _hidden_chunk(zd, gud, w1_ptr, b1_ptr, w2_ptr, hidx, hmask, ci, cimask, co, 
     w2 = tl.load(w2_ptr + co[:, None] * HID + hidx[None, :],
                  mask=comask[:, None] & hmask[None, :], other=0.0).to(DOT_DT)
     a = tl.dot(zd, tl.trans(w1), input_precision=INPUT_PREC, out_dtype=tl.float32)
-    if HAS_B1:
-        a += tl.load(b1_ptr + hidx, mask=hmask, other=0.0).to(tl.float32)[None, :]
+    a += tl.load(b1_ptr + hidx, mask=hmask, other=0.0).to(tl.float32)[None, :]
     gh = tl.dot(gud, w2, input_precision=INPUT_PREC, out_dtype=tl.float32)
     cdf = 0.5 * (1.0 + tl.math.erf(a * 0.7071067811865476))
     pdf = tl.exp(-0.5 * a * a) * 0.3989422804014327
@@ -67,14 +67,12 @@ def _hidden_chunk(zd, gud, w1_ptr, b1_ptr, w2_ptr, hidx, hmask, ci, cimask, co, 
 @triton.jit
 def _tile_inputs(z_ptr, g_ptr, ls_ptr, pid, P, H, W, ci, cimask, co, comask,
                  sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw,
-                 HAS_LS: tl.constexpr, BLOCK_P: tl.constexpr):
+                 BLOCK_P: tl.constexpr):
     """(z, g, g ls, pixel mask) of one pixel tile, fp32."""
     bb, hh, ww, pmask = _pixel_coords(pid, P, H, W, BLOCK_P)
     z = _load_rows(z_ptr, bb, hh, ww, pmask, ci, cimask, sxb, sxc, sxh, sxw)
     g = _load_rows(g_ptr, bb, hh, ww, pmask, co, comask, sgb, sgc, sgh, sgw)
-    gu = g
-    if HAS_LS:
-        gu = g * tl.load(ls_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
+    gu = g * tl.load(ls_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
     return z, g, gu, pmask
 
 
@@ -83,7 +81,6 @@ def _mlp_bwd_dz_kernel(
     z_ptr, g_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, ls_ptr, dz_ptr, ws_ptr,
     P, H, W, C_IN, HID, C_OUT,
     sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw,
-    HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, HAS_LS: tl.constexpr,
     NEED_DZ: tl.constexpr, NEED_U: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
     BLOCK_H: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
@@ -98,7 +95,7 @@ def _mlp_bwd_dz_kernel(
     co = tl.arange(0, BLOCK_CO)
     comask = co < C_OUT
     z, g, gu, pmask = _tile_inputs(z_ptr, g_ptr, ls_ptr, pid, P, H, W, ci, cimask, co, comask,
-                                   sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw, HAS_LS, BLOCK_P)
+                                   sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw, BLOCK_P)
     zd, gud = z.to(DOT_DT), gu.to(DOT_DT)
     base = ws_ptr + pid.to(tl.int64) * 2 * C_OUT
     tl.store(base + co, tl.sum(gu, axis=0), mask=comask)
@@ -107,7 +104,7 @@ def _mlp_bwd_dz_kernel(
     for h0 in range(0, HID, BLOCK_H):
         hidx = h0 + tl.arange(0, BLOCK_H)
         h, ga, w1, w2 = _hidden_chunk(zd, gud, w1_ptr, b1_ptr, w2_ptr, hidx, hidx < HID, ci,
-                                      cimask, co, comask, C_IN, HID, HAS_B1, DOT_DT, INPUT_PREC)
+                                      cimask, co, comask, C_IN, HID, DOT_DT, INPUT_PREC)
         if NEED_DZ:
             dz = tl.dot(ga.to(DOT_DT), w1, dz, input_precision=INPUT_PREC, out_dtype=tl.float32)
         if NEED_U:
@@ -121,8 +118,7 @@ def _mlp_bwd_dz_kernel(
         if RELOAD_G:  # g again (from L1/L2) instead of holding the fp32 tile through the loop
             bb, hh, ww, pmask = _pixel_coords(pid, P, H, W, BLOCK_P)
             g = _load_rows(g_ptr, bb, hh, ww, pmask, co, comask, sgb, sgc, sgh, sgw)
-        if HAS_B2:
-            u += tl.load(b2_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
+        u += tl.load(b2_ptr + co, mask=comask, other=0.0).to(tl.float32)[None, :]
         # masked pixels load g = 0: their u (b2 and GELU(b1) terms) drops out
         tl.store(base + C_OUT + co, tl.sum(g * u, axis=0), mask=comask)
 
@@ -132,7 +128,6 @@ def _mlp_bwd_dw_kernel(
     z_ptr, g_ptr, w1_ptr, b1_ptr, w2_ptr, ls_ptr, ws1_ptr, ws2_ptr, wsb_ptr,
     P, H, W, C_IN, HID, C_OUT, TILES_PER_SEG,
     sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw,
-    HAS_B1: tl.constexpr, HAS_LS: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
     BLOCK_H: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
     ONE_LOAD: tl.constexpr = False,
@@ -155,12 +150,8 @@ def _mlp_bwd_dw_kernel(
                  mask=hmask[:, None] & cimask[None, :], other=0.0).to(DOT_DT)  # [BH, CI]
     w2t = tl.load(w2_ptr + co[None, :] * HID + hidx[:, None],
                   mask=hmask[:, None] & comask[None, :], other=0.0).to(DOT_DT)  # [BH, CO]
-    b1 = tl.zeros((BLOCK_H,), dtype=tl.float32)
-    if HAS_B1:
-        b1 = tl.load(b1_ptr + hidx, mask=hmask, other=0.0).to(tl.float32)
-    lsv = tl.full((BLOCK_CO,), 1.0, tl.float32)
-    if HAS_LS:
-        lsv = tl.load(ls_ptr + co, mask=comask, other=0.0).to(tl.float32)
+    b1 = tl.load(b1_ptr + hidx, mask=hmask, other=0.0).to(tl.float32)
+    lsv = tl.load(ls_ptr + co, mask=comask, other=0.0).to(tl.float32)
     dw1 = tl.zeros((BLOCK_H, BLOCK_CI), dtype=tl.float32)
     dw2t = tl.zeros((BLOCK_H, BLOCK_CO), dtype=tl.float32)
     db1 = tl.zeros((BLOCK_H,), dtype=tl.float32)
@@ -219,9 +210,10 @@ def _mlp_bwd_dw_kernel(
 # load spilled 160-1030 B in NCHW), and its kernel P re-loads g for the layer-scale sum after
 # the hidden loop instead of keeping the fp32 tile live through it (RELOAD_G; 128-890 B spilled
 # without). Spill-free at sm_80 / sm_90, both layouts, z in the input dtype or fp32; wider tiles
-# (P 32 / H 32 in W, P 32 in P) or 4 warps spilled 8-890 B.
+# (P 32 / H 32 in W, P 32 in P) or 4 warps spilled 8-890 B. Kernel P at C <= 64 runs 8 warps: at 4
+# its variant without u (layer scale frozen or absent) spilled 8-16 B in fp16 / bf16 at sm_90.
 BWD_CONFIGS = {
-    64: dict(dz=dict(BLOCK_P=32, BLOCK_H=32, num_warps=4, num_stages=2),
+    64: dict(dz=dict(BLOCK_P=32, BLOCK_H=32, num_warps=8, num_stages=2),
              dw=dict(BLOCK_P=16, BLOCK_H=16, num_warps=4, num_stages=1)),
     128: dict(dz=dict(BLOCK_P=32, BLOCK_H=32, num_warps=8, num_stages=2),
               dw=dict(BLOCK_P=16, BLOCK_H=16, num_warps=4, num_stages=1, nchw_warps=8)),
@@ -265,12 +257,11 @@ def mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need, config=None, n_seg=None, 
     grad = _unit_stride(grad.contiguous(memory_format=_layout(z)))
     w1c, w2c = w1.contiguous(), w2.contiguous()
     dummy = w1c
-    b1c = dummy if b1 is None else b1.contiguous()
-    b2c = dummy if b2 is None else b2.contiguous()
-    lsc = dummy if ls is None else ls.contiguous()
+    b1c, b2c, lsc = _vec(b1, hid, w1c), _vec(b2, c_out, w2c), _vec(ls, c_out, w2c, 1.0)
     f32 = dict(device=z.device, dtype=torch.float32)
     dt = w1.dtype
-    widths = dict(BLOCK_CI=_pad_c(c_in), BLOCK_CO=_pad_c(c_out), DOT_DT=dot_dtype(dt),
+    # tiles always at the config's width: only those variants are AOT-compiled (_specs)
+    widths = dict(BLOCK_CI=key, BLOCK_CO=key, DOT_DT=dot_dtype(dt),
                   INPUT_PREC="ieee" if dt == torch.float32 else "tf32")
     strides = (*_s4(z), *_s4(grad))
     out = [None] * 6
@@ -286,7 +277,6 @@ def mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need, config=None, n_seg=None, 
         ws = torch.empty((n_tiles, 2, c_out), **f32)
         _mlp_bwd_dz_kernel[(n_tiles,)](
             z, grad, w1c, b1c, w2c, b2c, lsc, dz, ws, p, h, w, c_in, hid, c_out, *strides,
-            HAS_B1=b1 is not None, HAS_B2=b2 is not None, HAS_LS=ls is not None,
             NEED_DZ=bool(need[0]), NEED_U=need_u, **widths, **c,
         )
         if need[0]:
@@ -311,7 +301,7 @@ def mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need, config=None, n_seg=None, 
         wsb = torch.empty((s, hid), **f32)
         _mlp_bwd_dw_kernel[(triton.cdiv(hid, bh), s)](
             z, grad, w1c, b1c, w2c, lsc, ws1, ws2, wsb, p, h, w, c_in, hid, c_out, per,
-            *strides, HAS_B1=b1 is not None, HAS_LS=ls is not None, **widths, **c,
+            *strides, **widths, **c,
         )
         for i, src, like in ((1, ws1, w1), (2, wsb, b1), (3, ws2, w2)):
             if need[i] and like is not None:

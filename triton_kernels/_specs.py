@@ -1,8 +1,12 @@
 """Every shipped (kernel, config, dtype) variant, for the ahead-of-time compile report
 (tools/triton_report.py) and the tests that must run each config in the interpreter.
 
-A spec names the kernel, its constexprs (block sizes and feature flags at their heaviest setting:
-every optional input present, so registers are an upper bound) and num_warps.
+A spec names the kernel, its constexprs (block sizes and feature flags) and num_warps. The specs
+are every variant the launchers can produce: tiles always at the config's width, each flag
+combination a launch can ask for (which inputs exist, which gradients are wanted), biases and
+scales always loaded (`_conv._vec`). A lighter variant is not bounded by the heaviest one: ptxas
+allocates each differently, and some spilled where the heaviest did not.
+tests/triton/test_spec_coverage.py checks every launch of the interpreter tests against this list.
 """
 
 from __future__ import annotations
@@ -72,75 +76,113 @@ class Spec:
         return sig
 
 
+def _off(flags: dict) -> str:
+    """Config-name suffix naming the flags a variant switches off ("" for the heaviest)."""
+    off = [k for k, v in flags.items() if v is False]
+    return "".join(f",-{k}" for k in off)
+
+
+_T, _F = True, False
+# Every flag combination the launchers produce (the flags of a launch are decided by which inputs
+# exist and which gradients are wanted; biases and scales are always loaded, see _conv._vec):
+# dwconv_bn_backward: dx and/or the weight partials; the residual only with dx
+DWCONV_BWD = [dict(NEED_DX=dx, NEED_W=w, HAS_RES=r)
+              for dx, w, r in ((_T, _T, _T), (_T, _T, _F), (_T, _F, _T), (_T, _F, _F),
+                               (_F, _T, _F))]
+# fused MLP forward: conv_block (dwconv, residual x) / mlp (residual optional), eval or train
+MLP_FWD = [dict(HAS_DW=dw, HAS_AFFINE=aff, HAS_RES=res)
+           for dw in (_T, _F) for aff in (_T, _F) for res in ((_T,) if dw else (_T, _F))]
+# fused MLP backward, kernel P: dz and / or u (the layer scale's gradient); neither for db2 alone
+MLP_BWD_DZ = [dict(NEED_DZ=dz, NEED_U=u) for dz in (_T, _F) for u in (_T, _F)]
+# fused attention backward finalize: any non-empty subset of the parameter gradients
+FINALIZE = [dict(HAS_FINAL=True, NEED_WP=a, NEED_BP=b, NEED_WF=c, NEED_BF=d)
+            for a in (_T, _F) for b in (_T, _F) for c in (_T, _F) for d in (_T, _F)
+            if a or b or c or d] + \
+           [dict(HAS_FINAL=False, NEED_WP=a, NEED_BP=b, NEED_WF=False, NEED_BF=False)
+            for a in (_T, _F) for b in (_T, _F) if a or b]
+# core attention backward pass 2: with / without the extra qn gradient, dq and / or dk
+CORE_BWD_APPLY = [dict(HAS_DQN=h, NEED_DQ=q, NEED_DK=k)
+                  for h in (_T, _F) for q, k in ((_T, _T), (_T, _F), (_F, _T))]
+
+
 def all_specs() -> list[Spec]:
     specs: list[Spec] = []
     for dt in ("fp32", "fp16", "bf16"):
+        prec = "ieee" if dt == "fp32" else "tf32"
         for lay in ("cl", "nchw"):
             for cname, cfg in K.DW_CONFIGS.items():
                 tiles = dict(BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"])
                 w = cfg["num_warps"]
-                specs.append(Spec(K._dwconv_bn_fwd_kernel, cname, dt,
-                                  dict(HAS_DWB=True, **tiles), w, lay))
-                specs.append(Spec(K._dwconv_bn_stats_kernel, cname, dt,
-                                  dict(HAS_DWB=True, **tiles), w, lay))
-                bwd = dict(NEED_DX=True, NEED_W=True, HAS_RES=True, **tiles)
-                specs.append(Spec(K._dwconv_bn_bwd_kernel, cname, dt, dict(bwd), w, lay))
-                # backward of the train forms: BN reduce / affine on a gradient in dt; the
-                # affine kernel writes dz / dx in dt, or (no g: the BN forward) z in dt where the
-                # fused MLP backward reads it, in fp32 for the torch path of wider MLPs
-                dw = dict(HAS_DW=True, HAS_DWB=True, **tiles)
-                specs.append(Spec(TB._bn_bwd_reduce_kernel, cname, dt, dict(dw), w, lay))
-                specs.append(Spec(TB._bn_affine_kernel, cname, dt, dict(HAS_G=True, **dw), w,
-                                  lay))
-                if dt != "fp32":
-                    specs.append(Spec(TB._bn_affine_kernel, cname + ",out fp32", dt,
-                                      dict(HAS_G=True, **dw), w, lay, fp32_ptrs=("out_ptr",)))
+                # dwconv weights in dt, or fp32 (the train form folds BN into fp32 weights;
+                # the statistics of a dwconv-less MLP use an fp32 identity tap)
+                for wname, wptrs in [("", ())] + ([(",fp32 w", ("dww_ptr", "dwb_ptr"))]
+                                                   if dt != "fp32" else []):
+                    for kern in (K._dwconv_bn_fwd_kernel, K._dwconv_bn_stats_kernel):
+                        specs.append(Spec(kern, cname + wname, dt, dict(tiles), w, lay,
+                                          fp32_ptrs=wptrs))
+                for fl in DWCONV_BWD:
+                    specs.append(Spec(K._dwconv_bn_bwd_kernel, cname + _off(fl), dt,
+                                      dict(fl, **tiles), w, lay))
+                # backward of the train forms: BN reduce / affine on a gradient in dt, with or
+                # without the dwconv (conv_block_train / mlp_train; without it the unused dwconv
+                # pointers are the fp32 mean). The affine kernel writes dz / dx in dt, or (no
+                # g: the BN forward) z in dt where the fused MLP backward reads it, in fp32 for
+                # the torch path of wider MLPs
+                for has_dw in (True, False):
+                    wptrs = () if has_dw else ("dww_ptr", "dwb_ptr")
+                    fl = dict(HAS_DW=has_dw)
+                    specs.append(Spec(TB._bn_bwd_reduce_kernel, cname + _off(fl), dt,
+                                      dict(fl, **tiles), w, lay, fp32_ptrs=wptrs))
+                    for has_g in (True, False):
+                        fl = dict(HAS_G=has_g, HAS_DW=has_dw)
+                        outs = [("", ())] + ([(",out fp32", ("out_ptr",))]
+                                             if dt != "fp32" and not has_g else [])
+                        for oname, optrs in outs:
+                            specs.append(Spec(TB._bn_affine_kernel, cname + _off(fl) + oname,
+                                              dt, dict(fl, **tiles), w, lay,
+                                              fp32_ptrs=wptrs + optrs))
             for key, cfg in K.MLP_CONFIGS.items():
-                # compiled at the widest channel count the config serves, every input present
-                c = dict(HAS_DW=True, HAS_DWB=True, HAS_AFFINE=True, HAS_B1=True, HAS_B2=True,
-                         HAS_LS=True, HAS_RES=True, BLOCK_P=cfg["BLOCK_P"], BLOCK_CI=key,
-                         BLOCK_CO=key, BLOCK_H=cfg["BLOCK_H"], DOT_DT=_DT[dt],
-                         INPUT_PREC="ieee" if dt == "fp32" else "tf32")
-                specs.append(Spec(K._fused_mlp_fwd_kernel, f"C<={key}", dt, c, cfg["num_warps"],
-                                  lay, cfg["num_stages"]))
-            # fused MLP backward at the config's width, every optional input; z (x, or the
-            # train forms' BN output) and dz in the input dtype, the partials in fp32
+                # tiles at the config's width (the launcher always uses it)
+                for fl in MLP_FWD:
+                    c = dict(fl, BLOCK_P=cfg["BLOCK_P"], BLOCK_CI=key, BLOCK_CO=key,
+                             BLOCK_H=cfg["BLOCK_H"], DOT_DT=_DT[dt], INPUT_PREC=prec)
+                    specs.append(Spec(K._fused_mlp_fwd_kernel, f"C<={key}" + _off(fl), dt, c,
+                                      cfg["num_warps"], lay, cfg["num_stages"]))
+            # fused MLP backward at the config's width; z (x, or the train forms' BN output)
+            # and dz in the input dtype, the partials in fp32
             for key, cfg in MB.BWD_CONFIGS.items():
                 if dt == "fp32" and key > MB.BWD_FP32_MAX_WIDTH:
                     continue
-                for kern, flags, outs in (
-                        (MB._mlp_bwd_dz_kernel,
-                         dict(HAS_B1=True, HAS_B2=True, HAS_LS=True, NEED_DZ=True,
-                              NEED_U=True, RELOAD_G=cfg["dz"].get("RELOAD_G", False)),
-                         ()),
-                        (MB._mlp_bwd_dw_kernel,
-                         dict(HAS_B1=True, HAS_LS=True,
-                              ONE_LOAD=cfg["dw"].get("ONE_LOAD", False)),
-                         ("ws1_ptr", "ws2_ptr", "wsb_ptr"))):
-                    c = cfg["dz" if kern is MB._mlp_bwd_dz_kernel else "dw"]
-                    warps = c.get("nchw_warps", c["num_warps"]) if lay == "nchw" \
-                        else c["num_warps"]
+                widths = dict(BLOCK_CI=key, BLOCK_CO=key, DOT_DT=_DT[dt], INPUT_PREC=prec)
+                c = cfg["dz"]
+                for fl in MLP_BWD_DZ:
                     specs.append(Spec(
-                        kern, f"C<={key}", dt,
-                        dict(BLOCK_P=c["BLOCK_P"], BLOCK_CI=key, BLOCK_CO=key,
-                             BLOCK_H=c["BLOCK_H"], DOT_DT=_DT[dt],
-                             INPUT_PREC="ieee" if dt == "fp32" else "tf32", **flags),
-                        warps, lay, c["num_stages"], fp32_ptrs=outs))
-            # wide-channel split (width-independent tiles); the hidden kernel also without the
-            # dwconv prologue (mlp / mlp_train), whose loads differ from the heaviest form
-            prec = "ieee" if dt == "fp32" else "tf32"
+                        MB._mlp_bwd_dz_kernel, f"C<={key}" + _off(fl), dt,
+                        dict(fl, BLOCK_P=c["BLOCK_P"], BLOCK_H=c["BLOCK_H"],
+                             RELOAD_G=c.get("RELOAD_G", False), **widths),
+                        c["num_warps"], lay, c["num_stages"]))
+                c = cfg["dw"]
+                specs.append(Spec(
+                    MB._mlp_bwd_dw_kernel, f"C<={key}", dt,
+                    dict(BLOCK_P=c["BLOCK_P"], BLOCK_H=c["BLOCK_H"],
+                         ONE_LOAD=c.get("ONE_LOAD", False), **widths),
+                    c.get("nchw_warps", c["num_warps"]) if lay == "nchw" else c["num_warps"],
+                    lay, c["num_stages"], fp32_ptrs=("ws1_ptr", "ws2_ptr", "wsb_ptr")))
+            # wide-channel split (width-independent tiles)
             ca, cb = K.SPLIT_CONFIG["hidden"], K.SPLIT_CONFIG["out"]
             for has_dw in (True, False):
-                c = dict(HAS_DW=has_dw, HAS_DWB=has_dw, HAS_AFFINE=True, HAS_B1=True,
-                         BLOCK_P=ca["BLOCK_P"], BLOCK_N=ca["BLOCK_N"], BLOCK_K=ca["BLOCK_K"],
+                for aff in (True, False):
+                    fl = dict(HAS_DW=has_dw, HAS_AFFINE=aff)
+                    c = dict(fl, BLOCK_P=ca["BLOCK_P"], BLOCK_N=ca["BLOCK_N"],
+                             BLOCK_K=ca["BLOCK_K"], DOT_DT=_DT[dt], INPUT_PREC=prec)
+                    specs.append(Spec(K._mlp_hidden_kernel, "split" + _off(fl), dt, c,
+                                      ca["num_warps"], lay, ca["num_stages"]))
+            for res in (True, False):
+                fl = dict(HAS_RES=res)
+                c = dict(fl, BLOCK_P=cb["BLOCK_P"], BLOCK_N=cb["BLOCK_N"], BLOCK_K=cb["BLOCK_K"],
                          DOT_DT=_DT[dt], INPUT_PREC=prec)
-                specs.append(Spec(K._mlp_hidden_kernel, "split" + ("" if has_dw else ",no dw"),
-                                  dt, c, ca["num_warps"], lay, ca["num_stages"]))
-            c = dict(HAS_B2=True, HAS_LS=True, HAS_RES=True, BLOCK_P=cb["BLOCK_P"],
-                     BLOCK_N=cb["BLOCK_N"], BLOCK_K=cb["BLOCK_K"], DOT_DT=_DT[dt],
-                     INPUT_PREC=prec)
-            specs.append(Spec(K._mlp_out_kernel, "split", dt, c, cb["num_warps"], lay,
-                              cb["num_stages"]))
+                specs.append(Spec(K._mlp_out_kernel, "split" + _off(fl), dt, c,
+                                  cb["num_warps"], lay, cb["num_stages"]))
         for key, cfg in A.ATTN_CONFIGS.items():
             for pool, pid in A.POOL_IDS.items():
                 specs.append(Spec(A._attn_pool_partial_kernel, f"D<={key},{pool}", dt,
@@ -150,8 +192,7 @@ def all_specs() -> list[Spec]:
                                   dict(POOL=pid, BLOCK_N=cfg["BLOCK_N"], BLOCK_D=key,
                                        BLOCK_S=A.MAX_SPLITS), cfg["num_warps"], "tok"))
         # fused module forward, compiled at the config's width (the launcher always uses it);
-        # kernel B with every optional input, and without the final linear (stores per chunk)
-        prec = "ieee" if dt == "fp32" else "tf32"
+        # kernel B with and without the final linear (stores per chunk)
         # (fp32: the launcher's own config, AF.fused_config, incl. the FP32_CONFIGS overrides)
         for key in AF.FUSED_CONFIGS:
             if dt == "fp32" and key > AF.FP32_MAX_WIDTH:
@@ -160,39 +201,42 @@ def all_specs() -> list[Spec]:
             ca, cb = cfg["pool"], cfg["apply"]
             for pool, pid in A.POOL_IDS.items():
                 specs.append(Spec(AF._attn_fused_pool_kernel, f"D<={key},{pool}", dt,
-                                  dict(HAS_BQK=True, POOL=pid, BLOCK_N=ca["BLOCK_N"], BLOCK_D=key,
+                                  dict(POOL=pid, BLOCK_N=ca["BLOCK_N"], BLOCK_D=key,
                                        BLOCK_K=ca["BLOCK_K"], DOT_DT=_DT[dt], INPUT_PREC=prec),
                                   ca["num_warps"], num_stages=ca["num_stages"]))
                 for final in (True, False):
                     specs.append(Spec(
                         AF._attn_fused_apply_kernel,
                         f"D,T<={key},{pool}" + ("" if final else ",no final"), dt,
-                        dict(HAS_BQK=True, HAS_BP=True, HAS_FINAL=final, HAS_BF=final, POOL=pid,
+                        dict(HAS_FINAL=final, POOL=pid,
                              BLOCK_N=cb["BLOCK_N"], BLOCK_D=key, BLOCK_T=key,
                              BLOCK_K=cb["BLOCK_K"], BLOCK_J=cb["BLOCK_J"], BLOCK_S=A.MAX_SPLITS,
                              GK_SCRATCH=cb.get("GK_SCRATCH", False), DOT_DT=_DT[dt],
                              INPUT_PREC=prec),
                         cb["num_warps"], num_stages=cb["num_stages"]))
-        # fused module backward at the config's width, every optional input; kernels T and W
-        # also without the final linear (dout1 is then dy itself: different loads)
+        # fused module backward at the config's width; kernels T and W also without the final
+        # linear (dout1 is then dy itself: different loads), kernel T also without dx
         for key, cfg in ABF.BWD_FUSED_CONFIGS.items():
             if dt == "fp32" and key > ABF.FP32_MAX_WIDTH:
                 continue
-            cp, ct, cw = cfg["pool"], cfg["token"], cfg["weight"]
-            dots = dict(HAS_BQK=True, DOT_DT=_DT[dt], INPUT_PREC=prec)
+            cp, cw = cfg["pool"], cfg["weight"]
+            dots = dict(DOT_DT=_DT[dt], INPUT_PREC=prec)
             for pool, pid in A.POOL_IDS.items():
                 specs.append(Spec(ABF._attn_bwd_fused_pool_kernel, f"D,T<={key},{pool}", dt,
                                   dict(POOL=pid, BLOCK_N=cp["BLOCK_N"], BLOCK_D=key,
                                        BLOCK_K=cp["BLOCK_K"], **dots),
                                   cp["num_warps"], num_stages=cp["num_stages"]))
                 for final in (True, False):
-                    specs.append(Spec(
-                        ABF._attn_bwd_fused_token_kernel,
-                        f"D,T<={key},{pool}" + ("" if final else ",no final"), dt,
-                        dict(HAS_FINAL=final, NEED_DX=True, POOL=pid, BLOCK_N=ct["BLOCK_N"],
-                             BLOCK_D=key, BLOCK_K=ct["BLOCK_K"], BLOCK_J=ct["BLOCK_J"],
-                             BLOCK_S=A.MAX_SPLITS, **dots),
-                        ct["num_warps"], num_stages=ct["num_stages"]))
+                    for need_dx in (True, False):
+                        ct = ABF.token_config(key, need_dx)
+                        specs.append(Spec(
+                            ABF._attn_bwd_fused_token_kernel,
+                            f"D,T<={key},{pool}" + ("" if final else ",no final")
+                            + _off(dict(NEED_DX=need_dx)), dt,
+                            dict(HAS_FINAL=final, NEED_DX=need_dx, POOL=pid,
+                                 BLOCK_N=ct["BLOCK_N"], BLOCK_D=key, BLOCK_K=ct["BLOCK_K"],
+                                 BLOCK_J=ct["BLOCK_J"], BLOCK_S=A.MAX_SPLITS, **dots),
+                            ct["num_warps"], num_stages=ct["num_stages"]))
             for final in (True, False):
                 specs.append(Spec(ABF._attn_bwd_fused_weight_kernel,
                                   f"D,T<={key}" + ("" if final else ",no final"), dt,
@@ -200,22 +244,23 @@ def all_specs() -> list[Spec]:
                                        BLOCK_T=key, BLOCK_I=cw["BLOCK_I"],
                                        BLOCK_K=cw["BLOCK_K"], **dots),
                                   cw["num_warps"], num_stages=cw["num_stages"]))
-        # the fused backward's tail: fp32 E / F / sum dy in, the four gradients in dt
-        for final in (True, False):
-            specs.append(Spec(ABF._attn_bwd_finalize_kernel, "final" if final else "no final", dt,
-                              dict(HAS_FINAL=final, HAS_BP=True, NEED_WP=True, NEED_BP=True,
-                                   NEED_WF=final, NEED_BF=final, BLOCK=ABF.FINALIZE_BLOCK),
-                              ABF.FINALIZE_WARPS,
+        # the fused backward's tail: fp32 E / F / sum dy in, the wanted gradients in dt
+        for fl in FINALIZE:
+            specs.append(Spec(ABF._attn_bwd_finalize_kernel,
+                              ("final" if fl["HAS_FINAL"] else "no final") + _off(fl), dt,
+                              dict(fl, BLOCK=ABF.FINALIZE_BLOCK), ABF.FINALIZE_WARPS,
                               fp32_ptrs=("e_ptr", "f_ptr", "dbf_ptr")))
         for key, cfg in AB.ATTN_BWD_CONFIGS.items():
             for pool, pid in A.POOL_IDS.items():
-                specs.append(Spec(AB._attn_bwd_partial_kernel, f"D<={key},{pool}", dt,
-                                  dict(POOL=pid, NEED_DG=True, BLOCK_N=cfg["P1_BLOCK_N"],
-                                       BLOCK_D=key), cfg["p1_warps"], "tok"))
-                specs.append(Spec(AB._attn_bwd_apply_kernel, f"D<={key},{pool}", dt,
-                                  dict(POOL=pid, HAS_DQN=True, NEED_DQ=True, NEED_DK=True,
-                                       BLOCK_N=cfg["BLOCK_N"], BLOCK_D=key,
-                                       BLOCK_S=A.MAX_SPLITS), cfg["num_warps"], "tok"))
+                for need_dg in (True, False):
+                    fl = dict(NEED_DG=need_dg)
+                    specs.append(Spec(AB._attn_bwd_partial_kernel, f"D<={key},{pool}" + _off(fl),
+                                      dt, dict(fl, POOL=pid, BLOCK_N=cfg["P1_BLOCK_N"],
+                                               BLOCK_D=key), cfg["p1_warps"], "tok"))
+                for fl in CORE_BWD_APPLY:
+                    specs.append(Spec(AB._attn_bwd_apply_kernel, f"D<={key},{pool}" + _off(fl),
+                                      dt, dict(fl, POOL=pid, BLOCK_N=cfg["BLOCK_N"], BLOCK_D=key,
+                                               BLOCK_S=A.MAX_SPLITS), cfg["num_warps"], "tok"))
         # the fused backwards' partial sums: fp32 partials in, gradients in the weight dtype
         specs.append(Spec(PS._sum_partials_kernel, "default", dt, dict(BLOCK=PS.BLOCK), 4,
                           fp32_ptrs=tuple(f"src{i}_ptr" for i in range(PS.MAX_PAIRS))))

@@ -38,6 +38,7 @@ from ._conv import (
     _batch_stats,
     _cast_out,
     _check,
+    _dw_args,
     _layout,
     _off,
     _pixel_coords,
@@ -53,7 +54,7 @@ def _bn_bwd_reduce_kernel(
     g_ptr, x_ptr, dww_ptr, dwb_ptr, mean_ptr, ws_ptr,
     P, C, H, W,
     sgb, sgc, sgh, sgw, sxb, sxc, sxh, sxw,
-    HAS_DW: tl.constexpr, HAS_DWB: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_DW: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """ws[pid0, 0, C] = sum_p g, ws[pid0, 1, C] = sum_p g (z - mean) over one pixel tile."""
     pid = tl.program_id(0)
@@ -61,7 +62,7 @@ def _bn_bwd_reduce_kernel(
     cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cc < C
     z = _z_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
-                sxb, sxc, sxh, sxw, HAS_DW, HAS_DWB)
+                sxb, sxc, sxh, sxw, HAS_DW)
     mu = tl.load(mean_ptr + cc, mask=cmask, other=0.0)
     g = tl.load(g_ptr + _off(bb, hh, ww, sgb, sgh, sgw)[:, None] + cc.to(tl.int64)[None, :] * sgc,
                 mask=pmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
@@ -76,7 +77,7 @@ def _bn_affine_kernel(
     g_ptr, x_ptr, dww_ptr, dwb_ptr, mean_ptr, coef_ptr, out_ptr,
     P, C, H, W,
     sgb, sgc, sgh, sgw, sxb, sxc, sxh, sxw, sob, soc, soh, sow,
-    HAS_G: tl.constexpr, HAS_DW: tl.constexpr, HAS_DWB: tl.constexpr,
+    HAS_G: tl.constexpr, HAS_DW: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """out = A g + B (z - mean) + C0 with per-channel coef rows [A; B; C0] (fp32 [3, C]); without
@@ -88,7 +89,7 @@ def _bn_affine_kernel(
     c64 = cc.to(tl.int64)
     m2 = pmask[:, None] & cmask[None, :]
     z = _z_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
-                sxb, sxc, sxh, sxw, HAS_DW, HAS_DWB)
+                sxb, sxc, sxh, sxw, HAS_DW)
     mu = tl.load(mean_ptr + cc, mask=cmask, other=0.0)
     cb = tl.load(coef_ptr + C + cc, mask=cmask, other=0.0)
     c0 = tl.load(coef_ptr + 2 * C + cc, mask=cmask, other=0.0)
@@ -111,21 +112,14 @@ def _f32_like(x: torch.Tensor) -> torch.Tensor:
     return torch.empty(x.shape, device=x.device, dtype=torch.float32, memory_format=_layout(x))
 
 
-def _dw_args(dw_w, dw_b, dummy):
-    if dw_w is None:
-        return dummy, dummy
-    dww = dw_w.contiguous()
-    return dww, (dww if dw_b is None else dw_b.contiguous())
-
-
 def _bn_affine(g, x, dw_w, dw_b, mean, coef, out, config="default"):
     cfg = DW_CONFIGS[config]
     b, c, h, w = x.shape
-    dww, dwb = _dw_args(dw_w, dw_b, mean)
+    dww, dwb = _dw_args(dw_w, dw_b, mean, c)
     gg = out if g is None else g
     _bn_affine_kernel[_grid(x, cfg)](
         gg, x, dww, dwb, mean, coef, out, b * h * w, c, h, w, *_s4(gg), *_s4(x), *_s4(out),
-        HAS_G=g is not None, HAS_DW=dw_w is not None, HAS_DWB=dw_b is not None,
+        HAS_G=g is not None, HAS_DW=dw_w is not None,
         BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"],
     )
     return out
@@ -152,10 +146,10 @@ def _bn_backward(g, x, dw_w, dw_b, mean, var, bn_w, eps, need_dz, config="defaul
     m = b * h * w
     nprog, cprog = _grid(x, cfg)
     ws = torch.empty((nprog, 2, c), device=x.device, dtype=torch.float32)
-    dww, dwb = _dw_args(dw_w, dw_b, mean)
+    dww, dwb = _dw_args(dw_w, dw_b, mean, c)
     _bn_bwd_reduce_kernel[(nprog, cprog)](
         g, x, dww, dwb, mean, ws, m, c, h, w, *_s4(g), *_s4(x),
-        HAS_DW=dw_w is not None, HAS_DWB=dw_b is not None,
+        HAS_DW=dw_w is not None,
         BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"],
     )
     sg, sgd = ws.sum(0).unbind(0)
