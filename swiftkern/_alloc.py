@@ -5,8 +5,9 @@ frees, returned to the OS (heap trimming, mmap'd chunks) and faulted in again, z
 on the next forward. On the 2-core CI VM an optimized HF SwiftFormer-XS took ~1,100 minor page
 faults per forward at batch 1 and 6,000-9,000 at batch 8, at ~3 us each. ONNX Runtime allocates
 from its own arena and took none. Fixing both thresholds (which also stops glibc's dynamic
-adjustment of them) removed them all: 1.07x at batch 1 (7 of 8 process pairs faster) and 1.16x at
-batch 8 (5 of 5); ``python benchmarks/malloc_ab.py --model hf:xs --batch 8`` measures it.
+adjustment of them) removed them all. ``python benchmarks/malloc_ab.py --model hf:xs --batch 8``
+measures the speed-up (process pairs, medians): 1.09x [IQR 1.02-1.23] at batch 8 (4 of 5 pairs
+faster), 1.03x [0.98-1.24] at batch 1 (4 of 6).
 
 It is process-wide and changes only where glibc gets memory from, never a result. The cost is
 memory: up to TRIM_THRESHOLD of free heap per malloc arena stays with the process.
