@@ -13,6 +13,7 @@ def launch_key(name: str, constexprs: dict, num_warps: int, num_stages: int) -> 
     return (name, tuple(sorted((k, v) for k, v in constexprs.items() if k not in _IGNORED)),
             num_warps, num_stages)
 
+
 FULL_RUN = [False]  # set by conftest when every test of this folder was collected, none deselected
 
 

@@ -79,6 +79,27 @@ def test_core_backward_split_merge(pool):
         _check_core(args, what=f"{pool} splits={splits}", max_splits=splits)
 
 
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("need_dq,need_dk", [(True, False), (False, True)])
+@pytest.mark.parametrize("with_dqn", [True, False])
+def test_core_backward_one_input_gradient(pool, need_dq, need_dk, with_dqn):
+    # dq alone or dk alone, with and without an extra gradient of qn (the module backward's)
+    grad, q, k, w_g, scale, _ = _core(ODD["d33"], pool)
+    dqn = _grad(q.shape, seed=5) if with_dqn else None
+    dq, dk, dwg = AB.core_backward(grad, q, k, w_g, scale, pool, need_dq, need_dk, dqn=dqn)
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, w_g)]
+    gk, qn = R.additive_attention_core_ref(*leaves, scale, pool)
+    loss = (gk * grad).sum() + ((qn * dqn).sum() if with_dqn else 0.0)
+    ref = torch.autograd.grad(loss, leaves)
+    what = f"{pool} dq={need_dq} dk={need_dk} dqn={with_dqn}"
+    assert (dq is not None) == need_dq and (dk is not None) == need_dk, what
+    if need_dq:
+        assert_close(dq, ref[0], torch.float32, what=what + " dq")
+        assert_close(dwg.reshape(w_g.shape), ref[2], torch.float32, what=what + " dw_g")
+    if need_dk:
+        assert_close(dk, ref[1], torch.float32, what=what + " dk")
+
+
 @pytest.mark.parametrize("key", sorted(AB.ATTN_BWD_CONFIGS))
 def test_every_backward_config(key):
     d = {128: 100, 256: 220, 512: 300}[key]

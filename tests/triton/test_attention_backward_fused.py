@@ -7,6 +7,8 @@ the op's autograd taking the fused path (spy)."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from _util import check, check_grad_masks, module_args
@@ -116,6 +118,29 @@ def test_fused_grad_mask_and_none():
              [False, False, False, True, True, False, False, True],
              [False, False, False, False, False, False, False, False])
     check_grad_masks(AB.additive_attention_backward, MOD_REF, args, masks, skip=(2,))
+
+
+# the parameter-gradient subsets of the finalize kernel (dWp, dbp, dWf, dbf): every non-empty
+# one with a final linear, those of (dWp, dbp) without; dx with some, not with others
+_PARAM_SUBSETS = [(True, m) for m in itertools.product((True, False), repeat=4) if any(m)] + \
+                 [(False, m + (False, False)) for m in itertools.product((True, False), repeat=2)
+                  if any(m)]
+
+
+@pytest.mark.parametrize("final,wanted", _PARAM_SUBSETS)
+def test_fused_parameter_gradient_subsets(final, wanted):
+    i = _PARAM_SUBSETS.index((final, wanted))
+    pool = POOLS[i % 3]
+    mask = (i % 2 == 0, True, False, i % 3 == 0) + tuple(wanted)
+    check(_nonempty(_fused(mask=mask)), _nonempty(_ref(mask)), _args((1, 9, 24), pool, final,
+          seed=i), what=f"final={final} wanted={wanted} dx={mask[0]} {pool}")
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_fused_no_final_no_dx(pool):
+    mask = (False,) + (True,) * 7
+    check(_nonempty(_fused(mask=mask)), _nonempty(_ref(mask)), _args((2, 9, 33), pool, False),
+          what=f"no final, no dx, {pool}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

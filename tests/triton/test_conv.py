@@ -57,6 +57,9 @@ def test_mlp_without_optional_inputs():
     _, dw, _, pw1, _, pw2, _, _ = _args("conv_block", ODD["c33"])
     check(K.conv_block, R.conv_block_ref, [x, dw, None, pw1, None, pw2, None, None],
           what="conv_block bare")
+    x, bn_w, bn_b, eps, w1, b1, w2, b2, ls, _ = _args("mlp_train", ODD["c33"])
+    check(K.mlp_train, R.mlp_train_ref, [x, bn_w, bn_b, eps, w1, b1, w2, b2, ls, None],
+          what="mlp_train without residual")
 
 
 def test_mlp_c_out_differs():

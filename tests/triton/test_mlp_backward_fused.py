@@ -88,8 +88,10 @@ def test_every_config_and_segment_count(key):
 def test_need_flags_and_too_many_segments():
     args = _mlp_inputs((1, 20, 5, 7, 20, 20), "nchw", seed=2)
     want = BW._mlp_grads_torch(*args, [True] * 6)
+    # the last mask (db2 alone) runs kernel P for the sum of g ls only (neither dz nor u)
     for need in ([True, False, False, False, False, False], [False, True, False, True, False,
-                 False], [False, False, True, False, True, True]):
+                 False], [False, False, True, False, True, True],
+                 [False, False, False, False, True, False]):
         # 9 segments for 2 tiles: empty segments must write zero partials
         got = MB.mlp_grads_fused(*args, need, n_seg=9)
         for i in range(6):
