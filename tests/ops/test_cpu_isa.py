@@ -25,7 +25,7 @@ _CHECK = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import swiftkern
     from swiftkern import _ext
-    from tolerances import assert_close
+    from tolerances import GELU_FP32, assert_close
     assert _ext.CPU_ISA == {isa!r}, _ext.CPU_ISA
     ops = torch.ops.swiftkern
     torch.manual_seed(0)
@@ -74,6 +74,23 @@ _CHECK = textwrap.dedent(
                         r(d, d, k=d ** -0.5), r(d), wf, bf, pool)
                 check("additive_attention", args, 8)
                 check("additive_attention_core", (r(b, n, d), r(b, n, d), r(d), d ** -0.5, pool), 3)
+    # The fp32 GELU element by element: an mlp with identity weights and zero biases computes
+    # exactly GELU(x) on every channel (the GEMMs add only exact zeros).
+    x = torch.linspace(-12, 12, 8 * 64 * 64).reshape(1, 64, 64, 8).permute(0, 3, 1, 2)
+    eye, zero = torch.eye(8), torch.zeros(8)
+    for xx in (x, x.contiguous()):
+        y = torch.ops.swiftkern_C.mlp(xx, eye, zero, eye, zero, None, None).double()
+        exact = torch.nn.functional.gelu(xx.double())
+        err = ((y - exact).abs() / xx.double().abs().clamp_min(1)).max().item()
+        assert err <= GELU_FP32, f"fp32 GELU: {{err:.3g}} > {{GELU_FP32}}"
+    # one channel, so a special value cannot reach another through the GEMMs (inf * 0)
+    sp = torch.tensor([float("nan"), float("inf"), -float("inf"), -1e4, -4.0, 4.0, 1e4, 0.0])
+    y = torch.ops.swiftkern_C.mlp(sp.reshape(1, 1, 1, 8), torch.ones(1, 1), torch.zeros(1),
+                                  torch.ones(1, 1), torch.zeros(1), None, None).reshape(8)
+    want = torch.nn.functional.gelu(sp.double()).float()
+    assert torch.equal(y[:3].isnan(), want[:3].isnan()) and y[1] == want[1], y
+    assert y[3] == 0 and y[6] == 1e4 and y[7] == 0, y
+    assert abs(y[4] - want[4]) <= GELU_FP32 * 4 and abs(y[5] - want[5]) <= GELU_FP32 * 4, y
     print("ok")
     """
 )
