@@ -144,13 +144,15 @@ def _walk(model: nn.Module, table, backend, device, dtype, report: OptimizeRepor
         for cname, child in list(module.named_children()):
             visit(module, cname, child, f"{path}.{cname}" if path else cname)
         for conv_name, bn_name in generic.pairs(module):
-            log.extend(generic.fold(module, conv_name, bn_name, backend))
+            relu_name = generic.relu_after(module, bn_name)
+            log.extend(generic.fold(module, conv_name, bn_name, backend, relu_name))
             p = f"{path}." if path else ""
             conv = module._modules[conv_name]
+            relu = f"+{relu_name}" if relu_name else ""
             report.entries.append(
                 Entry(
-                    f"{p}{conv_name}+{bn_name}",
-                    f"Conv2d+{conv.partner_bn.original_cls.__name__}",
+                    f"{p}{conv_name}+{bn_name}{relu}",
+                    f"Conv2d+{conv.partner_bn.original_cls.__name__}{'+ReLU' if relu else ''}",
                     "swapped",
                     "FoldedConv2d",
                     "torch",
@@ -365,12 +367,14 @@ def _call(model, example):
 
 
 def _observed(path: str) -> str:
-    """Module whose output stands for a report entry: a folded pair "a.conv+bn" -> "a.bn"."""
+    """Module whose output stands for a report entry: a folded pair "a.conv+bn" -> "a.bn", one
+    with its ReLU "a.conv+bn+relu" -> "a.relu" (the last of them computes the same value in
+    both models)."""
     if "+" not in path:
         return path
-    head, _, bn = path.partition("+")
+    head, *_, last = path.split("+")
     parent = head.rpartition(".")[0]
-    return f"{parent}.{bn}" if parent else bn
+    return f"{parent}.{last}" if parent else last
 
 
 def _verify(original: nn.Module, optimized: nn.Module, example, paths: list[str]) -> None:

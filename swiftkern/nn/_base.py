@@ -235,18 +235,23 @@ def _half_conv_in_fp32(x: torch.Tensor, w: torch.Tensor, b) -> bool:
     )
 
 
-def folded_conv2d(owner: FusedModule, x: torch.Tensor, w, b, conv: nn.Conv2d) -> torch.Tensor:
+def folded_conv2d(
+    owner: FusedModule, x: torch.Tensor, w, b, conv: nn.Conv2d, relu: bool = False
+) -> torch.Tensor:
     """conv2d with a folded (w, b) and the hyper-parameters of `conv`.
 
     Without autograd on channels_last fp32 CPU tensors it runs oneDNN's convolution on a weight
     reordered once and cached on `owner` (see _PACKED_CONV). Otherwise F.conv2d; for a
     channels_last input the weight is then kept channels_last (cached too): given an NCHW weight,
     oneDNN reorders it on every call (measured 0.15-0.37 ms for a 220x112x3x3 weight here).
-    bf16 / fp16 without native CPU kernels: the same routes in fp32 (see _half_conv_in_fp32)."""
+    bf16 / fp16 without native CPU kernels: the same routes in fp32 (see _half_conv_in_fp32).
+    relu: ReLU as well, in place on the convolution's fresh output where autograd does not record
+    it (no second activation-sized allocation). Not oneDNN's relu post-op: it turns NaN into 0,
+    where torch.relu keeps NaN. ReLU commutes with the final rounding of the half route."""
     if _half_conv_in_fp32(x, w, b):
         w32 = owner.cached("conv_fp32_w", [w], lambda: w.float())
         b32 = None if b is None else owner.cached("conv_fp32_b", [b], lambda: b.float())
-        return folded_conv2d(owner, x.float(), w32, b32, conv).to(x.dtype)
+        return folded_conv2d(owner, x.float(), w32, b32, conv, relu).to(x.dtype)
     if _packed_conv_ok(x, w, b, conv):
         pad, stride, dil = list(conv.padding), list(conv.stride), list(conv.dilation)
         packed = owner.cached(
@@ -259,7 +264,8 @@ def folded_conv2d(owner: FusedModule, x: torch.Tensor, w, b, conv: nn.Conv2d) ->
         y = torch.ops.mkldnn._convolution_pointwise(
             x, packed, b, pad, stride, dil, conv.groups, "none", [], ""
         )
-        return y.contiguous(memory_format=torch.channels_last)  # F.conv2d's layout (a no-op)
+        y = y.contiguous(memory_format=torch.channels_last)  # F.conv2d's layout (a no-op)
+        return torch.relu_(y) if relu else y  # this route runs without autograd only
     if (
         x.dim() == 4
         and w.dim() == 4
@@ -268,4 +274,8 @@ def folded_conv2d(owner: FusedModule, x: torch.Tensor, w, b, conv: nn.Conv2d) ->
         and x.is_contiguous(memory_format=torch.channels_last)
     ):
         w = owner.cached("conv_cl", [w], lambda: w.contiguous(memory_format=torch.channels_last))
-    return F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+    y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if not relu:
+        return y
+    # in place on the fresh output unless autograd records it (relu's backward reads its output)
+    return torch.relu(y) if torch.is_grad_enabled() and y.requires_grad else torch.relu_(y)

@@ -27,13 +27,36 @@ class FoldedBatchNorm2d(FusedModule):
         return x
 
 
-class FoldedConv2d(FusedModule):
-    """Stand-in for the conv of a folded pair. The BN stand-in is referenced, not registered, so
-    state_dict keys stay those of the original container."""
+class FoldedReLU(FusedModule):
+    """Stand-in for an nn.ReLU right after a folded pair in a plain nn.Sequential: the folded
+    conv applies the ReLU itself in eval (in place on its fresh output), so this passes its
+    input through then; in train mode (BN on batch statistics) it is the original ReLU."""
 
-    def __init__(self, original: nn.Conv2d, bn: FoldedBatchNorm2d, backend: str = "auto"):
+    def __init__(self, original: nn.Module, bn: FoldedBatchNorm2d, backend: str = "auto"):
         super().__init__(original, backend)
         self.__dict__["partner_bn"] = bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bn_uses_batch_stats(self.partner_bn):
+            return self.original_forward(x)
+        return x
+
+
+class FoldedConv2d(FusedModule):
+    """Stand-in for the conv of a folded pair. The BN stand-in is referenced, not registered, so
+    state_dict keys stay those of the original container. relu: an nn.ReLU after the BN was
+    replaced by FoldedReLU, so the folded path applies max(y, 0) too."""
+
+    def __init__(self, original: nn.Conv2d, bn: FoldedBatchNorm2d, backend: str = "auto",
+                 relu: bool = False):
+        super().__init__(original, backend)
+        self.__dict__["partner_bn"] = bn
+        self.__dict__["fused_relu"] = relu
+        # private state nn.Conv2d._conv_forward reads for padding_mode != "zeros"
+        if hasattr(original, "_reversed_padding_repeated_twice"):
+            self.__dict__["_reversed_padding_repeated_twice"] = (
+                original._reversed_padding_repeated_twice
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bn = self.partner_bn
@@ -43,5 +66,6 @@ class FoldedConv2d(FusedModule):
             "conv", fold_sources(self, bn), lambda: fold_conv_bn(self.weight, self.bias, bn)
         )
         if self.padding_mode != "zeros":
-            return self.original_cls._conv_forward(self, x, w, b)
-        return folded_conv2d(self, x, w, b, self)
+            y = self.original_cls._conv_forward(self, x, w, b)
+            return torch.relu(y) if self.fused_relu else y
+        return folded_conv2d(self, x, w, b, self, relu=self.fused_relu)

@@ -1,6 +1,8 @@
 """Generic pattern: Conv2d immediately followed by BatchNorm2d in a container whose forward is
 known to be `bn(conv(x))` (nn.Sequential and its subclasses without their own forward, timm's
-ConvNormAct / ConvNorm, HF SwiftFormer's stem). Folded in eval, exact original math in train."""
+ConvNormAct / ConvNorm, HF SwiftFormer's stem). Folded in eval, exact original math in train.
+In a plain nn.Sequential an nn.ReLU right after the pair is applied by the folded conv too, in
+place on the convolution's output (no second activation-sized tensor)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import sys
 
 from torch import nn
 
-from ..nn.folded import FoldedBatchNorm2d, FoldedConv2d
+from ..nn.folded import FoldedBatchNorm2d, FoldedConv2d, FoldedReLU
 
 
 def _bn_classes() -> tuple[type, ...]:
@@ -67,11 +69,33 @@ def pairs(container: nn.Module) -> list[tuple[str, str]]:
     return out
 
 
-def fold(container: nn.Module, conv_name: str, bn_name: str, backend: str) -> list[tuple]:
-    """Swap in the folded pair; returns the undo log entries [(parent, name, old)]."""
+def relu_after(container: nn.Module, bn_name: str) -> str | None:
+    """Name of an nn.ReLU that directly follows `bn_name` in a plain nn.Sequential (its input is
+    exactly the BN's output), or None. Plain BatchNorm2d only: BatchNormAct2d applies its own
+    drop / act after the normalization, which must stay before the ReLU."""
+    if not _is_plain_sequential(container):
+        return None
+    if type(container._modules[bn_name]) is not nn.BatchNorm2d:
+        return None
+    names = list(container._modules)
+    i = names.index(bn_name)
+    if i + 1 < len(names) and type(container._modules[names[i + 1]]) is nn.ReLU:
+        return names[i + 1]
+    return None
+
+
+def fold(container: nn.Module, conv_name: str, bn_name: str, backend: str,
+         relu_name: str | None = None) -> list[tuple]:
+    """Swap in the folded pair (and the ReLU after it); returns the undo log entries
+    [(parent, name, old)]."""
     conv, bn = container._modules[conv_name], container._modules[bn_name]
     bn_new = FoldedBatchNorm2d(bn, backend)
-    conv_new = FoldedConv2d(conv, bn_new, backend)
+    conv_new = FoldedConv2d(conv, bn_new, backend, relu=relu_name is not None)
+    log = []
+    if relu_name is not None:
+        relu = container._modules[relu_name]
+        container._modules[relu_name] = FoldedReLU(relu, bn_new, backend)
+        log.append((container, relu_name, relu))
     container._modules[bn_name] = bn_new
     container._modules[conv_name] = conv_new
-    return [(container, bn_name, bn), (container, conv_name, conv)]
+    return log + [(container, bn_name, bn), (container, conv_name, conv)]
