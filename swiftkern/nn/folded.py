@@ -45,7 +45,7 @@ class FoldedReLU(FusedModule):
 class FoldedConv2d(FusedModule):
     """Stand-in for the conv of a folded pair. The BN stand-in is referenced, not registered, so
     state_dict keys stay those of the original container. relu: an nn.ReLU after the BN was
-    replaced by FoldedReLU, so the folded path applies max(y, 0) too."""
+    replaced by FoldedReLU, so the folded path applies the ReLU too."""
 
     def __init__(self, original: nn.Conv2d, bn: FoldedBatchNorm2d, backend: str = "auto",
                  relu: bool = False):
