@@ -235,6 +235,12 @@ def _half_conv_in_fp32(x: torch.Tensor, w: torch.Tensor, b) -> bool:
     )
 
 
+def relu_on_output(y: torch.Tensor) -> torch.Tensor:
+    """ReLU of a convolution's fresh output: in place unless autograd records it (relu's
+    backward reads its own output)."""
+    return torch.relu(y) if torch.is_grad_enabled() and y.requires_grad else torch.relu_(y)
+
+
 def folded_conv2d(
     owner: FusedModule, x: torch.Tensor, w, b, conv: nn.Conv2d, relu: bool = False
 ) -> torch.Tensor:
@@ -265,7 +271,7 @@ def folded_conv2d(
             x, packed, b, pad, stride, dil, conv.groups, "none", [], ""
         )
         y = y.contiguous(memory_format=torch.channels_last)  # F.conv2d's layout (a no-op)
-        return torch.relu_(y) if relu else y  # this route runs without autograd only
+        return relu_on_output(y) if relu else y
     if (
         x.dim() == 4
         and w.dim() == 4
@@ -275,7 +281,4 @@ def folded_conv2d(
     ):
         w = owner.cached("conv_cl", [w], lambda: w.contiguous(memory_format=torch.channels_last))
     y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
-    if not relu:
-        return y
-    # in place on the fresh output unless autograd records it (relu's backward reads its output)
-    return torch.relu(y) if torch.is_grad_enabled() and y.requires_grad else torch.relu_(y)
+    return relu_on_output(y) if relu else y

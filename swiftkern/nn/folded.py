@@ -7,7 +7,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._base import FusedModule, bn_uses_batch_stats, fold_conv_bn, fold_sources, folded_conv2d
+from ._base import (
+    FusedModule,
+    bn_uses_batch_stats,
+    fold_conv_bn,
+    fold_sources,
+    folded_conv2d,
+    relu_on_output,
+)
 
 
 class FoldedBatchNorm2d(FusedModule):
@@ -67,5 +74,5 @@ class FoldedConv2d(FusedModule):
         )
         if self.padding_mode != "zeros":
             y = self.original_cls._conv_forward(self, x, w, b)
-            return torch.relu(y) if self.fused_relu else y
+            return relu_on_output(y) if self.fused_relu else y
         return folded_conv2d(self, x, w, b, self, relu=self.fused_relu)
