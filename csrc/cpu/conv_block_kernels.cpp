@@ -101,21 +101,19 @@ void dw_rows_plane(const T* xc, const T* w9, T bias, int64_t H, int64_t W, int64
 }
 
 // Depthwise weights in the order the layout's loop wants: [9, C] (tap-major) for channels_last,
-// [C, 9] else. A plain loop: this runs on every call, and the ATen transpose + clone it replaces
+// [C, 9] else; flip: the kernel rotated by 180 degrees (tap t -> 8 - t, the dwconv backward's
+// correlation). A plain loop: this runs on every call, and the ATen transpose + clone it replaces
 // cost ~13 us of dispatch each (16 calls per SwiftFormer-XS forward).
 template <typename T>
-std::vector<T> dw_taps(const Tensor& dw_w, bool cl) {
+std::vector<T> dw_taps(const Tensor& dw_w, bool cl, bool flip = false) {
   const int64_t C = dw_w.size(0);
   const Tensor w = dw_w.contiguous();  // no copy for a contiguous weight
   TORCH_CHECK(w.numel() == 9 * C, "depthwise weight must be [C, 1, 3, 3], got ", dw_w.sizes());
   const T* p = w.data_ptr<T>();
   std::vector<T> out(9 * C);
-  if (!cl) {
-    std::copy(p, p + 9 * C, out.begin());
-    return out;
-  }
   for (int64_t c = 0; c < C; ++c)
-    for (int64_t tap = 0; tap < 9; ++tap) out[tap * C + c] = p[c * 9 + tap];
+    for (int64_t tap = 0; tap < 9; ++tap)
+      out[cl ? tap * C + c : c * 9 + tap] = p[c * 9 + (flip ? 8 - tap : tap)];
   return out;
 }
 
@@ -566,7 +564,7 @@ void dw_backward(const Tensor& x, const Tensor& gd, const Tensor& dw_w, bool nee
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
   if (need_x) {
     // gx = correlation of gd with the 180-degree rotated kernel
-    const std::vector<T> w9f = dw_taps<T>(dw_w.flip({2, 3}), /*cl=*/true);
+    const std::vector<T> w9f = dw_taps<T>(dw_w, /*cl=*/true, /*flip=*/true);
     gx = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
     dwconv_full<T>(gd, w9f.data(), nullptr, true, gx);
   }
