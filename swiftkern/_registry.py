@@ -29,28 +29,33 @@ class Kernel:
 
 _TABLE: dict[tuple[str, str], Kernel] = {}
 
+# Measured on an H100 (session 9; torch 2.11.0+cu130, triton 3.6.0, README "GPU backends"): HF
+# SwiftFormer-XS forward, 224x224, fp32, batch 64, median of per-round ratios vs eager in the same
+# run: every op on Triton 0.76x (host idle-ish) and 0.57x (host loaded), every op on CUDA C++ 1.30x
+# and 1.32x. The Triton fp32 kernels keep fp32 dots in IEEE precision (no tensor cores), which
+# eager's cuDNN / cuBLAS path does not pay for the convolutions.
+_SLOW_TRITON_FP32 = (
+    "Triton fp32 forward: SwiftFormer-XS batch 64 on an H100 ran 0.57-0.76x of eager with every "
+    "op on Triton (1.38x at batch 1, launch-bound); CUDA C++ 1.30-1.32x (README, GPU backends)"
+)
 # (op, backend, dtype) -> why "auto" must not pick that kernel: measured slower than the eager
 # PyTorch it replaces (numbers in README "Performance"). Explicitly named backends still run it.
-SLOWER: dict[tuple[str, str, torch.dtype], str] = {}
-
-# Preference on CUDA devices until a GPU measurement table exists (see README "GPU backends").
-CUDA_PREFERENCE: list[str] = ["triton", "cuda"]
-# Per-op order measured on a GPU by `swiftkern bench ops --write-backend-table PATH`, loaded from
-# $SWIFTKERN_CUDA_TABLE (a JSON {op: ["cuda", "triton"], ...}); ops it lacks use CUDA_PREFERENCE.
-CUDA_TABLE: dict[str, list[str]] = {}
-# Until then, the fp32 backward of the pointwise conv ops prefers the CUDA C++ kernels: their
-# Triton launchers run fp32 without tensor cores, and past 128 channels (XS stage 4) on cuBLAS
-# GEMMs over fp32 intermediates, which the paper model (triton_kernels/_roofline.py,
-# `python tools/triton_report.py --roofline`) predicts slower than the eager PyTorch backward
-# on an H100 (XS batch 64, fp32: mlp_backward 187 us vs 132 us at stage 3, 195 vs 126 at
-# stage 4); the CUDA C++ backward runs them on the storage dtype, as eager does (not measured).
-# fp16/bf16 keep Triton first: its fused backward (up to 256 channels) is predicted faster than
-# eager at every XS stage and batch 1 / 8 / 64 (stage 4, batch 64, bf16: 28 us vs 64 us).
-CUDA_PAPER_ORDER: dict[tuple[str, torch.dtype], list[str]] = {
-    (op, torch.float32): ["cuda", "triton"]
-    for op in ("mlp_backward", "conv_block_backward", "mlp_train_backward",
-               "conv_block_train_backward")
+SLOWER: dict[tuple[str, str, torch.dtype], str] = {
+    (op, "triton", torch.float32): _SLOW_TRITON_FP32
+    for op in ("dwconv_bn", "conv_block", "mlp", "additive_attention")
 }
+
+# Default order on CUDA devices (see README "GPU backends").
+CUDA_PREFERENCE: list[str] = ["triton", "cuda"]
+# Per-dtype order from the same H100 measurement: fp32 runs CUDA C++ first (1.30-1.32x of eager
+# at XS batch 64 vs Triton's 0.57-0.76x; equal at batch 1), fp16 / bf16 keep Triton first (XS,
+# bf16, all on Triton: 1.35x of eager bf16 at batch 1, 1.31x at batch 64). It also covers every
+# fp32 backward, where the paper model (triton_kernels/_roofline.py) had already predicted the
+# Triton mlp / conv_block backward slower than eager (XS batch 64: 187 vs 132 us at stage 3).
+CUDA_DTYPE_ORDER: dict[torch.dtype, list[str]] = {torch.float32: ["cuda", "triton"]}
+# Per-op order measured on a GPU by `swiftkern bench ops --write-backend-table PATH`, loaded from
+# $SWIFTKERN_CUDA_TABLE (a JSON {op: ["cuda", "triton"], ...}); it overrides both orders above.
+CUDA_TABLE: dict[str, list[str]] = {}
 
 
 def load_cuda_table(path: str | None = None) -> dict[str, list[str]]:
@@ -96,8 +101,8 @@ def candidates(device: torch.device, backend: str, op: str | None = None,
     if device.type == "cpu":
         return ["cpu", "reference"]
     if device.type == "cuda":
-        order = CUDA_TABLE.get((op or "").removesuffix("_backward")) or CUDA_PAPER_ORDER.get(
-            (op or "", dtype), CUDA_PREFERENCE
+        order = CUDA_TABLE.get((op or "").removesuffix("_backward")) or CUDA_DTYPE_ORDER.get(
+            dtype, CUDA_PREFERENCE
         )
         return [*order, *[b for b in CUDA_PREFERENCE if b not in order], "reference"]
     return ["reference"]

@@ -49,7 +49,10 @@ def report() -> str:
         f"CPU: {platform.processor() or platform.machine()}  kernel ISA in use: {_ext.CPU_ISA}",
         "extensions: " + ", ".join(f"{k}: {v}" for k, v in _ext.STATUS.items()),
         f"CUDA available: {torch.cuda.is_available()}  (CUDA preference: "
-        f"{' > '.join(_registry.CUDA_PREFERENCE)})",
+        f"{' > '.join(_registry.CUDA_PREFERENCE)}"
+        + "".join(f"; {str(dt).removeprefix('torch.')}: {' > '.join(o)}"
+                  for dt, o in _registry.CUDA_DTYPE_ORDER.items())
+        + ")",
         "",
         "registered kernels: " + ", ".join(sorted({b for (_, b) in _registry.table()})),
     ]
