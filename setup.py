@@ -3,7 +3,7 @@
 Extensions (all optional at import time, see swiftkern/_ext.py):
   swiftkern._C             op schemas of the kernel library (namespace swiftkern_C) and, when CUDA is
                            built, the CUDA kernels (csrc/cuda/*.cu free of torch headers + *.cpp binds)
-  swiftkern._C_cpu_avx512  CPU kernels (csrc/cpu/*.cpp) compiled for AVX-512 (+BF16)
+  swiftkern._C_cpu_avx512  CPU kernels (csrc/cpu/*.cpp) compiled for AVX-512 (F, BW, VL, DQ; no BF16 instructions needed)
   swiftkern._C_cpu_avx2    the same sources compiled for AVX2 (the portable path)
 Exactly one CPU library is loaded at run time, chosen from the CPU's features
 (SWIFTKERN_CPU_ISA=avx512|avx2 forces one).
@@ -94,7 +94,7 @@ def extensions():
                                     extra_compile_args={"cxx": common}))
     cpu_sources = _rel(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
     isa_flags = {
-        "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16",
+        "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
                    "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
         "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
     }

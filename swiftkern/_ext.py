@@ -30,7 +30,7 @@ def _find(stem: str) -> str | None:
     return hits[0] if hits else None
 
 
-AVX512_NEEDS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512bf16", "fma"}
+AVX512_NEEDS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"}
 
 
 def machine_isa() -> str | None:
