@@ -3,9 +3,11 @@
 #   bash tools/gpu_run.sh [build] [ops] [cpu] [bench]      (default: all four, in that order)
 # build: builds swiftkern against the machine's own torch (pip install -e ., CUDA for the GPU's
 #        architecture only); carried wheels in .whl/ (e.g. expecttest) are installed first.
-# ops:   tests/cuda_build/test_cuda_ops.py -- every op forward (fp32/fp16/bf16) and fp32 backward on
-#        both GPU backends (cuda, triton) against the fp64 reference; ~6 min on an H100 machine
-#        with a cold Triton cache, most of it Triton JIT compiles.
+# ops:   tests/cuda_build/test_cuda_ops.py -- every op forward (fp32/fp16/bf16) and backward (fp32;
+#        fp16/bf16 at all but the largest shape) on both GPU backends (cuda, triton) against the
+#        fp64 reference. Forward + fp32 backward took ~6 min on the H100 machine with a cold
+#        Triton cache, most of it Triton JIT compiles; OPS_ARGS (extra pytest words, e.g. '-k backward_half')
+#        narrows a run to fit one device call.
 # cpu:   the CPU op tests on that machine's CPU (often AVX-512: the only place that path runs).
 #        Not concurrently with `ops`: both oversubscribe the cores.
 # bench: HF SwiftFormer-XS end to end on the GPU (eager / compile / swiftkern per backend), and
@@ -35,7 +37,7 @@ for s in "${steps[@]}"; do
       tail -4 "$OUT/build.log"; $PY -m swiftkern.info | head -5 ;;
     ops)
       OMP_NUM_THREADS=1 timeout "${OPS_TIMEOUT:-540}" $PT -n "$N" tests/cuda_build/test_cuda_ops.py \
-        > "$OUT/gpu_ops.log" 2>&1
+        ${OPS_ARGS:-} > "$OUT/gpu_ops.log" 2>&1
       tail -5 "$OUT/gpu_ops.log" ;;
     cpu)
       OMP_NUM_THREADS=1 timeout "${CPU_TIMEOUT:-300}" $PT -n "$N" tests/ops tests/nn \

@@ -139,3 +139,36 @@ def test_launches_on_the_current_stream(backend):
     s.synchronize()
     ref = R.additive_attention_ref(*_to(args, "cpu", torch.float64))
     assert_close(out.cpu(), ref.float(), torch.float32, what="side stream")
+
+
+HALF_BWD_SHAPES = {"xs_stage1"}  # left out of the half backward: Triton JIT time, not coverage
+
+
+@pytest.mark.parametrize(
+    "op,shape,layout,pool",
+    [c for c in _cases(BWD_CONV + ATTN_OPS) if c[1] not in HALF_BWD_SHAPES],
+)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_backward_half(op, shape, layout, pool, dtype, backend):
+    """fp16/bf16 gradients against the fp64 reference, within HALF_FACTOR x the error of plain
+    PyTorch autograd at that dtype on the GPU (the reference backend) plus the dtype's floor."""
+    _need(backend, op + "_backward")
+    args32 = _args(op, shape, layout, pool)
+    targs = [i for i, a in enumerate(args32) if isinstance(a, torch.Tensor)]
+    mask = [True] * len(targs)
+    ref_args = _to(args32, dtype=torch.float64)
+    y = _tuple(getattr(R, op + "_ref")(*ref_args))[0]
+    grad = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    ref = getattr(torch.ops.swiftkern, op + "_backward")(grad, *ref_args, "reference", mask)
+    args = _to(args32, "cuda", dtype)
+    g_in = grad.to(device="cuda", dtype=dtype)
+    plain = getattr(torch.ops.swiftkern, op + "_backward")(g_in, *args, "reference", mask)
+    got = getattr(torch.ops.swiftkern, op + "_backward")(g_in, *args, backend, mask)
+    torch.cuda.synchronize()
+    for i, g, r, p in zip(targs, got, ref, plain):
+        assert g.shape == r.shape, f"{op} grad of arg {i}: {tuple(g.shape)} vs {tuple(r.shape)}"
+        assert g.dtype == dtype, f"{backend} {op} grad of arg {i}: dtype {g.dtype}"
+        if r.numel():
+            assert_close_half(g.cpu(), r.float(), p.cpu(),
+                              what=f"{backend} {op} grad of arg {i}")
