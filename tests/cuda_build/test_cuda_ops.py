@@ -105,10 +105,9 @@ def test_forward(op, shape, layout, pool, dtype, backend):
             assert_close_half(o.cpu(), r.float(), p.cpu(), what=f"{backend} {op} output {i}")
 
 
-@pytest.mark.parametrize("op,shape,layout,pool", _cases(BWD_CONV + ATTN_OPS))
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_backward_fp32(op, shape, layout, pool, backend):
-    _need(backend, op + "_backward")
+def _backward_case(op, shape, layout, pool):
+    """fp32 arguments, the indices of the tensor ones, an all-True grad mask, an fp64 output
+    gradient and the fp64 reference gradients (autograd through the reference, on the CPU)."""
     args32 = _args(op, shape, layout, pool)
     targs = [i for i, a in enumerate(args32) if isinstance(a, torch.Tensor)]
     mask = [True] * len(targs)
@@ -116,6 +115,14 @@ def test_backward_fp32(op, shape, layout, pool, backend):
     y = _tuple(getattr(R, op + "_ref")(*ref_args))[0]
     grad = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     ref = getattr(torch.ops.swiftkern, op + "_backward")(grad, *ref_args, "reference", mask)
+    return args32, targs, mask, grad, ref
+
+
+@pytest.mark.parametrize("op,shape,layout,pool", _cases(BWD_CONV + ATTN_OPS))
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_backward_fp32(op, shape, layout, pool, backend):
+    _need(backend, op + "_backward")
+    args32, targs, mask, grad, ref = _backward_case(op, shape, layout, pool)
     args = _to(args32, "cuda")
     g_in = grad.float().cuda()
     g_keep = g_in.clone()
@@ -154,13 +161,7 @@ def test_backward_half(op, shape, layout, pool, dtype, backend):
     """fp16/bf16 gradients against the fp64 reference, within HALF_FACTOR x the error of plain
     PyTorch autograd at that dtype on the GPU (the reference backend) plus the dtype's floor."""
     _need(backend, op + "_backward")
-    args32 = _args(op, shape, layout, pool)
-    targs = [i for i, a in enumerate(args32) if isinstance(a, torch.Tensor)]
-    mask = [True] * len(targs)
-    ref_args = _to(args32, dtype=torch.float64)
-    y = _tuple(getattr(R, op + "_ref")(*ref_args))[0]
-    grad = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    ref = getattr(torch.ops.swiftkern, op + "_backward")(grad, *ref_args, "reference", mask)
+    args32, targs, mask, grad, ref = _backward_case(op, shape, layout, pool)
     args = _to(args32, "cuda", dtype)
     g_in = grad.to(device="cuda", dtype=dtype)
     plain = getattr(torch.ops.swiftkern, op + "_backward")(g_in, *args, "reference", mask)
