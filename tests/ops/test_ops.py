@@ -146,6 +146,25 @@ def test_backward_fp32_matches_reference(op, shape, layout, pool):
             assert_close(g, r, torch.float32, what=f"{op}[{backend}] grad {i}")
 
 
+@pytest.mark.parametrize("op", ALL_OPS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_leaves_its_input_gradient_untouched(op, dtype):
+    """The incoming gradient belongs to autograd (and may be shared): no backend may write to it.
+    The CUDA backward once did, through g.to(kFloat).mul_(...) -- a no-op cast for fp32."""
+    shape = "odd_c33" if op in CONV_OPS else "odd_d33"
+    args = make(op, shape, "channels_last" if op in CONV_OPS else "contiguous", "l2", dtype)
+    y = _tuple(REF[op](*args))[0]
+    mask = [True] * sum(isinstance(a, torch.Tensor) for a in args)
+    for backend in _bwd_backends(op):
+        for g in (torch.randn(y.shape).to(dtype), torch.randn(y.shape).to(dtype).contiguous(
+                memory_format=torch.channels_last) if y.dim() == 4 else None):
+            if g is None:
+                continue
+            keep = g.clone()
+            getattr(torch.ops.swiftkern, op + "_backward")(g, *args, backend, mask)
+            assert torch.equal(g, keep), f"{op}[{backend}] {dtype}: overwrote the gradient"
+
+
 def test_sum_pool_gives_w_g_zero_gradient():
     args = make("additive_attention", "odd_d33", "contiguous", "sum")
     for backend in _bwd_backends("additive_attention"):
