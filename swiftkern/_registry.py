@@ -31,8 +31,8 @@ _TABLE: dict[tuple[str, str], Kernel] = {}
 
 # Measured on an H100 (session 9; torch 2.11.0+cu130, triton 3.6.0, README "GPU backends"): HF
 # SwiftFormer-XS forward, 224x224, fp32, batch 64, median of per-round ratios vs eager in the same
-# run: every op on Triton 0.76x (host idle-ish) and 0.57x (host loaded), every op on CUDA C++ 1.30x
-# and 1.32x. The Triton fp32 kernels keep fp32 dots in IEEE precision (no tensor cores), which
+# run: every op on Triton 0.76x and 0.57x (two runs, host load 65 and 122), every op on CUDA C++
+# 1.30x and 1.32x. The Triton fp32 kernels keep fp32 dots in IEEE precision (no tensor cores), which
 # eager's cuDNN / cuBLAS path does not pay for the convolutions.
 _SLOW_TRITON_FP32 = (
     "Triton fp32 forward: SwiftFormer-XS batch 64 on an H100 ran 0.57-0.76x of eager with every "
@@ -49,7 +49,8 @@ SLOWER: dict[tuple[str, str, torch.dtype], str] = {
 CUDA_PREFERENCE: list[str] = ["triton", "cuda"]
 # Per-dtype order from the same H100 measurement: fp32 runs CUDA C++ first (1.30-1.32x of eager
 # at XS batch 64 vs Triton's 0.57-0.76x; equal at batch 1), fp16 / bf16 keep Triton first (XS,
-# bf16, all on Triton: 1.35x of eager bf16 at batch 1, 1.31x at batch 64). It also covers every
+# bf16, mostly on Triton: 1.35x / 1.31x of eager fp32 at batch 1 / 64, ~1.4x of eager bf16 by
+# medians; CUDA C++ was not measured end to end in bf16). It also covers every
 # fp32 backward, where the paper model (triton_kernels/_roofline.py) had already predicted the
 # Triton mlp / conv_block backward slower than eager (XS batch 64: 187 vs 132 us at stage 3).
 CUDA_DTYPE_ORDER: dict[torch.dtype, list[str]] = {torch.float32: ["cuda", "triton"]}
