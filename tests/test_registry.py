@@ -115,7 +115,13 @@ def test_measured_slower_triton_fp32_is_skipped_by_auto():
     """The fp32 Triton forward of the ops a SwiftFormer runs was measured slower than eager on an
     H100 as a set (README): "auto" never picks it, even without the CUDA extension; named, it
     runs."""
+    cuda = torch.device("cuda")
     for op in ("dwconv_bn", "conv_block", "mlp", "additive_attention"):
         assert "eager" in _registry.SLOWER[(op, "triton", torch.float32)]
         assert (op, "triton", torch.bfloat16) not in _registry.SLOWER
         assert (op, "cuda", torch.float32) not in _registry.SLOWER
+        if _registry.kernel_for(op, "triton") is None:
+            continue  # no Triton installed: nothing to dispatch to
+        assert _registry._usable(op, "triton", "auto", cuda, torch.float32) is None
+        assert _registry._usable(op, "triton", "triton", cuda, torch.float32) is not None
+        assert _registry._usable(op, "triton", "auto", cuda, torch.bfloat16) is not None

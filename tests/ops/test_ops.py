@@ -155,11 +155,11 @@ def test_backward_leaves_its_input_gradient_untouched(op, dtype):
     args = make(op, shape, "channels_last" if op in CONV_OPS else "contiguous", "l2", dtype)
     y = _tuple(REF[op](*args))[0]
     mask = [True] * sum(isinstance(a, torch.Tensor) for a in args)
+    grads = [torch.randn(y.shape).to(dtype)]
+    if y.dim() == 4:
+        grads.append(grads[0].contiguous(memory_format=torch.channels_last))
     for backend in _bwd_backends(op):
-        for g in (torch.randn(y.shape).to(dtype), torch.randn(y.shape).to(dtype).contiguous(
-                memory_format=torch.channels_last) if y.dim() == 4 else None):
-            if g is None:
-                continue
+        for g in grads:
             keep = g.clone()
             getattr(torch.ops.swiftkern, op + "_backward")(g, *args, backend, mask)
             assert torch.equal(g, keep), f"{op}[{backend}] {dtype}: overwrote the gradient"
