@@ -116,6 +116,30 @@ class FusedModule(nn.Module):
         )
         return value
 
+    def call_op(self, op, *args):
+        """``op(*args)`` (backend last). For bf16 / fp16 activations on a CPU, the C++ kernel
+        gets this module's parameters as cached fp32 up-conversions (see
+        OpDef.call_with_fp32_params; same values, so the same outputs, without the per-call
+        conversion). Parameters are the Tensor arguments other than x and ``residual``."""
+        x = args[0]
+        if x.dtype not in (torch.bfloat16, torch.float16) or x.device.type != "cpu":
+            return op(*args)
+        pos = [i for i in op.tensor_args if i > 0 and op.arg_names[i] != "residual"]
+
+        def fp32_params():
+            params = [args[i] for i in pos]
+            conv = self.cached(
+                "fp32:" + op.name,
+                params,
+                lambda: [None if t is None else t.float() for t in params],
+            )
+            out = list(args[:-1])
+            for i, t in zip(pos, conv):
+                out[i] = t
+            return out
+
+        return op.call_with_fp32_params(args, fp32_params)
+
     def __getstate__(self):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
         state = dict(state)
@@ -212,11 +236,22 @@ def _packed_conv_ok(x: torch.Tensor, w: torch.Tensor, b, conv: nn.Module) -> boo
     )
 
 
+def _cpu_flag(name: str) -> bool:
+    probe = getattr(torch.cpu, name, None)
+    return bool(probe()) if probe is not None else False
+
+
 def _native_half_conv(dtype: torch.dtype) -> bool:
-    """Whether oneDNN runs convolutions in this half dtype on this CPU (bf16: AVX512-BF16 /
-    AMX; fp16: AVX512-FP16 / AMX-FP16)."""
+    """Whether oneDNN runs convolutions in this half dtype on this CPU with half-precision
+    arithmetic (bf16: AVX512-BF16 / AMX; fp16: AVX512-FP16 / AMX-FP16).
+
+    torch.ops.mkldnn._is_mkldnn_bf16_supported() alone is not that test: it is also true on
+    AVX-512 CPUs without AVX512-BF16, where oneDNN emulates bf16 (converting to fp32 inside) and
+    ran the SwiftFormer stem / downsample convolutions 2.5-3.6x slower than its fp32 kernels
+    (session 10, Intel Xeon with AVX-512 F/BW/VL/DQ, 2 threads, batch 1, channels_last)."""
     if dtype == torch.bfloat16:
-        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        native = _cpu_flag("_is_avx512_bf16_supported") or _cpu_flag("_is_amx_tile_supported")
+        return native and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return torch.ops.mkldnn._is_mkldnn_fp16_supported()
 
 

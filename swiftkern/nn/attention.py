@@ -41,8 +41,8 @@ class FusedAdditiveAttention(FusedModule):
     def forward_tokens(self, t: torch.Tensor) -> torch.Tensor:
         """[B, N, D] -> [B, N, T] (contiguous)."""
         w_qk, b_qk, w_g, w_proj, b_proj, w_final, b_final = self._args()
-        return ADDITIVE_ATTENTION(t, w_qk, b_qk, w_g, self.scale_factor, w_proj, b_proj,
-                                  w_final, b_final, self.pool, self.backend)
+        return self.call_op(ADDITIVE_ATTENTION, t, w_qk, b_qk, w_g, self.scale_factor, w_proj,
+                            b_proj, w_final, b_final, self.pool, self.backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout == "tokens":

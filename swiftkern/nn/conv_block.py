@@ -98,4 +98,4 @@ class FusedConvBlock(FusedModule):
                 vector(ls),
             ),
         )
-        return CONV_BLOCK(x, *args, self.backend)
+        return self.call_op(CONV_BLOCK, x, *args, self.backend)

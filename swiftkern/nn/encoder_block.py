@@ -30,9 +30,12 @@ class FusedEncoderBlock(FusedModule):
         if path is None:
             return None
         try:
-            return vector(_dotted(self, path))
+            src = _dotted(self, path)
         except AttributeError:  # timm: nn.Identity when use_layer_scale=False
             return None
+        # the same view object while src is unchanged: the MLP's fp32 parameter cache
+        # (call_op) keys on it
+        return self.cached(f"ls{i}", [src], lambda: vector(src))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mods = self._modules

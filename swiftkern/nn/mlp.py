@@ -62,4 +62,4 @@ class FusedMlp(FusedModule):
                 fc2.bias,
             ),
         )
-        return MLP(x, w1, b1, w2, b2, ls, residual, self.backend)
+        return self.call_op(MLP, x, w1, b1, w2, b2, ls, residual, self.backend)

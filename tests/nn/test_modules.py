@@ -214,3 +214,71 @@ def test_folded_conv_traces_as_a_plain_conv():
         traced = torch.jit.trace(opt, (x,))
         assert "mkldnn" not in str(traced.inlined_graph)
         assert_close(traced(x), model(x), torch.float32, what="traced")
+
+
+@pytest.mark.parametrize("native_flags", [(False, False), (True, False), (False, True)])
+def test_native_half_conv_needs_half_arithmetic(monkeypatch, native_flags):
+    """oneDNN says bf16 is "supported" on any AVX-512 CPU, where it emulates bf16 and ran the
+    stem / downsample convs 2.5-3.6x slower than fp32: only AVX512-BF16 or AMX counts as native."""
+    from swiftkern.nn import _base
+
+    avx512_bf16, amx = native_flags
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    expected = (avx512_bf16 or amx) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert _base._native_half_conv(torch.bfloat16) == expected
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("idx", [0, 1, 2, 3, 4, 5, 7, 8, 9])
+def test_half_cpu_modules_use_cached_fp32_params(idx, dtype):
+    """bf16 / fp16 activations on a CPU: the fused modules hand the C++ kernels cached fp32
+    up-conversions of their parameters instead of letting them convert on every call. Outputs
+    are bit for bit those of the plain op call; an in-place parameter change rebuilds the copies;
+    under autograd the plain call runs (its graph needs the half parameters)."""
+    from swiftkern import _registry
+    from swiftkern.nn import _base
+
+    if _registry.resolve("conv_block", "auto", torch.device("cpu"), dtype) != "cpu":
+        pytest.skip("no C++ CPU kernels loaded")
+    _name, original, x = _modules()[idx]
+    randomize_(original).eval()
+    opt = optimize(Holder(copy.deepcopy(original)), dtype=dtype)
+    x = x.to(dtype)
+
+    def plain(self, op, *args):
+        return op(*args)
+
+    def run():
+        with torch.no_grad():
+            return opt(x)
+
+    def fp32_caches():
+        return [k for m in opt.modules() if isinstance(m, _base.FusedModule)
+                for k in m._cache if k.startswith("fp32:")]
+
+    got = run()
+    assert fp32_caches(), "the fp32 parameter path was not taken"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_base.FusedModule, "call_op", plain)
+        want = run()
+    assert torch.equal(got, want)
+    # an in-place change to a parameter (an optimizer step) must not leave a stale copy
+    with torch.no_grad():
+        for p in opt.parameters():
+            p.mul_(1.25)
+    got = run()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_base.FusedModule, "call_op", plain)
+        want = run()
+    assert torch.equal(got, want)
+    # autograd: the plain op call (gradients flow to the half parameters)
+    for m in opt.modules():
+        if isinstance(m, _base.FusedModule):
+            m._cache.clear()
+    xg = x.clone().requires_grad_(True)
+    out = opt(xg)
+    assert not fp32_caches()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_base.FusedModule, "call_op", plain)
+        assert torch.equal(out, opt(xg))
