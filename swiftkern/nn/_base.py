@@ -4,10 +4,13 @@ state are unchanged, and the original class's forward can always serve as the fa
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _registry
 from ..ops import reference as ref
 
 
@@ -117,34 +120,90 @@ class FusedModule(nn.Module):
         return value
 
     def call_op(self, op, *args):
-        """``op(*args)`` (backend last). For bf16 / fp16 activations on a CPU, the C++ kernel
-        gets this module's parameters as cached fp32 up-conversions (see
-        OpDef.call_with_fp32_params; same values, so the same outputs, without the per-call
-        conversion). Parameters are the Tensor arguments other than x and ``residual``."""
+        """``op(*args)`` (backend last), with two CPU fast paths on plain eager calls whose
+        first backend is "cpu" (see OpDef.call_cpu_variant), both computing the same values:
+
+        - bf16 / fp16 activations: the C++ kernel gets this module's parameters as cached fp32
+          up-conversions (it would convert them on every call). Parameters are the Tensor
+          arguments other than x and ``residual``.
+        - fp32 conv_block / mlp on channels_last x whose shape runs the whole-tensor pointwise
+          GEMMs (swiftkern_C::pointwise_packable): they run MKL's packed sgemm on weights packed
+          once per P = B*H*W and cached (at most _MAX_PACKED row counts per module).
+          SWIFTKERN_CPU_PACKED=0 turns this off (A/B benchmarks).
+        """
         x = args[0]
-        if x.dtype not in (torch.bfloat16, torch.float16) or x.device.type != "cpu":
+        if x.device.type != "cpu":
             return op(*args)
+        if x.dtype in (torch.bfloat16, torch.float16):
+            return op.call_cpu_variant(args, lambda fargs: self._run_fp32_params(op, fargs))
+        if (
+            x.dtype == torch.float32
+            and op.name in _PACKED_WEIGHTS
+            and _MKL_PACK
+            and os.environ.get("SWIFTKERN_CPU_PACKED", "1") != "0"
+        ):
+            return op.call_cpu_variant(args, lambda fargs: self._run_packed(op, fargs))
+        return op(*args)
+
+    def _run_fp32_params(self, op, fargs):
         pos = [i for i in op.tensor_args if i > 0 and op.arg_names[i] != "residual"]
+        params = [fargs[i] for i in pos]
+        conv = self.cached(
+            "fp32:" + op.name, params, lambda: [None if t is None else t.float() for t in params]
+        )
+        for i, t in zip(pos, conv):
+            fargs[i] = t
+        return _registry.kernel_for(op.name, "cpu").fn(*fargs)
 
-        def fp32_params():
-            params = [args[i] for i in pos]
-            conv = self.cached(
-                "fp32:" + op.name,
-                params,
-                lambda: [None if t is None else t.float() for t in params],
-            )
-            out = list(args[:-1])
-            for i, t in zip(pos, conv):
-                out[i] = t
-            return out
-
-        return op.call_with_fp32_params(args, fp32_params)
+    def _run_packed(self, op, fargs):
+        x = fargs[0]
+        n1, n2 = _PACKED_WEIGHTS[op.name]
+        w1, w2 = fargs[op.arg_names.index(n1)], fargs[op.arg_names.index(n2)]
+        if w1.dtype != torch.float32 or w2.dtype != torch.float32:
+            return None
+        if w1.is_inference() or w2.is_inference():
+            return None  # `cached` cannot keep a copy of these: it would pack on every call
+        plans = self.__dict__.setdefault("_packable", {})
+        key = (op.name, x.shape, x.stride(), torch.get_num_threads())
+        plan = plans.get(key)
+        if plan is None:
+            if len(plans) >= 64:
+                plans.clear()
+            plan = plans[key] = bool(torch.ops.swiftkern_C.pointwise_packable(x, w1, w2))
+        if not plan:
+            return None
+        rows = x.shape[0] * x.shape[2] * x.shape[3]
+        ck = f"mkl:{op.name}:{rows}"
+        p1, p2 = self.cached(ck, [w1, w2], lambda: (_mkl_pack(w1, rows), _mkl_pack(w2, rows)))
+        if ck in self._cache:  # keep the newest few row counts (each a copy of the weights)
+            self._cache[ck] = self._cache.pop(ck)
+            old = [k for k in self._cache if k.startswith(f"mkl:{op.name}:")]
+            for k in old[:-_MAX_PACKED]:
+                del self._cache[k]
+        # detached: the kernel's worker threads do not run in the caller's grad mode
+        fargs = [a.detach() if isinstance(a, torch.Tensor) and a.requires_grad else a
+                 for a in fargs]
+        return getattr(torch.ops.swiftkern_C, op.name + "_packed")(*fargs, p1, p2)
 
     def __getstate__(self):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
         state = dict(state)
         state["_cache"] = {}
         return state
+
+
+# MKL's packed sgemm (what inductor's CPU freezing uses for fp32 linears): the weight is
+# reordered once for a given row count; see csrc/cpu/conv_block_kernels.cpp packed_linear.
+_MKL_PACK = torch.backends.mkl.is_available() and hasattr(
+    torch.ops.mkl, "_mkl_reorder_linear_weight"
+)
+# op -> names of the two pointwise weights its *_packed C++ kernel takes packed copies of
+_PACKED_WEIGHTS = {"conv_block": ("pw1_w", "pw2_w"), "mlp": ("fc1_w", "fc2_w")}
+_MAX_PACKED = 2
+
+
+def _mkl_pack(w: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.ops.mkl._mkl_reorder_linear_weight(w.contiguous(), rows)
 
 
 def vector(t) -> torch.Tensor | None:

@@ -91,33 +91,27 @@ class OpDef:
                     self._valid.clear()
                 self._valid[sig] = True
 
-    def call_with_fp32_params(self, args: tuple, fp32_params) -> torch.Tensor:
-        """Internal fast path of the fused modules for bf16 / fp16 activations on a CPU.
+    def call_cpu_variant(self, args: tuple, run: Callable) -> torch.Tensor:
+        """Internal fast paths of the fused modules on a CPU (swiftkern/nn/_base.py call_op).
 
-        ``args`` are the op's arguments (backend last), validated as by a plain call. The C++
-        CPU kernels compute in fp32 and convert every half-precision parameter to fp32 on each
-        call (an L1 forward at batch 1 spent ~3-4 ms of ~29 ms in those copies); a module
-        whose parameters do not change between calls hands the converted ones, cached, instead.
-        ``fp32_params()`` returns ``args`` (without backend) with every parameter replaced by
-        its exact fp32 up-conversion (x and activation arguments keep their dtype). It is used
-        only on the direct eager path when the first backend that serves is "cpu": the kernel
-        converts the same values itself otherwise, so outputs are bitwise the same. Anything
-        else (autograd, tracing, other backends) is a plain call on ``args``.
+        ``args`` are the op's arguments (backend last), validated as by a plain call. On the
+        direct eager path (no autograd graph, no tracing), when the first backend that serves is
+        "cpu", ``run(fargs)`` (fargs: a list of args without backend) may compute the result with
+        C++ CPU kernels given extra state the module caches (fp32 copies of half parameters,
+        MKL-packed weights) and returns it, or returns None. Anything else, and None, is a plain
+        call on ``args``. The output layout contract is applied as for a plain call.
         """
         x = args[0]
-        if (
-            x.device.type == "cpu"
-            and x.dtype in (torch.bfloat16, torch.float16)
-            and _direct_ok(args, self.tensor_args)
-        ):
+        if x.device.type == "cpu" and _direct_ok(args, self.tensor_args):
             *fargs, backend = args
             self._validate_memo(fargs)
             if _registry.resolve(self.name, backend, x.device, x.dtype) == "cpu":
-                k = _registry.kernel_for(self.name, "cpu")
                 try:
-                    return _normalize_outputs(k.fn(*fp32_params()), x)
-                except _registry.Unsupported:
-                    pass  # the normal call tries the next backend and says why
+                    out = run(fargs)
+                except (NotImplementedError, _registry.Unsupported):
+                    out = None  # the plain call tries the next backend and says why
+                if out is not None:
+                    return _normalize_outputs(out, x)
         return self(*args)
 
 

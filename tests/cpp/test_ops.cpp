@@ -17,8 +17,10 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
+#include <ATen/Parallel.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -74,6 +76,12 @@ std::vector<Tensor> call(const std::string& name, const Args& args) {
     }
   }
   return out;
+}
+
+bool call_bool(const std::string& name, const Args& args) {
+  torch::jit::Stack stack(args.begin(), args.end());
+  op_handle(name).callBoxed(&stack);
+  return stack.at(0).toBool();
 }
 
 // Indices of the Tensor / Tensor? arguments of an op's schema (the gradient slots of _backward).
@@ -781,6 +789,61 @@ void known_attention_backward() {
   }
 }
 
+// conv_block_packed / mlp_packed (weights packed by ATen's mkl::_mkl_reorder_linear_weight for
+// the call's B*H*W rows) against the references, at shapes pointwise_packable accepts; and the
+// rule itself on shapes it must refuse.
+void check_packed() {
+  const auto reorder =
+      c10::Dispatcher::singleton().findSchema({"mkl::_mkl_reorder_linear_weight", ""});
+  if (!reorder.has_value() || !has_cpu_kernel("conv_block_packed")) {
+    std::printf("SKIP packed ops: no MKL ops in this libtorch or no CPU kernel\n");
+    return;
+  }
+  auto pack = [&](const Tensor& w, int64_t rows) {
+    return reorder->typed<Tensor(const Tensor&, int64_t)>().call(w, rows);
+  };
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);  // the strategy rules depend on it; the shapes are chosen for 2
+  for (const auto& [b, c, h, w] : std::vector<std::array<int64_t, 4>>{{1, 97, 7, 5},
+                                                                      {3, 260, 6, 5}}) {
+    const std::string tag = "B" + std::to_string(b) + " C" + std::to_string(c);
+    const Tensor x = at::randn({b, c, h, w}).contiguous(at::MemoryFormat::ChannelsLast);
+    const Tensor dw = at::randn({c, 1, 3, 3}) * 0.3, db = at::randn({c});
+    const Tensor w1 = at::randn({4 * c, c}) / std::sqrt(double(c)), b1 = at::randn({4 * c});
+    const Tensor w2 = at::randn({c, 4 * c}) / std::sqrt(4.0 * c), b2 = at::randn({c});
+    const Tensor ls = at::randn({c});
+    const Tensor res = at::randn({b, c, h, w}).contiguous(at::MemoryFormat::ChannelsLast);
+    if (!call_bool("pointwise_packable", {x, w1, w2})) {
+      fail("pointwise_packable refused " + tag);
+      continue;
+    }
+    const Tensor p1 = pack(w1, b * h * w), p2 = pack(w2, b * h * w);
+    auto got = call("conv_block_packed", {x, dw, db, w1, b1, w2, b2, ls, p1, p2});
+    if (check_close("conv_block_packed " + tag, got[0],
+                    conv_block_ref({x, dw, db, w1, b1, w2, b2, ls})[0], tol_for(at::kFloat)))
+      pass("conv_block_packed " + tag);
+    got = call("mlp_packed", {x, w1, b1, w2, b2, ls, res, p1, p2});
+    if (check_close("mlp_packed " + tag, got[0], mlp_ref({x, w1, b1, w2, b2, ls, res})[0],
+                    tol_for(at::kFloat)))
+      pass("mlp_packed " + tag);
+  }
+  // refused: NCHW, fp64, a small weight (C = 56: measured slower packed)
+  const Tensor w1 = at::randn({388, 97}), w2 = at::randn({97, 388});
+  const bool nchw = call_bool("pointwise_packable", {at::randn({1, 97, 7, 5}), w1, w2});
+  const bool f64 = call_bool(
+      "pointwise_packable",
+      {at::randn({1, 97, 7, 5}, at::kDouble).contiguous(at::MemoryFormat::ChannelsLast),
+       w1.to(at::kDouble), w2.to(at::kDouble)});
+  const bool small = call_bool(
+      "pointwise_packable", {at::randn({1, 56, 28, 28}).contiguous(at::MemoryFormat::ChannelsLast),
+                             at::randn({224, 56}), at::randn({56, 224})});
+  if (nchw || f64 || small)
+    fail("pointwise_packable accepted NCHW / fp64 / a 50 KB weight");
+  else
+    pass("pointwise_packable refusals");
+  at::set_num_threads(threads);
+}
+
 struct OpCase {
   std::string name;
   RefFn ref;
@@ -818,6 +881,8 @@ int main() {
   }
   tested.insert("swiftkern_C::build_info");
   tested.insert("swiftkern_C::cpu_features");
+  for (const char* name : {"conv_block_packed", "mlp_packed", "pointwise_packable"})
+    tested.insert(std::string("swiftkern_C::") + name);  // check_packed
   int served = 0;
   for (const auto& name :
        c10::Dispatcher::singleton().getAllOpNamesForDispatchKey(c10::DispatchKey::CPU)) {
@@ -868,6 +933,7 @@ int main() {
       }
     }
   }
+  check_packed();
 #ifdef SWIFTKERN_HAVE_CPU_SOURCES
   if (served == 0) fail("csrc/cpu has sources but no swiftkern_C op has a CPU kernel");
 #endif

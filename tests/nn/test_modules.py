@@ -282,3 +282,65 @@ def test_half_cpu_modules_use_cached_fp32_params(idx, dtype):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_base.FusedModule, "call_op", plain)
         assert torch.equal(out, opt(xg))
+
+
+@pytest.mark.parametrize("kind", ["convenc", "block"])
+def test_fp32_cpu_modules_use_packed_weights(monkeypatch, kind):
+    """fp32 channels_last CPU calls whose shape runs whole-tensor pointwise GEMMs use weights
+    packed once for MKL and cached per row count (at most two): same results as the unpacked
+    kernels within the fp32 rule, repacked after an in-place change, never under autograd."""
+    from swiftkern import _registry
+    from swiftkern.nn import _base
+
+    if not _base._MKL_PACK or _registry.resolve(
+        "conv_block", "auto", torch.device("cpu"), torch.float32
+    ) != "cpu":
+        pytest.skip("needs the C++ CPU kernels and an MKL build of torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the strategy rules depend on it; the shapes are chosen for 2
+    try:
+        _check_packed_module(monkeypatch, kind, _base)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_packed_module(monkeypatch, kind, _base):
+    cfg, hf = _hf()
+    c = 130  # pw1 weight 270 KB: packable at 7x5 with few tiles
+    cls = hf.SwiftFormerConvEncoder if kind == "convenc" else hf.SwiftFormerEncoderBlock
+    original = cls(cfg, c)
+    randomize_(original).eval()
+    opt = optimize(Holder(copy.deepcopy(original)))
+
+    def packed_keys():
+        return [k for m in opt.modules() if isinstance(m, _base.FusedModule)
+                for k in m._cache if k.startswith("mkl:")]
+
+    def x_of(b):
+        return torch.randn(b, c, 7, 5).contiguous(memory_format=torch.channels_last)
+
+    x = x_of(1)
+    with torch.no_grad():
+        got = opt(x)
+        assert packed_keys(), "the packed path was not taken"
+        assert_close(got, original(x), what=f"{kind} packed vs original")
+        monkeypatch.setenv("SWIFTKERN_CPU_PACKED", "0")
+        assert_close(got, opt(x), what=f"{kind} packed vs unpacked")
+        monkeypatch.delenv("SWIFTKERN_CPU_PACKED")
+        for m in (opt, original):
+            for p in m.parameters():
+                p.mul_(1.25)
+        assert_close(opt(x), original(x), what=f"{kind} after an in-place change")
+        for b in (2, 3, 1):
+            xb = x_of(b)
+            assert_close(opt(xb), original(xb), what=f"{kind} batch {b}")
+        mods = [m for m in opt.modules() if isinstance(m, _base.FusedModule)]
+        for m in mods:
+            assert len([k for k in m._cache if k.startswith("mkl:")]) <= _base._MAX_PACKED
+    for m in mods:
+        m._cache.clear()
+    xg = x.clone().requires_grad_(True)
+    out = opt(xg)
+    out.sum().backward()
+    assert not packed_keys()
+    assert_close(out.detach(), original(x).detach(), what=f"{kind} under autograd")

@@ -1,0 +1,112 @@
+"""The CPU-only *_packed kernels (MKL-packed pointwise weights, called by the fused modules on
+plain eager fp32 calls; swiftkern/nn/_base.py call_op) against the reference, and the shape rule
+that decides when they serve (swiftkern_C::pointwise_packable)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tolerances import assert_close
+
+from swiftkern import _ext
+from swiftkern.ops import reference as R
+
+pytestmark = pytest.mark.skipif(
+    _ext.CPU_ISA is None
+    or not hasattr(torch.ops.swiftkern_C, "conv_block_packed")
+    or not torch.backends.mkl.is_available(),
+    reason="needs the C++ CPU kernels and an MKL build of torch",
+)
+
+
+@pytest.fixture(autouse=True)
+def two_threads():
+    """The strategy rules depend on the thread count; these shapes are chosen for 2."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)
+
+
+def _pack(w, rows):
+    return torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
+
+
+def _params(c, hd, co, seed, ls=True, biases=True):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*s, scale=1.0):
+        return torch.randn(*s, generator=g) * scale
+
+    return dict(
+        dw_w=r(c, 1, 3, 3, scale=0.3),
+        dw_b=r(c) if biases else None,
+        w1=r(hd, c, scale=c**-0.5),
+        b1=r(hd) if biases else None,
+        w2=r(co, hd, scale=hd**-0.5),
+        b2=r(co) if biases else None,
+        ls=r(co) if ls else None,
+    )
+
+
+# (batch, C, H, W): packable shapes (whole-tensor GEMMs, pw1 weight >= 128 KiB), odd sizes;
+# 260 channels make both weights > 2 MB together (the wide-weight rule), 97 / 7x5 the few-tiles
+# rule, and batch 1 at 7x5 the few-pixel shapes the hidden-split strategy served before.
+SHAPES = [(1, 97, 7, 5), (2, 97, 7, 5), (3, 260, 6, 5), (1, 130, 13, 11)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("extras", ["all", "bare"])
+def test_packed_ops_match_reference(shape, extras):
+    b, c, h, w = shape
+    p = _params(c, 4 * c, c, seed=c + b, ls=extras == "all", biases=extras == "all")
+    x = torch.randn(b, c, h, w).contiguous(memory_format=torch.channels_last)
+    res = torch.randn(b, c, h, w).contiguous(memory_format=torch.channels_last)
+    assert torch.ops.swiftkern_C.pointwise_packable(x, p["w1"], p["w2"])
+    rows = b * h * w
+    p1, p2 = _pack(p["w1"], rows), _pack(p["w2"], rows)
+    got = torch.ops.swiftkern_C.conv_block_packed(
+        x, p["dw_w"], p["dw_b"], p["w1"], p["b1"], p["w2"], p["b2"], p["ls"], p1, p2
+    )
+    ref = R.conv_block_ref(x, p["dw_w"], p["dw_b"], p["w1"], p["b1"], p["w2"], p["b2"], p["ls"])
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert_close(got, ref, what=f"conv_block_packed {shape}")
+    residual = res if extras == "all" else None
+    got = torch.ops.swiftkern_C.mlp_packed(
+        x, p["w1"], p["b1"], p["w2"], p["b2"], p["ls"], residual, p1, p2
+    )
+    ref = R.mlp_ref(x, p["w1"], p["b1"], p["w2"], p["b2"], p["ls"], residual)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert_close(got, ref, what=f"mlp_packed {shape}")
+
+
+def test_packed_for_other_rows_is_still_right():
+    """A weight packed for another row count: ATen's mkl_linear then runs its plain linear."""
+    b, c, h, w = 1, 97, 7, 5
+    p = _params(c, 4 * c, c, seed=3)
+    x = torch.randn(b, c, h, w).contiguous(memory_format=torch.channels_last)
+    got = torch.ops.swiftkern_C.conv_block_packed(
+        x, p["dw_w"], p["dw_b"], p["w1"], p["b1"], p["w2"], p["b2"], p["ls"],
+        _pack(p["w1"], 64), _pack(p["w2"], 64),
+    )
+    ref = R.conv_block_ref(x, p["dw_w"], p["dw_b"], p["w1"], p["b1"], p["w2"], p["b2"], p["ls"])
+    assert_close(got, ref, what="packed for 64 rows, run on 35")
+
+
+@pytest.mark.parametrize(
+    "case, packable",
+    [
+        ((1, 97, 7, 5, "cl", torch.float32), True),
+        ((1, 97, 7, 5, "nchw", torch.float32), False),  # channel-major GEMMs are not packed
+        ((1, 97, 7, 5, "cl", torch.float64), False),
+        ((1, 56, 28, 28, "cl", torch.float32), False),  # 50 KB pw1 weight: measured 0.96x
+        ((16, 97, 56, 56, "cl", torch.float32), False),  # many tiles: the tile strategy
+    ],
+)
+def test_pointwise_packable_rule(case, packable):
+    b, c, h, w, layout, dtype = case
+    x = torch.randn(b, c, h, w, dtype=dtype)
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w1, w2 = torch.randn(4 * c, c, dtype=dtype), torch.randn(c, 4 * c, dtype=dtype)
+    assert torch.ops.swiftkern_C.pointwise_packable(x, w1, w2) == packable
