@@ -928,8 +928,12 @@ Tensor mlp(const Tensor& x, const Tensor& fc1_w, const OptTensor& fc1_b, const T
 // batch 1): 1.03-1.13x at C = 112-192 (14x14), 1.14-1.20x at C = 320 (14x14), 1.28-1.83x at
 // C = 220-512 (7x7, where they replace the hidden-split strategy); 1.05-1.13x at batch 8 for
 // C = 320-512. At C = 56 (28x28, a 50 KB pw1 weight) 0.96x: not packed below 128 KiB.
+// bf16 / fp16 x count as fp32: their kernels compute in fp32 (given fp32 weights, see below).
 bool pointwise_packable(const Tensor& x, const Tensor& w1, const Tensor& w2) {
-  if (x.scalar_type() != at::kFloat || !is_channels_last(x) || x.numel() == 0) return false;
+  const auto st = x.scalar_type();
+  if (!(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf) || !is_channels_last(x) ||
+      x.numel() == 0)
+    return false;
   if (w1.numel() * int64_t(sizeof(float)) < (128 << 10)) return false;
   const int64_t H = x.size(2), W = x.size(3), Hd = w1.size(0);
   const int64_t R = rows_per_tile(H, W, Hd, sizeof(float));
@@ -944,23 +948,38 @@ PwArgs with_packed(PwArgs a, const Tensor& p1, const Tensor& p2) {
   return a;
 }
 
+// fp32 weights (those MKL packed); x fp32, or bf16 / fp16 computed in fp32 between conversions
+// (the dtype route of the plain ops, with the parameters already fp32).
+inline bool packed_dtypes_ok(const Tensor& x, const Tensor& w) {
+  const auto st = x.scalar_type();
+  return w.scalar_type() == at::kFloat &&
+         (st == at::kFloat || st == at::kBFloat16 || st == at::kHalf);
+}
+
 Tensor conv_block_packed(const Tensor& x, const Tensor& dw_w, const OptTensor& dw_b,
                          const Tensor& pw1_w, const OptTensor& pw1_b, const Tensor& pw2_w,
                          const OptTensor& pw2_b, const OptTensor& ls, const Tensor& pw1_packed,
                          const Tensor& pw2_packed) {
-  TORCH_CHECK_NOT_IMPLEMENTED(x.scalar_type() == at::kFloat && pw1_w.scalar_type() == at::kFloat,
-                              "swiftkern cpu conv_block_packed: fp32 only");
-  return conv_block_impl<float>(
-      x, dw_w, dw_b, with_packed(pw_args(pw1_w, pw1_b, pw2_w, pw2_b, ls), pw1_packed, pw2_packed));
+  TORCH_CHECK_NOT_IMPLEMENTED(packed_dtypes_ok(x, pw1_w),
+                              "swiftkern cpu conv_block_packed: fp32 weights, fp32/bf16/fp16 x");
+  return conv_block_impl<float>(to_float(x), to_float(dw_w), to_float(dw_b),
+                                with_packed(pw_args(pw1_w, to_float(pw1_b), pw2_w,
+                                                    to_float(pw2_b), to_float(ls)),
+                                            pw1_packed, pw2_packed))
+      .to(x.scalar_type());
 }
 
 Tensor mlp_packed(const Tensor& x, const Tensor& fc1_w, const OptTensor& fc1_b,
                   const Tensor& fc2_w, const OptTensor& fc2_b, const OptTensor& ls,
                   const OptTensor& residual, const Tensor& fc1_packed, const Tensor& fc2_packed) {
-  TORCH_CHECK_NOT_IMPLEMENTED(x.scalar_type() == at::kFloat && fc1_w.scalar_type() == at::kFloat,
-                              "swiftkern cpu mlp_packed: fp32 only");
-  return mlp_impl<float>(
-      x, with_packed(pw_args(fc1_w, fc1_b, fc2_w, fc2_b, ls), fc1_packed, fc2_packed), residual);
+  TORCH_CHECK_NOT_IMPLEMENTED(packed_dtypes_ok(x, fc1_w),
+                              "swiftkern cpu mlp_packed: fp32 weights, fp32/bf16/fp16 x");
+  return mlp_impl<float>(to_float(x),
+                         with_packed(pw_args(fc1_w, to_float(fc1_b), fc2_w, to_float(fc2_b),
+                                             to_float(ls)),
+                                     fc1_packed, fc2_packed),
+                         to_float(residual))
+      .to(x.scalar_type());
 }
 
 std::vector<Tensor> dwconv_bn_backward(const Tensor& grad, const Tensor& x, const Tensor& dw_w,

@@ -126,9 +126,10 @@ class FusedModule(nn.Module):
         - bf16 / fp16 activations: the C++ kernel gets this module's parameters as cached fp32
           up-conversions (it would convert them on every call). Parameters are the Tensor
           arguments other than x and ``residual``.
-        - fp32 conv_block / mlp on channels_last x whose shape runs the whole-tensor pointwise
-          GEMMs (swiftkern_C::pointwise_packable): they run MKL's packed sgemm on weights packed
-          once per P = B*H*W and cached (at most _MAX_PACKED row counts per module).
+        - conv_block / mlp on channels_last x whose shape runs the whole-tensor pointwise
+          GEMMs (swiftkern_C::pointwise_packable): they run MKL's packed sgemm on fp32 weights
+          packed once per P = B*H*W and cached (at most _MAX_PACKED row counts per module);
+          for bf16 / fp16 x, the fp32 copies above are the ones packed.
           SWIFTKERN_CPU_PACKED=0 turns this off (A/B benchmarks).
         """
         x = args[0]
@@ -136,12 +137,7 @@ class FusedModule(nn.Module):
             return op(*args)
         if x.dtype in (torch.bfloat16, torch.float16):
             return op.call_cpu_variant(args, lambda fargs: self._run_fp32_params(op, fargs))
-        if (
-            x.dtype == torch.float32
-            and op.name in _PACKED_WEIGHTS
-            and _MKL_PACK
-            and os.environ.get("SWIFTKERN_CPU_PACKED", "1") != "0"
-        ):
+        if x.dtype == torch.float32 and op.name in _PACKED_WEIGHTS and _packed_on():
             return op.call_cpu_variant(args, lambda fargs: self._run_packed(op, fargs))
         return op(*args)
 
@@ -153,6 +149,10 @@ class FusedModule(nn.Module):
         )
         for i, t in zip(pos, conv):
             fargs[i] = t
+        if op.name in _PACKED_WEIGHTS and _packed_on():
+            out = self._run_packed(op, fargs)  # the fp32 weights, packed
+            if out is not None:
+                return out
         return _registry.kernel_for(op.name, "cpu").fn(*fargs)
 
     def _run_packed(self, op, fargs):
@@ -200,6 +200,10 @@ _MKL_PACK = torch.backends.mkl.is_available() and hasattr(
 # op -> names of the two pointwise weights its *_packed C++ kernel takes packed copies of
 _PACKED_WEIGHTS = {"conv_block": ("pw1_w", "pw2_w"), "mlp": ("fc1_w", "fc2_w")}
 _MAX_PACKED = 2
+
+
+def _packed_on() -> bool:
+    return _MKL_PACK and os.environ.get("SWIFTKERN_CPU_PACKED", "1") != "0"
 
 
 def _mkl_pack(w: torch.Tensor, rows: int) -> torch.Tensor:

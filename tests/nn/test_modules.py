@@ -284,11 +284,13 @@ def test_half_cpu_modules_use_cached_fp32_params(idx, dtype):
         assert torch.equal(out, opt(xg))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["convenc", "block"])
-def test_fp32_cpu_modules_use_packed_weights(monkeypatch, kind):
-    """fp32 channels_last CPU calls whose shape runs whole-tensor pointwise GEMMs use weights
-    packed once for MKL and cached per row count (at most two): same results as the unpacked
-    kernels within the fp32 rule, repacked after an in-place change, never under autograd."""
+def test_cpu_modules_use_packed_weights(monkeypatch, kind, dtype):
+    """channels_last CPU calls whose shape runs whole-tensor pointwise GEMMs use fp32 weights
+    (bf16: the modules' fp32 copies) packed once for MKL and cached per row count (at most two):
+    results within the dtype's rule of the original module, repacked after an in-place change,
+    never under autograd."""
     from swiftkern import _registry
     from swiftkern.nn import _base
 
@@ -299,18 +301,19 @@ def test_fp32_cpu_modules_use_packed_weights(monkeypatch, kind):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the strategy rules depend on it; the shapes are chosen for 2
     try:
-        _check_packed_module(monkeypatch, kind, _base)
+        _check_packed_module(monkeypatch, kind, dtype, _base)
     finally:
         torch.set_num_threads(threads)
 
 
-def _check_packed_module(monkeypatch, kind, _base):
+def _check_packed_module(monkeypatch, kind, dtype, _base):
     cfg, hf = _hf()
     c = 130  # pw1 weight 270 KB: packable at 7x5 with few tiles
     cls = hf.SwiftFormerConvEncoder if kind == "convenc" else hf.SwiftFormerEncoderBlock
     original = cls(cfg, c)
     randomize_(original).eval()
-    opt = optimize(Holder(copy.deepcopy(original)))
+    opt = optimize(Holder(copy.deepcopy(original)), dtype=dtype)
+    half = copy.deepcopy(original).to(dtype)  # eager at the dtype (the half rule's baseline)
 
     def packed_keys():
         return [k for m in opt.modules() if isinstance(m, _base.FusedModule)
@@ -319,28 +322,35 @@ def _check_packed_module(monkeypatch, kind, _base):
     def x_of(b):
         return torch.randn(b, c, 7, 5).contiguous(memory_format=torch.channels_last)
 
+    def check(got, x32, what):
+        if dtype == torch.float32:
+            assert_close(got, original(x32), what=what)
+        else:
+            assert_close_half(got, original(x32), half(x32.to(dtype)), what=what)
+
     x = x_of(1)
     with torch.no_grad():
-        got = opt(x)
+        got = opt(x.to(dtype))
         assert packed_keys(), "the packed path was not taken"
-        assert_close(got, original(x), what=f"{kind} packed vs original")
+        check(got, x, f"{kind} packed vs original")
         monkeypatch.setenv("SWIFTKERN_CPU_PACKED", "0")
-        assert_close(got, opt(x), what=f"{kind} packed vs unpacked")
+        check(opt(x.to(dtype)), x, f"{kind} unpacked vs original")
         monkeypatch.delenv("SWIFTKERN_CPU_PACKED")
-        for m in (opt, original):
+        for m in (opt, original, half):
             for p in m.parameters():
                 p.mul_(1.25)
-        assert_close(opt(x), original(x), what=f"{kind} after an in-place change")
+        check(opt(x.to(dtype)), x, f"{kind} after an in-place change")
         for b in (2, 3, 1):
             xb = x_of(b)
-            assert_close(opt(xb), original(xb), what=f"{kind} batch {b}")
+            check(opt(xb.to(dtype)), xb, f"{kind} batch {b}")
         mods = [m for m in opt.modules() if isinstance(m, _base.FusedModule)]
         for m in mods:
             assert len([k for k in m._cache if k.startswith("mkl:")]) <= _base._MAX_PACKED
     for m in mods:
         m._cache.clear()
-    xg = x.clone().requires_grad_(True)
+    xg = x.to(dtype).requires_grad_(True)
     out = opt(xg)
-    out.sum().backward()
+    out.float().sum().backward()
     assert not packed_keys()
-    assert_close(out.detach(), original(x).detach(), what=f"{kind} under autograd")
+    with torch.no_grad():
+        check(out.detach(), x, f"{kind} under autograd")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tolerances import assert_close
+from tolerances import assert_close, assert_close_half
 
 from swiftkern import _ext
 from swiftkern.ops import reference as R
@@ -99,6 +99,7 @@ def test_packed_for_other_rows_is_still_right():
         ((1, 97, 7, 5, "cl", torch.float32), True),
         ((1, 97, 7, 5, "nchw", torch.float32), False),  # channel-major GEMMs are not packed
         ((1, 97, 7, 5, "cl", torch.float64), False),
+        ((1, 97, 7, 5, "cl", torch.bfloat16), True),  # computed in fp32 on fp32 weights
         ((1, 56, 28, 28, "cl", torch.float32), False),  # 50 KB pw1 weight: measured 0.96x
         ((16, 97, 56, 56, "cl", torch.float32), False),  # many tiles: the tile strategy
     ],
@@ -110,3 +111,26 @@ def test_pointwise_packable_rule(case, packable):
         x = x.contiguous(memory_format=torch.channels_last)
     w1, w2 = torch.randn(4 * c, c, dtype=dtype), torch.randn(c, 4 * c, dtype=dtype)
     assert torch.ops.swiftkern_C.pointwise_packable(x, w1, w2) == packable
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_packed_ops_half_x_fp32_weights(dtype):
+    """bf16 / fp16 x with fp32 weights (the fused modules' cached fp32 copies of half
+    parameters): computed in fp32, rounded once; within the half rule of the fp32 reference."""
+    b, c, h, w = 2, 97, 7, 5
+    p = _params(c, 4 * c, c, seed=11)
+    p = {k: (v.to(dtype).float() if v is not None else None) for k, v in p.items()}
+    x = torch.randn(b, c, h, w).to(dtype).contiguous(memory_format=torch.channels_last)
+    assert torch.ops.swiftkern_C.pointwise_packable(x, p["w1"], p["w2"])
+    p1, p2 = _pack(p["w1"], b * h * w), _pack(p["w2"], b * h * w)
+    args = (p["dw_w"], p["dw_b"], p["w1"], p["b1"], p["w2"], p["b2"], p["ls"])
+    got = torch.ops.swiftkern_C.conv_block_packed(x, *args, p1, p2)
+    assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+    ref32 = R.conv_block_ref(x.float(), *args)
+    eager_half = R.conv_block_ref(x, *[a.to(dtype) if a is not None else None for a in args])
+    assert_close_half(got, ref32, eager_half, what=f"conv_block_packed {dtype}")
+    margs = (p["w1"], p["b1"], p["w2"], p["b2"], p["ls"])
+    got = torch.ops.swiftkern_C.mlp_packed(x, *margs, x, p1, p2)
+    ref32 = R.mlp_ref(x.float(), *margs, x.float())
+    eager_half = R.mlp_ref(x, *[a.to(dtype) for a in margs], x)
+    assert_close_half(got, ref32, eager_half, what=f"mlp_packed {dtype}")
