@@ -61,10 +61,13 @@ TORCH_LIBRARY(swiftkern_C, m) {
   SK_PAIR("mlp_train", "Tensor x, Tensor? bn_weight, Tensor? bn_bias, float eps, " SK_MLP,
           "(Tensor, Tensor, Tensor)")
 #undef SK_PAIR
-  // CPU-only, eval, fp32: conv_block / mlp with MKL-packed pointwise weights (packed by the
-  // caller for P = B*H*W rows), and whether a shape runs the GEMMs those serve. Called by
-  // swiftkern's fused modules on plain eager calls; no autograd, not part of the public ops.
+  // CPU-only, eval, fp32 weights: conv_block / mlp / additive_attention with MKL-packed weights
+  // (packed by the caller for the call's rows), and whether a conv_block / mlp shape runs the
+  // GEMMs those serve. Called by swiftkern's fused modules on plain eager calls; no autograd,
+  // not part of the public ops.
   m.def("conv_block_packed(" SK_DW ", " SK_PW ", Tensor pw1_packed, Tensor pw2_packed) -> Tensor");
   m.def("mlp_packed(Tensor x, " SK_MLP ", Tensor fc1_packed, Tensor fc2_packed) -> Tensor");
   m.def("pointwise_packable(Tensor x, Tensor w1, Tensor w2) -> bool");
+  m.def("additive_attention_packed(" SK_ATTN
+        ", Tensor w_qk_packed, Tensor? w_final_packed) -> Tensor");
 }

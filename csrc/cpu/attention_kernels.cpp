@@ -130,11 +130,15 @@ template <typename T>
 Tensor additive_attention_impl(const Tensor& x_in, const Tensor& w_qk, const OptTensor& b_qk,
                                const Tensor& w_g_in, double scale, const Tensor& w_proj,
                                const OptTensor& b_proj, const OptTensor& w_final,
-                               const OptTensor& b_final, Pool pool) {
+                               const OptTensor& b_final, Pool pool,
+                               const Tensor& qk_packed = Tensor(),
+                               const OptTensor& final_packed = std::nullopt) {
   const Tensor x = x_in.contiguous();
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
   const Tensor x2 = x.view({B * N, D});
-  Tensor qk = at::mm(x2, w_qk.t());  // [B*N, 2D]; bias added in the normalize pass
+  // [B*N, 2D]; bias added in the normalize pass
+  Tensor qk = qk_packed.defined() ? packed_linear(x2, qk_packed, w_qk.contiguous())
+                                  : at::mm(x2, w_qk.t());
   if (!qk.is_contiguous()) qk = qk.contiguous();
   Tensor r = at::empty({B, N, D}, x.options());
   Tensor kn = at::empty({B, N, D}, x.options());
@@ -162,7 +166,10 @@ Tensor additive_attention_impl(const Tensor& x_in, const Tensor& w_qk, const Opt
   if (!has(w_final)) return r;
   const Tensor r2 = r.view({B * N, D});
   const int64_t Tdim = w_final->size(0);
-  Tensor out = has(b_final) ? at::addmm(*b_final, r2, w_final->t()) : at::mm(r2, w_final->t());
+  Tensor out = has(final_packed)
+                   ? packed_linear(r2, *final_packed, w_final->contiguous(), b_final)
+                   : (has(b_final) ? at::addmm(*b_final, r2, w_final->t())
+                                   : at::mm(r2, w_final->t()));
   return out.view({B, N, Tdim});
 }
 
@@ -431,6 +438,27 @@ Tensor additive_attention(const Tensor& x, const Tensor& w_qk, const OptTensor& 
   }
 }
 
+// fp32 weights packed by the caller for B*N rows (w_final_packed undefined without w_final);
+// x fp32, or bf16 / fp16 computed in fp32 between conversions.
+Tensor additive_attention_packed(const Tensor& x, const Tensor& w_qk, const OptTensor& b_qk,
+                                 const Tensor& w_g, double scale, const Tensor& w_proj,
+                                 const OptTensor& b_proj, const OptTensor& w_final,
+                                 const OptTensor& b_final, c10::string_view pool_s,
+                                 const Tensor& w_qk_packed, const OptTensor& w_final_packed) {
+  const auto st = x.scalar_type();
+  TORCH_CHECK_NOT_IMPLEMENTED(
+      w_qk.scalar_type() == at::kFloat &&
+          (st == at::kFloat || st == at::kBFloat16 || st == at::kHalf) && x.device().is_cpu(),
+      "swiftkern cpu additive_attention_packed: fp32 weights, fp32/bf16/fp16 x");
+  TORCH_CHECK(has(w_final) == has(w_final_packed),
+              "additive_attention_packed: w_final_packed must be given exactly with w_final");
+  return additive_attention_impl<float>(to_float(x), w_qk, to_float(b_qk), to_float(w_g), scale,
+                                        to_float(w_proj), to_float(b_proj), to_float(w_final),
+                                        to_float(b_final), parse_pool(std::string(pool_s)),
+                                        w_qk_packed, w_final_packed)
+      .to(st);
+}
+
 std::tuple<Tensor, Tensor> additive_attention_core(const Tensor& q, const Tensor& k,
                                                    const Tensor& w_g, double scale,
                                                    c10::string_view pool_s) {
@@ -504,4 +532,10 @@ TORCH_LIBRARY_IMPL(swiftkern_C, CPU, m) {
   m.impl("additive_attention_core", &swiftkern::cpu::additive_attention_core);
   m.impl("additive_attention_backward", &swiftkern::cpu::additive_attention_backward);
   m.impl("additive_attention_core_backward", &swiftkern::cpu::additive_attention_core_backward);
+  m.impl("additive_attention_packed", &swiftkern::cpu::additive_attention_packed);
+}
+
+// MKL-packed weights are MKLDNN-layout tensors: the dispatcher routes by this key.
+TORCH_LIBRARY_IMPL(swiftkern_C, MkldnnCPU, m) {
+  m.impl("additive_attention_packed", &swiftkern::cpu::additive_attention_packed);
 }

@@ -225,18 +225,6 @@ struct PwArgs {
   Tensor p1, p2;
 };
 
-// d [P, K] @ w^T through MKL's packed sgemm, via ATen's mkl::_mkl_linear: the weight was packed
-// once (by the caller, cached) for exactly P rows; ATen runs its plain linear for any other P.
-// At P = 49 (7x7, batch 1), 2 threads, it ran 2.0-2.25x the speed of at::mm on the same
-// [2048, 512] / [512, 2048] weights, 1.03-1.19x at P = 196 (C = 320).
-inline Tensor packed_linear(const Tensor& d, const Tensor& packed, const Tensor& w) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("mkl::_mkl_linear", "")
-          .typed<Tensor(const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
-                        int64_t)>();
-  return op.call(d, packed, w, std::nullopt, d.size(0));
-}
 
 // Rows of the image per tile: the hidden tile (rows * W * Hd values) should stay in L2 (512 KiB
 // per core on the Zen3 this was tuned on; 64K floats = 256 KiB leaves room for the other tiles).

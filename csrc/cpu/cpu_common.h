@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <swiftkern/math.h>
@@ -36,6 +37,21 @@ inline OptTensor contig(const OptTensor& t) {
 inline Tensor to_float(const Tensor& t) { return t.to(at::kFloat); }
 inline OptTensor to_float(const OptTensor& t) {
   return has(t) ? OptTensor(t->to(at::kFloat)) : OptTensor();
+}
+
+// d [P, K] @ w^T (+ bias) through MKL's packed sgemm, via ATen's mkl::_mkl_linear: the weight
+// was packed once (by the caller, cached; mkl::_mkl_reorder_linear_weight) for exactly P rows;
+// ATen runs its plain linear for any other P. At P = 49 (7x7, batch 1), 2 threads, it ran
+// 2.0-2.25x the speed of at::mm on the same [2048, 512] / [512, 2048] weights, 1.03-1.19x at
+// P = 196 (C = 320).
+inline Tensor packed_linear(const Tensor& d, const Tensor& packed, const Tensor& w,
+                            const OptTensor& bias = std::nullopt) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("mkl::_mkl_linear", "")
+          .typed<Tensor(const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
+                        int64_t)>();
+  return op.call(d, packed, w, bias, d.size(0));
 }
 
 inline bool is_channels_last(const Tensor& x) {

@@ -827,6 +827,24 @@ void check_packed() {
                     tol_for(at::kFloat)))
       pass("mlp_packed " + tag);
   }
+  {  // additive_attention_packed: qk and final weights packed for B*N rows, every pool
+    const int64_t b = 2, n = 9, d = 131;
+    const Tensor x = at::randn({b, n, d});
+    const Tensor wqk = at::randn({2 * d, d}) / std::sqrt(double(d)), bqk = at::randn({2 * d});
+    const Tensor wg = at::randn({d}), wp = at::randn({d, d}) / std::sqrt(double(d));
+    const Tensor bp = at::randn({d}), wf = at::randn({d + 3, d}) / std::sqrt(double(d));
+    const Tensor bf = at::randn({d + 3});
+    const Tensor pq = pack(wqk, b * n), pf = pack(wf, b * n);
+    for (const std::string pool : {"sum", "l2", "softmax"}) {
+      const Args a = {x, wqk, bqk, wg, 1.0 / std::sqrt(double(d)), wp, bp, wf, bf, pool};
+      Args ap = a;
+      ap.emplace_back(pq);
+      ap.emplace_back(pf);
+      if (check_close("additive_attention_packed " + pool, call("additive_attention_packed", ap)[0],
+                      attention_ref(a)[0], tol_for(at::kFloat)))
+        pass("additive_attention_packed " + pool);
+    }
+  }
   // refused: NCHW, fp64, a small weight (C = 56: measured slower packed)
   const Tensor w1 = at::randn({388, 97}), w2 = at::randn({97, 388});
   const bool nchw = call_bool("pointwise_packable", {at::randn({1, 97, 7, 5}), w1, w2});
@@ -881,7 +899,8 @@ int main() {
   }
   tested.insert("swiftkern_C::build_info");
   tested.insert("swiftkern_C::cpu_features");
-  for (const char* name : {"conv_block_packed", "mlp_packed", "pointwise_packable"})
+  for (const char* name :
+       {"conv_block_packed", "mlp_packed", "pointwise_packable", "additive_attention_packed"})
     tested.insert(std::string("swiftkern_C::") + name);  // check_packed
   int served = 0;
   for (const auto& name :

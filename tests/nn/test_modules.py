@@ -332,6 +332,8 @@ def _check_packed_module(monkeypatch, kind, dtype, _base):
     with torch.no_grad():
         got = opt(x.to(dtype))
         assert packed_keys(), "the packed path was not taken"
+        if kind == "block":  # attention's w_qk (260 x 130 fp32) is over the 128 KiB floor
+            assert any(k.startswith("mkl:additive_attention:") for k in packed_keys())
         check(got, x, f"{kind} packed vs original")
         monkeypatch.setenv("SWIFTKERN_CPU_PACKED", "0")
         check(opt(x.to(dtype)), x, f"{kind} unpacked vs original")

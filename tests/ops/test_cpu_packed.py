@@ -134,3 +134,39 @@ def test_packed_ops_half_x_fp32_weights(dtype):
     ref32 = R.mlp_ref(x.float(), *margs, x.float())
     eager_half = R.mlp_ref(x, *[a.to(dtype) for a in margs], x)
     assert_close_half(got, ref32, eager_half, what=f"mlp_packed {dtype}")
+
+
+@pytest.mark.parametrize("pool", ["sum", "l2", "softmax"])
+@pytest.mark.parametrize("shape", [(1, 49, 131), (3, 10, 130)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("with_final", [True, False])
+def test_attention_packed_matches_reference(pool, shape, with_final):
+    b, n, d = shape
+    g = torch.Generator().manual_seed(d + n)
+
+    def r(*s, scale=1.0):
+        return torch.randn(*s, generator=g) * scale
+
+    x = r(b, n, d)
+    w_qk, b_qk, w_g = r(2 * d, d, scale=d**-0.5), r(2 * d), r(d)
+    w_proj, b_proj = r(d, d, scale=d**-0.5), r(d)
+    w_final, b_final = (r(d + 3, d, scale=d**-0.5), r(d + 3)) if with_final else (None, None)
+    args = (x, w_qk, b_qk, w_g, d**-0.5, w_proj, b_proj, w_final, b_final, pool)
+    pq = _pack(w_qk, b * n)
+    pf = _pack(w_final, b * n) if with_final else None
+    got = torch.ops.swiftkern_C.additive_attention_packed(*args, pq, pf)
+    assert_close(got, R.additive_attention_ref(*args), what=f"attention_packed {shape} {pool}")
+    if with_final:  # the packed final weight is required exactly with w_final
+        with pytest.raises(RuntimeError, match="w_final_packed"):
+            torch.ops.swiftkern_C.additive_attention_packed(*args, pq, None)
+    # bf16 x with the fp32 weights (the fused modules' cached copies): the half rule
+    xh = x.to(torch.bfloat16)
+    w32 = [a.to(torch.bfloat16).float() if isinstance(a, torch.Tensor) else a for a in args[1:]]
+    pq = _pack(w32[0], b * n)
+    pf = _pack(w32[6], b * n) if with_final else None
+    got = torch.ops.swiftkern_C.additive_attention_packed(xh, *w32, pq, pf)
+    assert got.dtype == torch.bfloat16
+    ref32 = R.additive_attention_ref(xh.float(), *w32)
+    eager_half = R.additive_attention_ref(
+        xh, *[a.to(torch.bfloat16) if isinstance(a, torch.Tensor) else a for a in w32]
+    )
+    assert_close_half(got, ref32, eager_half, what=f"attention_packed bf16 {shape} {pool}")
