@@ -236,18 +236,31 @@ inline int64_t rows_per_tile(int64_t H, int64_t W, int64_t Hd, int64_t elem) {
 
 enum class Strategy { kTile, kUnfused };
 
-inline Strategy pick_strategy(int64_t n_tiles, int64_t weight_bytes) {
+// Pointwise weights (w1 + w2 bytes) from which channels_last inputs run the unfused strategy
+// with 2+ threads. Session 10, Intel Xeon (AVX-512, 2 MiB L2 per core), 2 threads, tile vs
+// unfused (+ MKL-packed weights where packable), per op: the multi-threaded GEMMs won from
+// C = 96 (295 KB) up: 1.2-1.5x at 96 / 128 @ 28x28 batch 1, 1.2x at 128 @ 28x28 batch 8, 1.1x at
+// 112-192 @ 14x14 batch 8, 1.2-1.3x at 220 @ 7x7 batch 8; tiles won at C = 64 (131 KB: 1.7x at
+// 28x28 batch 8, 1.2x at 56x56 batch 8). SWIFTKERN_CPU_UNFUSED_BYTES overrides it (A/Bs).
+constexpr int64_t kUnfusedWeightBytesCl = 256 << 10;
+
+inline Strategy pick_strategy(int64_t n_tiles, int64_t weight_bytes, bool cl) {
   const std::string s = env_str("SWIFTKERN_CPU_CONV_STRATEGY");
   if (s == "tile") return Strategy::kTile;
   if (s == "unfused") return Strategy::kUnfused;
   // Every tile streams both pointwise weights through its core; past ~2 MB (C >= 320 with a 4C
   // hidden) they no longer stay in cache and the tiles ran 0.35-0.8x of eager, while the big
-  // GEMMs ran 1.0-1.3x (swiftkern bench ops, C=320/384/512, 2 threads). At C=192 (1.2 MB) tiles
-  // still won (1.35x vs 1.08x).
+  // GEMMs ran 1.0-1.3x (swiftkern bench ops, C=320/384/512, 2 threads, Zen 3). At C=192 (1.2 MB)
+  // tiles still won there (1.35x vs 1.08x).
   if (weight_bytes > (2 << 20)) return Strategy::kUnfused;
+  const int64_t nt = at::get_num_threads();
+  if (cl && nt >= 2) {
+    const std::string lim = env_str("SWIFTKERN_CPU_UNFUSED_BYTES");
+    const int64_t limit = lim.empty() ? kUnfusedWeightBytesCl : std::atoll(lim.c_str());
+    if (weight_bytes > limit) return Strategy::kUnfused;
+  }
   // Tiles run one per thread with single-threaded GEMMs; with fewer tiles than ~2 per thread
   // the multi-threaded big GEMMs win (measured: benchmarks/cpu_kernels_bench.py).
-  const int64_t nt = at::get_num_threads();
   return (nt == 1 || n_tiles >= 2 * nt) ? Strategy::kTile : Strategy::kUnfused;
 }
 
@@ -449,7 +462,8 @@ Tensor mlp_impl(const Tensor& x_in, const PwArgs& a, const OptTensor& residual) 
   if (out.numel() == 0) return out;
   const int64_t R = rows_per_tile(H, W, Hd, sizeof(T));
   const int64_t n_tiles = B * ((H + R - 1) / R);
-  if (pick_strategy(n_tiles, (a.w1.numel() + a.w2.numel()) * int64_t(sizeof(T))) == Strategy::kUnfused) {
+  if (pick_strategy(n_tiles, (a.w1.numel() + a.w2.numel()) * int64_t(sizeof(T)), cl) ==
+      Strategy::kUnfused) {
     pointwise_unfused<T>(x, cl, a, rp, out.data_ptr<T>());
     return out;
   }
@@ -477,7 +491,8 @@ Tensor conv_block_impl(const Tensor& x_in, const Tensor& dw_w, const OptTensor& 
   const T* bias = ptr_or_null<T>(bt);
   const int64_t R = rows_per_tile(H, W, Hd, sizeof(T));
   const int64_t n_tiles = B * ((H + R - 1) / R);
-  if (pick_strategy(n_tiles, (a.w1.numel() + a.w2.numel()) * int64_t(sizeof(T))) == Strategy::kUnfused) {
+  if (pick_strategy(n_tiles, (a.w1.numel() + a.w2.numel()) * int64_t(sizeof(T)), cl) ==
+      Strategy::kUnfused) {
     Tensor d = at::empty(x.sizes(), x.options().memory_format(fmt(cl)));
     dwconv_full<T>(x, w9, bias, cl, d);
     pointwise_unfused<T>(d, cl, a, x.data_ptr<T>(), out.data_ptr<T>());
@@ -926,7 +941,7 @@ bool pointwise_packable(const Tensor& x, const Tensor& w1, const Tensor& w2) {
   const int64_t H = x.size(2), W = x.size(3), Hd = w1.size(0);
   const int64_t R = rows_per_tile(H, W, Hd, sizeof(float));
   const int64_t n_tiles = x.size(0) * ((H + R - 1) / R);
-  return pick_strategy(n_tiles, (w1.numel() + w2.numel()) * int64_t(sizeof(float))) ==
+  return pick_strategy(n_tiles, (w1.numel() + w2.numel()) * int64_t(sizeof(float)), true) ==
          Strategy::kUnfused;
 }
 

@@ -101,11 +101,16 @@ def test_packed_for_other_rows_is_still_right():
         ((1, 97, 7, 5, "cl", torch.float64), False),
         ((1, 97, 7, 5, "cl", torch.bfloat16), True),  # computed in fp32 on fp32 weights
         ((1, 56, 28, 28, "cl", torch.float32), False),  # 50 KB pw1 weight: measured 0.96x
-        ((16, 97, 56, 56, "cl", torch.float32), False),  # many tiles: the tile strategy
+        # many tiles: with one thread the tile strategy; with two, weights over 256 KiB run
+        # the whole-tensor GEMMs anyway (kUnfusedWeightBytesCl)
+        ((16, 97, 56, 56, "cl", torch.float32, 1), False),
+        ((16, 97, 56, 56, "cl", torch.float32, 2), True),
     ],
 )
 def test_pointwise_packable_rule(case, packable):
-    b, c, h, w, layout, dtype = case
+    b, c, h, w, layout, dtype, *threads = case
+    if threads:
+        torch.set_num_threads(threads[0])  # restored by the two_threads fixture
     x = torch.randn(b, c, h, w, dtype=dtype)
     if layout == "cl":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -170,3 +175,13 @@ def test_attention_packed_matches_reference(pool, shape, with_final):
         xh, *[a.to(torch.bfloat16) if isinstance(a, torch.Tensor) else a for a in w32]
     )
     assert_close_half(got, ref32, eager_half, what=f"attention_packed bf16 {shape} {pool}")
+
+
+def test_unfused_weight_threshold_override(monkeypatch):
+    """SWIFTKERN_CPU_UNFUSED_BYTES moves the channels_last tile / whole-tensor GEMM switch (A/B
+    benchmarks): above the weights' size, many tiles run the tile strategy again."""
+    x = torch.randn(16, 97, 56, 56).contiguous(memory_format=torch.channels_last)
+    w1, w2 = torch.randn(4 * 97, 97), torch.randn(97, 4 * 97)
+    assert torch.ops.swiftkern_C.pointwise_packable(x, w1, w2)
+    monkeypatch.setenv("SWIFTKERN_CPU_UNFUSED_BYTES", str(2 << 20))
+    assert not torch.ops.swiftkern_C.pointwise_packable(x, w1, w2)
