@@ -111,7 +111,7 @@ class FusedModule(nn.Module):
         # tensor, since caches key on each other's values (the channels_last copy of a folded
         # weight) and an inference tensor could not serve as a key.
         with torch.inference_mode(False), torch.no_grad():
-            value = build()
+            value = _detached(build())
         self._cache[key] = (
             list(tensors),
             [(None, None, None) if t is None else (t._version, t.dtype, t.device) for t in tensors],
@@ -229,6 +229,18 @@ def _packed_on() -> bool:
 
 def _mkl_pack(w: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.ops.mkl._mkl_reorder_linear_weight(w.contiguous(), rows)
+
+
+def _detached(value):
+    """A cached value with its tensors (top level, or in a tuple / list) detached: cached values
+    serve only calls that build no graph, and views of parameters made under no_grad still say
+    requires_grad, which made every kernel call detach them again (~110 detach calls per
+    SwiftFormer-XS forward). detach() shares storage and version counter: nothing is copied."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, (tuple, list)):
+        return type(value)(v.detach() if isinstance(v, torch.Tensor) else v for v in value)
+    return value
 
 
 def vector(t) -> torch.Tensor | None:
