@@ -121,16 +121,17 @@ class FusedModule(nn.Module):
 
     def call_op(self, op, *args):
         """``op(*args)`` (backend last), with two CPU fast paths on plain eager calls whose
-        first backend is "cpu" (see OpDef.call_cpu_variant), both computing the same values:
+        first backend is "cpu" (see OpDef.call_cpu_variant), both computing the op's own math:
 
         - bf16 / fp16 activations: the C++ kernel gets this module's parameters as cached fp32
-          up-conversions (it would convert them on every call). Parameters are the Tensor
-          arguments other than x and ``residual``.
-        - conv_block / mlp on channels_last x whose shape runs the whole-tensor pointwise
-          GEMMs (swiftkern_C::pointwise_packable): they run MKL's packed sgemm on fp32 weights
-          packed once per P = B*H*W and cached (at most _MAX_PACKED row counts per module);
-          for bf16 / fp16 x, the fp32 copies above are the ones packed.
-          SWIFTKERN_CPU_PACKED=0 turns this off (A/B benchmarks).
+          up-conversions (it would convert them on every call; the outputs are bit-identical).
+          Parameters are the Tensor arguments other than x and ``residual``.
+        - MKL-packed weights (fp32 GEMM summation order differs, within the fp32 tolerance):
+          conv_block / mlp on channels_last x whose shape runs the whole-tensor pointwise GEMMs
+          (swiftkern_C::pointwise_packable), and additive_attention's qk / final GEMMs from
+          _ATTN_PACK_MIN_BYTES on. The weights are packed once per row count and cached (at most
+          _MAX_PACKED row counts per module); for bf16 / fp16 x the fp32 copies above are the
+          ones packed. SWIFTKERN_CPU_PACKED=0 turns this off (A/B benchmarks).
         """
         x = args[0]
         if x.device.type != "cpu":
@@ -206,11 +207,11 @@ class FusedModule(nn.Module):
 
 
 # MKL's packed sgemm (what inductor's CPU freezing uses for fp32 linears): the weight is
-# reordered once for a given row count; see csrc/cpu/conv_block_kernels.cpp packed_linear.
+# reordered once for a given row count; see packed_linear in csrc/cpu/cpu_common.h.
 _MKL_PACK = torch.backends.mkl.is_available() and hasattr(
     torch.ops.mkl, "_mkl_reorder_linear_weight"
 )
-# op -> names of the two pointwise weights its *_packed C++ kernel takes packed copies of
+# op -> names of the two weights its *_packed C++ kernel takes packed copies of
 _PACKED_WEIGHTS = {
     "conv_block": ("pw1_w", "pw2_w"),
     "mlp": ("fc1_w", "fc2_w"),
