@@ -569,3 +569,20 @@ def test_empty_batch_like_eager():
     for k, v in model.state_dict().items():
         if k.endswith(("running_mean", "running_var", "num_batches_tracked")):
             assert torch.equal(got_state[k], v), k
+
+
+def test_report_says_when_weights_get_packed(monkeypatch):
+    """The MKL-packed weight copies cost memory: the report says so where they can be made, and
+    not after SWIFTKERN_CPU_PACKED=0 or where no C++ CPU kernel serves."""
+    from swiftkern.nn import _base
+
+    _, report = swiftkern.optimize(hf_model("tiny"), return_report=True)
+    says = any("SWIFTKERN_CPU_PACKED=0" in n for n in report.notes)
+    serves_cpu = any(e.backend == "cpu" for e in report.swapped)
+    assert says == (serves_cpu and _base._MKL_PACK)
+    monkeypatch.setenv("SWIFTKERN_CPU_PACKED", "0")
+    _, report = swiftkern.optimize(hf_model("tiny"), return_report=True)
+    assert not any("SWIFTKERN_CPU_PACKED" in n for n in report.notes)
+    monkeypatch.delenv("SWIFTKERN_CPU_PACKED")
+    _, report = swiftkern.optimize(hf_model("tiny"), backend="reference", return_report=True)
+    assert not any("SWIFTKERN_CPU_PACKED" in n for n in report.notes)
