@@ -186,13 +186,13 @@ class FusedModule(nn.Module):
         if rows == 0:
             return None
         ck = f"mkl:{op.name}:{rows}"
+        fresh = ck not in self._cache
         p1, p2 = self.cached(
             ck, [w1, w2], lambda: tuple(None if w is None else _mkl_pack(w, rows) for w in (w1, w2))
         )
-        if ck in self._cache:  # keep the newest few row counts (each a copy of the weights)
-            self._cache[ck] = self._cache.pop(ck)
-            old = [k for k in self._cache if k.startswith(f"mkl:{op.name}:")]
-            for k in old[:-_MAX_PACKED]:
+        if fresh and ck in self._cache:  # keep the newest few row counts (each a weight copy)
+            old = [k for k in self._cache if k.startswith(f"mkl:{op.name}:") and k != ck]
+            for k in old[: max(0, len(old) + 1 - _MAX_PACKED)]:
                 del self._cache[k]
         # detached: the kernel's worker threads do not run in the caller's grad mode
         fargs = [a.detach() if isinstance(a, torch.Tensor) and a.requires_grad else a
