@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import threading
 from dataclasses import dataclass, field
 
@@ -338,10 +337,8 @@ _PACKING_MODULES = ("FusedConvBlock", "FusedMlp", "FusedAdditiveAttention", "Fus
 
 def _packs_weights(report: OptimizeReport) -> bool:
     """Whether the swapped modules may keep MKL-packed weights (swiftkern/nn/_base.py call_op)."""
-    return (
-        _fused_base._MKL_PACK
-        and os.environ.get("SWIFTKERN_CPU_PACKED", "1") != "0"
-        and any(e.backend == "cpu" and e.fused in _PACKING_MODULES for e in report.swapped)
+    return _fused_base._packed_on() and any(
+        e.backend == "cpu" and e.fused in _PACKING_MODULES for e in report.swapped
     )
 
 

@@ -447,8 +447,7 @@ Tensor additive_attention_packed(const Tensor& x, const Tensor& w_qk, const OptT
                                  const Tensor& w_qk_packed, const OptTensor& w_final_packed) {
   const auto st = x.scalar_type();
   TORCH_CHECK_NOT_IMPLEMENTED(
-      w_qk.scalar_type() == at::kFloat &&
-          (st == at::kFloat || st == at::kBFloat16 || st == at::kHalf) && x.device().is_cpu(),
+      w_qk.scalar_type() == at::kFloat && computed_in_fp32(st) && x.device().is_cpu(),
       "swiftkern cpu additive_attention_packed: fp32 weights, fp32/bf16/fp16 x");
   TORCH_CHECK(has(w_final) == has(w_final_packed),
               "additive_attention_packed: w_final_packed must be given exactly with w_final");

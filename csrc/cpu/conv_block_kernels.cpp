@@ -225,7 +225,6 @@ struct PwArgs {
   Tensor p1, p2;
 };
 
-
 // Rows of the image per tile: the hidden tile (rows * W * Hd values) should stay in L2 (512 KiB
 // per core on the Zen3 this was tuned on; 64K floats = 256 KiB leaves room for the other tiles).
 inline int64_t rows_per_tile(int64_t H, int64_t W, int64_t Hd, int64_t elem) {
@@ -933,10 +932,7 @@ Tensor mlp(const Tensor& x, const Tensor& fc1_w, const OptTensor& fc1_b, const T
 // C = 320-512. At C = 56 (28x28, a 50 KB pw1 weight) 0.96x: not packed below 128 KiB.
 // bf16 / fp16 x count as fp32: their kernels compute in fp32 (given fp32 weights, see below).
 bool pointwise_packable(const Tensor& x, const Tensor& w1, const Tensor& w2) {
-  const auto st = x.scalar_type();
-  if (!(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf) || !is_channels_last(x) ||
-      x.numel() == 0)
-    return false;
+  if (!computed_in_fp32(x.scalar_type()) || !is_channels_last(x) || x.numel() == 0) return false;
   if (w1.numel() * int64_t(sizeof(float)) < (128 << 10)) return false;
   const int64_t H = x.size(2), W = x.size(3), Hd = w1.size(0);
   const int64_t R = rows_per_tile(H, W, Hd, sizeof(float));
@@ -954,9 +950,7 @@ PwArgs with_packed(PwArgs a, const Tensor& p1, const Tensor& p2) {
 // fp32 weights (those MKL packed); x fp32, or bf16 / fp16 computed in fp32 between conversions
 // (the dtype route of the plain ops, with the parameters already fp32).
 inline bool packed_dtypes_ok(const Tensor& x, const Tensor& w) {
-  const auto st = x.scalar_type();
-  return w.scalar_type() == at::kFloat &&
-         (st == at::kFloat || st == at::kBFloat16 || st == at::kHalf);
+  return w.scalar_type() == at::kFloat && computed_in_fp32(x.scalar_type());
 }
 
 Tensor conv_block_packed(const Tensor& x, const Tensor& dw_w, const OptTensor& dw_b,

@@ -74,6 +74,11 @@ inline Tensor blob(T* p, at::IntArrayRef sizes, at::IntArrayRef strides) {
 // arithmetic, so computing in fp32 is both the accurate and the fast choice.
 enum class DtypeRoute { kFloat, kDouble, kBFloat16ViaFloat };
 
+// The dtypes the fp32 kernels serve: fp32 itself, and bf16 / fp16 between conversions.
+inline bool computed_in_fp32(at::ScalarType st) {
+  return st == at::kFloat || st == at::kBFloat16 || st == at::kHalf;
+}
+
 inline DtypeRoute route_dtype(const Tensor& x, const char* op) {
   TORCH_CHECK_NOT_IMPLEMENTED(x.device().is_cpu(), "swiftkern cpu ", op, ": x must be on CPU");
   switch (x.scalar_type()) {
