@@ -70,6 +70,7 @@ def _wrap(fn):
         except NotImplementedError as e:
             raise _registry.Unsupported(str(e).splitlines()[0]) from None
 
+    call.raw = fn  # the op itself, for callers that detach and handle errors themselves
     return call
 
 

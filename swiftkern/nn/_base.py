@@ -12,6 +12,7 @@ from torch import nn
 
 from .. import _registry
 from ..ops import reference as ref
+from ..ops._define import layout_of
 
 
 def _dotted(module: nn.Module, path: str | None):
@@ -55,6 +56,7 @@ class FusedModule(nn.Module):
         self.original_cls = type(original)
         self.backend = backend
         self._cache: dict[str, tuple] = {}
+        self._plans: dict[tuple, _Plan] = {}
 
     def __getattr__(self, name: str):
         d = self.__dict__
@@ -112,6 +114,8 @@ class FusedModule(nn.Module):
         # weight) and an inference tensor could not serve as a key.
         with torch.inference_mode(False), torch.no_grad():
             value = _detached(build())
+        if hit is not None:
+            self._drop_plans()  # they may hold the value this one replaces
         self._cache[key] = (
             list(tensors),
             [(None, None, None) if t is None else (t._version, t.dtype, t.device) for t in tensors],
@@ -119,7 +123,7 @@ class FusedModule(nn.Module):
         )
         return value
 
-    def call_op(self, op, *args):
+    def call_op(self, op, *args, record: dict | None = None):
         """``op(*args)`` (backend last), with two CPU fast paths on plain eager calls whose
         first backend is "cpu" (see OpDef.call_cpu_variant), both computing the op's own math:
 
@@ -132,17 +136,27 @@ class FusedModule(nn.Module):
           _ATTN_PACK_MIN_BYTES on. The weights are packed once per row count and cached (at most
           _MAX_PACKED row counts per module); for bf16 / fp16 x the fp32 copies above are the
           ones packed. SWIFTKERN_CPU_PACKED=0 turns this off (A/B benchmarks).
+
+        record: when a dict, the C++ call that computed the result on those paths is stored in
+        it ("fn", "args": the kernel and its whole argument list), for a call plan (see
+        FusedModule.planned); left empty when anything else computed it.
         """
         x = args[0]
         if x.device.type != "cpu":
             return op(*args)
         if x.dtype in (torch.bfloat16, torch.float16):
-            return op.call_cpu_variant(args, lambda fargs: self._run_fp32_params(op, fargs))
+            return op.call_cpu_variant(
+                args, lambda fargs: self._run_fp32_params(op, fargs, record)
+            )
         if x.dtype == torch.float32 and op.name in _PACKED_WEIGHTS and _packed_on():
-            return op.call_cpu_variant(args, lambda fargs: self._run_packed(op, fargs))
-        return op(*args)
+            return op.call_cpu_variant(
+                args, lambda fargs: self._run_packed_or_cpu(op, fargs, record)
+            )
+        if record is None:
+            return op(*args)
+        return op.call_cpu_variant(args, lambda fargs: _run_cpu(op, fargs, record))
 
-    def _run_fp32_params(self, op, fargs):
+    def _run_fp32_params(self, op, fargs, record=None):
         pos = [i for i in op.tensor_args if i > 0 and op.arg_names[i] != "residual"]
         params = [fargs[i] for i in pos]
         conv = self.cached(
@@ -151,12 +165,18 @@ class FusedModule(nn.Module):
         for i, t in zip(pos, conv):
             fargs[i] = t
         if op.name in _PACKED_WEIGHTS and _packed_on():
-            out = self._run_packed(op, fargs)  # the fp32 weights, packed
+            out = self._run_packed(op, fargs, record)  # the fp32 weights, packed
             if out is not None:
                 return out
-        return _registry.kernel_for(op.name, "cpu").fn(*fargs)
+        return _run_cpu(op, fargs, record)
 
-    def _run_packed(self, op, fargs):
+    def _run_packed_or_cpu(self, op, fargs, record):
+        out = self._run_packed(op, fargs, record)
+        if out is None and record is not None:  # what the plain call would run, recorded
+            out = _run_cpu(op, fargs, record)
+        return out
+
+    def _run_packed(self, op, fargs, record=None):
         """The *_packed C++ kernel on this module's cached MKL-packed weights, or None where the
         shape is not one the packed GEMMs serve."""
         x = fargs[0]
@@ -194,15 +214,77 @@ class FusedModule(nn.Module):
             old = [k for k in self._cache if k.startswith(f"mkl:{op.name}:") and k != ck]
             for k in old[: max(0, len(old) + 1 - _MAX_PACKED)]:
                 del self._cache[k]
+                self._drop_plans()  # they may hold the packed weights just evicted
         # detached: the kernel's worker threads do not run in the caller's grad mode
         fargs = [a.detach() if isinstance(a, torch.Tensor) and a.requires_grad else a
                  for a in fargs]
-        return getattr(torch.ops.swiftkern_C, op.name + "_packed")(*fargs, p1, p2)
+        fn = getattr(torch.ops.swiftkern_C, op.name + "_packed").default
+        out = fn(*fargs, p1, p2)
+        if record is not None:
+            record.update(fn=fn, args=[*fargs, p1, p2])
+        return out
+
+    def planned(self, x: torch.Tensor, sources, slow, inputs: tuple[int, ...] = (0,),
+                extra=()):
+        """``slow(record)`` (the module's own path, ending in ``call_op(..., record=record)``),
+        or a replay of the C++ call it made last time for an input like ``x``: a *call plan*.
+
+        A plan skips the Python between the module call and the kernel (folding-cache checks,
+        validation, backend dispatch, packing decisions: ~40-100 us per module, most of a
+        batch-1 SwiftFormer block's cost on small images). It is replayed only when nothing
+        the slow path reads can have changed:
+
+        - the call needs no autograd graph (grad mode off) and is a plain eager CPU call on a
+          plain tensor (no compile / export / jit tracing, torch function or dispatch modes);
+        - SWIFTKERN_PLANS is not "0" (A/B benchmarks, or to rule plans out);
+        - the key matches: x's shape, strides and dtype, torch.get_num_threads(),
+          SWIFTKERN_CPU_PACKED, self.backend and ``extra`` (the module's other inputs);
+        - ``sources()`` (called on every eligible call; None: no plan) returns the same tensor
+          objects as when the plan was made, each at the same version, dtype and device — the
+          module's parameters and buffers, fetched afresh, so a replaced child, parameter or
+          buffer, an in-place update or a .to() all send the call down the slow path, which
+          records a new plan. sources() also returns None whenever the module's mode means the
+          slow path would not end in one C++ call (train mode, BN on batch statistics).
+
+        inputs: positions in the kernel's argument list that are the module input x (the MLP's
+        residual is x in the encoder block). A plan that fails to replay is dropped.
+        """
+        key = _plan_key(x, self.backend, extra)
+        if key is None:
+            return slow(None)
+        srcs = sources()
+        if srcs is None:
+            return slow(None)
+        plans = self.__dict__.setdefault("_plans", {})
+        plan = plans.get(key)
+        if plan is not None:
+            if plan.valid(srcs):
+                out = plan.run(x)
+                if out is not None:
+                    return out
+            plans.pop(key, None)  # (pop: another thread may have dropped it too)
+        record: dict = {}
+        out = slow(record)
+        plan = _Plan.make(srcs, record, inputs, x)
+        if plan is not None:
+            if len(plans) >= _MAX_PLANS:
+                try:  # the oldest goes
+                    plans.pop(next(iter(plans)), None)
+                except (RuntimeError, StopIteration):  # changed by another thread meanwhile
+                    plans.clear()
+            plans[key] = plan
+        return out
+
+    def _drop_plans(self) -> None:
+        plans = self.__dict__.get("_plans")
+        if plans:
+            plans.clear()
 
     def __getstate__(self):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
         state = dict(state)
         state["_cache"] = {}
+        state["_plans"] = {}
         return state
 
 
@@ -224,8 +306,112 @@ _ATTN_PACK_MIN_BYTES = 96 << 10
 _MAX_PACKED = 2
 
 
+_MAX_PLANS = 4
+
+
+def _plan_key(x: torch.Tensor, backend: str, extra) -> tuple | None:
+    """The call-plan key of a module call on x, or None when the call may not use a plan (see
+    FusedModule.planned)."""
+    if (
+        torch.is_grad_enabled()
+        or type(x) is not torch.Tensor
+        or not x.is_cpu
+        or torch.compiler.is_compiling()
+        or torch._C._is_torch_function_mode_enabled()
+        or torch._C._len_torch_dispatch_stack() > 0
+        or torch.jit.is_tracing()
+    ):
+        return None
+    plans, packed = _plan_env()
+    if not plans:
+        return None
+    return (x.shape, x.stride(), x.dtype, torch.get_num_threads(), packed, backend, extra)
+
+
+# os.environ's own store (POSIX: bytes keys), read directly: os.environ.get costs ~1 us per name
+# (key encoding, value decoding) and this runs on every planned module call. Assignments through
+# os.environ update it; other platforms read os.environ.
+_ENV = getattr(os.environ, "_data", None)
+if not (isinstance(_ENV, dict) and all(isinstance(k, bytes) for k in list(_ENV)[:1])):
+    _ENV = None
+
+
+def _plan_env() -> tuple[bool, bool]:
+    """Whether SWIFTKERN_PLANS and SWIFTKERN_CPU_PACKED are on now (unless set to "0")."""
+    if _ENV is not None:
+        return _ENV.get(b"SWIFTKERN_PLANS") != b"0", _ENV.get(b"SWIFTKERN_CPU_PACKED") != b"0"
+    env = os.environ
+    return env.get("SWIFTKERN_PLANS") != "0", env.get("SWIFTKERN_CPU_PACKED") != "0"
+
+
+class _Plan:
+    """One recorded C++ kernel call of a fused module (see FusedModule.planned)."""
+
+    __slots__ = ("srcs", "versions", "dtypes", "fn", "args", "inputs", "fmt", "relu")
+
+    @staticmethod
+    def make(srcs: list, record: dict, inputs: tuple[int, ...], x: torch.Tensor):
+        if "fn" not in record:
+            return None  # the slow path did not end in one recorded C++ call
+        if any(t is not None and (t.is_inference() or not t.is_cpu) for t in srcs):
+            return None  # no version counter: an in-place change could not be seen
+        args = list(record["args"])
+        for i in inputs:
+            args[i] = None  # filled with x on each replay
+        if any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            return None
+        p = _Plan()
+        p.srcs = list(srcs)
+        p.versions = [None if t is None else t._version for t in srcs]
+        p.dtypes = [None if t is None else t.dtype for t in srcs]
+        p.fn, p.args, p.inputs = record["fn"], args, inputs
+        # the op layout contract (see ops/_define.py), or as returned (None: convolutions)
+        p.fmt = record.get("fmt", layout_of(x) if x.dim() == 4 else torch.contiguous_format)
+        p.relu = record.get("relu", False)  # in place on the fresh output (no autograd here)
+        return p
+
+    def valid(self, srcs: list) -> bool:
+        """The same objects, at the same version, dtype and device (all were CPU tensors)."""
+        if len(srcs) != len(self.srcs):
+            return False
+        for a, t, v, d in zip(self.srcs, srcs, self.versions, self.dtypes):
+            if a is not t:
+                return False
+            if t is not None and (t._version != v or t.dtype != d or not t.is_cpu):
+                return False
+        return True
+
+    def run(self, x: torch.Tensor):
+        """The kernel's output with the op's layout contract, or None when the kernel refused
+        (the caller then takes the slow path, which says why or falls back)."""
+        if x.requires_grad:
+            x = x.detach()  # the kernel's worker threads do not run in the caller's grad mode
+        args = list(self.args)
+        for i in self.inputs:
+            args[i] = x
+        try:
+            out = self.fn(*args)
+        except (NotImplementedError, _registry.Unsupported):
+            return None
+        if not isinstance(out, torch.Tensor):
+            return None
+        if self.fmt is not None:
+            out = out.contiguous(memory_format=self.fmt) if out.dim() == 4 else out.contiguous()
+        return torch.relu_(out) if self.relu else out
+
+
+def _run_cpu(op, fargs, record) -> torch.Tensor:
+    """The op's registered C++ CPU kernel on fargs (what dispatch runs first on a CPU)."""
+    fn = _registry.kernel_for(op.name, "cpu").fn
+    out = fn(*fargs)
+    if record is not None:
+        # the op itself: _Plan.run detaches x and turns its refusal into the slow path
+        record.update(fn=getattr(fn, "raw", fn), args=list(fargs))
+    return out
+
+
 def _packed_on() -> bool:
-    return _MKL_PACK and os.environ.get("SWIFTKERN_CPU_PACKED", "1") != "0"
+    return _MKL_PACK and _plan_env()[1]
 
 
 def _mkl_pack(w: torch.Tensor, rows: int) -> torch.Tensor:
@@ -374,7 +560,8 @@ def relu_on_output(y: torch.Tensor) -> torch.Tensor:
 
 
 def folded_conv2d(
-    owner: FusedModule, x: torch.Tensor, w, b, conv: nn.Conv2d, relu: bool = False
+    owner: FusedModule, x: torch.Tensor, w, b, conv: nn.Conv2d, relu: bool = False,
+    record: dict | None = None,
 ) -> torch.Tensor:
     """conv2d with a folded (w, b) and the hyper-parameters of `conv`.
 
@@ -385,7 +572,9 @@ def folded_conv2d(
     bf16 / fp16 without native CPU kernels: the same routes in fp32 (see _half_conv_in_fp32).
     relu: ReLU as well, in place on the convolution's fresh output where autograd does not record
     it (no second activation-sized allocation). Not oneDNN's relu post-op: it turns NaN into 0,
-    where torch.relu keeps NaN. ReLU commutes with the final rounding of the half route."""
+    where torch.relu keeps NaN. ReLU commutes with the final rounding of the half route.
+    record: as for FusedModule.call_op; the two fp32 / native-dtype routes record their call
+    (output layout as returned, the ReLU in place), the half route records nothing."""
     if _half_conv_in_fp32(x, w, b):
         w32 = owner.cached("conv_fp32_w", [w], lambda: w.float())
         b32 = None if b is None else owner.cached("conv_fp32_b", [b], lambda: b.float())
@@ -399,10 +588,12 @@ def folded_conv2d(
                 w.contiguous(), pad, stride, dil, conv.groups, list(x.shape)
             ),
         )
-        y = torch.ops.mkldnn._convolution_pointwise(
-            x, packed, b, pad, stride, dil, conv.groups, "none", [], ""
-        )
+        fn = torch.ops.mkldnn._convolution_pointwise.default
+        args = [x, packed, b, pad, stride, dil, conv.groups, "none", [], ""]
+        y = fn(*args)
         y = y.contiguous(memory_format=torch.channels_last)  # F.conv2d's layout (a no-op)
+        if record is not None:
+            record.update(fn=fn, args=args, fmt=torch.channels_last, relu=relu)
         return relu_on_output(y) if relu else y
     if (
         x.dim() == 4
@@ -412,5 +603,8 @@ def folded_conv2d(
         and x.is_contiguous(memory_format=torch.channels_last)
     ):
         w = owner.cached("conv_cl", [w], lambda: w.contiguous(memory_format=torch.channels_last))
-    y = F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
+    args = [x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups]
+    y = F.conv2d(*args)
+    if record is not None and _plain_cpu_call(x, w, b):
+        record.update(fn=F.conv2d, args=args, fmt=None, relu=relu)
     return relu_on_output(y) if relu else y

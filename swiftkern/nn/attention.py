@@ -40,9 +40,21 @@ class FusedAdditiveAttention(FusedModule):
 
     def forward_tokens(self, t: torch.Tensor) -> torch.Tensor:
         """[B, N, D] -> [B, N, T] (contiguous)."""
+        return self.planned(
+            t, self._plan_sources, lambda record: self._forward_tokens(t, record),
+            extra=(self.scale_factor, self.pool),
+        )
+
+    def _plan_sources(self) -> list:
+        # no train-form op and no batch statistics: the same path in both modes
+        m = self._modules
+        return [*fold_sources(m["to_query"], m["to_key"], m["proj"], m["final"]),
+                self._parameters["w_g"]]
+
+    def _forward_tokens(self, t: torch.Tensor, record: dict | None) -> torch.Tensor:
         w_qk, b_qk, w_g, w_proj, b_proj, w_final, b_final = self._args()
         return self.call_op(ADDITIVE_ATTENTION, t, w_qk, b_qk, w_g, self.scale_factor, w_proj,
-                            b_proj, w_final, b_final, self.pool, self.backend)
+                            b_proj, w_final, b_final, self.pool, self.backend, record=record)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout == "tokens":

@@ -60,6 +60,21 @@ class FusedConvBlock(FusedModule):
         return vector(self._ls_source())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.planned(x, self._plan_sources, lambda record: self._forward(x, record))
+
+    def _plan_sources(self) -> list | None:
+        """What the eval path reads (see FusedModule.planned); None in train mode or with BN on
+        batch statistics."""
+        if self.training:
+            return None
+        r = self.roles
+        mods = self._modules
+        dw, bn, pw1, pw2 = mods[r.dw], mods[r.bn], mods[r.pw1], mods[r.pw2]
+        if bn_uses_batch_stats(bn):
+            return None
+        return [*fold_sources(dw, bn, pw1, pw2), self._ls_source()]
+
+    def _forward(self, x: torch.Tensor, record: dict | None) -> torch.Tensor:
         r = self.roles
         mods = self._modules
         if r.drop_path and drop_active(mods.get(r.drop_path), self.training):
@@ -98,4 +113,4 @@ class FusedConvBlock(FusedModule):
                 vector(ls),
             ),
         )
-        return self.call_op(CONV_BLOCK, x, *args, self.backend)
+        return self.call_op(CONV_BLOCK, x, *args, self.backend, record=record)

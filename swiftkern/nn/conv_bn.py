@@ -18,6 +18,15 @@ class FusedConvBN(FusedModule):
         self.names = (conv, bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.planned(x, self._plan_sources, lambda record: self._forward(x, record))
+
+    def _plan_sources(self) -> list | None:
+        conv, bn = (self._modules[n] for n in self.names)
+        if bn_uses_batch_stats(bn) or conv.padding_mode != "zeros":
+            return None
+        return fold_sources(conv, bn)
+
+    def _forward(self, x: torch.Tensor, record: dict | None) -> torch.Tensor:
         conv, bn = (getattr(self, n) for n in self.names)
         if bn_uses_batch_stats(bn):
             return bn(conv(x))
@@ -26,4 +35,4 @@ class FusedConvBN(FusedModule):
             fold_sources(conv, bn),
             lambda: fold_conv_bn(conv.weight, conv.bias, bn),
         )
-        return folded_conv2d(self, x, w, b, conv)
+        return folded_conv2d(self, x, w, b, conv, record=record)

@@ -66,6 +66,15 @@ class FoldedConv2d(FusedModule):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.planned(x, self._plan_sources, lambda record: self._forward(x, record))
+
+    def _plan_sources(self) -> list | None:
+        bn = self.partner_bn
+        if bn_uses_batch_stats(bn) or self.padding_mode != "zeros":
+            return None
+        return fold_sources(self, bn)
+
+    def _forward(self, x: torch.Tensor, record: dict | None) -> torch.Tensor:
         bn = self.partner_bn
         if bn_uses_batch_stats(bn):
             return self.original_forward(x)
@@ -75,4 +84,4 @@ class FoldedConv2d(FusedModule):
         if self.padding_mode != "zeros":
             y = self.original_cls._conv_forward(self, x, w, b)
             return relu_on_output(y) if self.fused_relu else y
-        return folded_conv2d(self, x, w, b, self, relu=self.fused_relu)
+        return folded_conv2d(self, x, w, b, self, relu=self.fused_relu, record=record)

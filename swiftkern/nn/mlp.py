@@ -21,6 +21,28 @@ class FusedMlp(FusedModule):
         self, x, ls: torch.Tensor | None = None, residual: torch.Tensor | None = None
     ):
         """residual + ls * Mlp(x); without ls and residual this is the module's own forward."""
+        if residual is not None and residual is not x:
+            return self._forward(x, ls, residual, None)
+        # ls is a source (the encoder block hands in the same cached view while its layer
+        # scale is unchanged); residual is x or None, part of the plan key
+        return self.planned(
+            x,
+            lambda: self._plan_sources(ls),
+            lambda record: self._forward(x, ls, residual, record),
+            inputs=(0, 6) if residual is x else (0,),
+            extra=residual is x,
+        )
+
+    def _plan_sources(self, ls) -> list | None:
+        if self.training:
+            return None
+        mods = self._modules
+        bn = mods["norm1"]
+        if bn_uses_batch_stats(bn):
+            return None
+        return [*fold_sources(mods["fc1"], bn, mods["fc2"]), ls]
+
+    def _forward(self, x, ls, residual, record):
         mods = self._modules
         if drop_active(mods.get("drop"), self.training):
             y = self.original_forward(x)
@@ -62,4 +84,4 @@ class FusedMlp(FusedModule):
                 fc2.bias,
             ),
         )
-        return self.call_op(MLP, x, w1, b1, w2, b2, ls, residual, self.backend)
+        return self.call_op(MLP, x, w1, b1, w2, b2, ls, residual, self.backend, record=record)
