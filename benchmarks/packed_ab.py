@@ -1,8 +1,11 @@
-"""In-process A/B of the MKL-packed pointwise path (SWIFTKERN_CPU_PACKED=1 vs 0, read per call)
-on an optimized model: the two settings alternate call by call on the same model, so machine
-drift hits both alike. Prints the medians and the median of per-pair ratios with its IQR.
+"""In-process A/B of a per-call switch on an optimized model: the MKL-packed pointwise path
+(--switch packed: SWIFTKERN_CPU_PACKED=1 vs 0) or the fused modules' call plans (--switch plans:
+SWIFTKERN_PLANS=1 vs 0). Both are read on every call, so the two settings alternate call by call
+on the same model and machine drift hits both alike. Prints the medians and the median of
+per-pair ratios with its IQR.
 
     python benchmarks/packed_ab.py --model hf:l3 --batch 1 --pairs 15 [--dtype bf16]
+    python benchmarks/packed_ab.py --switch plans --model hf:xs --batch 1 --pairs 15
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import torch
 import swiftkern
 from swiftkern.bench.models import build_model, example_input
 
+SWITCHES = {"packed": "SWIFTKERN_CPU_PACKED", "plans": "SWIFTKERN_PLANS"}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -25,14 +30,17 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--switch", choices=sorted(SWITCHES), default="packed")
+    ap.add_argument("--image-size", type=int, default=224)
     a = ap.parse_args()
+    var = SWITCHES[a.switch]
     torch.set_num_threads(a.threads)
     dtype = torch.float32 if a.dtype == "fp32" else torch.bfloat16
     model = swiftkern.optimize(build_model(a.model).eval(), dtype=dtype)
-    x = example_input(a.batch).to(dtype)
+    x = example_input(a.batch, image_size=a.image_size).to(dtype)
 
     def timed(flag: str) -> tuple[float, torch.Tensor]:
-        os.environ["SWIFTKERN_CPU_PACKED"] = flag
+        os.environ[var] = flag
         model(x)  # steady state: one untimed call of this setting first
         t = time.perf_counter()
         y = model(x)
@@ -48,11 +56,12 @@ def main() -> None:
     ratios = [b / p for p, b in zip(on, off)]
     q = statistics.quantiles(ratios, n=4)
     med_on = statistics.median(on) * 1e3
+    y_on, y_off = (y.logits if hasattr(y, "logits") else y for y in (y_on, y_off))
     print(
-        f"{a.model} b{a.batch} {a.dtype}, {a.threads} threads: packed {med_on:.2f}"
-        f" ms, unpacked {statistics.median(off) * 1e3:.2f} ms, speed-up "
+        f"{a.model} b{a.batch} {a.image_size}px {a.dtype}, {a.threads} threads: {var}=1 "
+        f"{med_on:.2f} ms, =0 {statistics.median(off) * 1e3:.2f} ms, speed-up "
         f"{statistics.median(ratios):.3f}x [IQR {q[0]:.3f}-{q[2]:.3f}] over {a.pairs} pairs; "
-        f"max |packed - unpacked| {(y_on.float() - y_off.float()).abs().max().item():.1e}"
+        f"max |on - off| {(y_on.float() - y_off.float()).abs().max().item():.1e}"
     )
 
 
