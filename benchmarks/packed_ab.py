@@ -1,8 +1,9 @@
 """In-process A/B of a per-call switch on an optimized model: the MKL-packed pointwise path
-(--switch packed: SWIFTKERN_CPU_PACKED=1 vs 0) or the fused modules' call plans (--switch plans:
-SWIFTKERN_PLANS=1 vs 0). Both are read on every call, so the two settings alternate call by call
-on the same model and machine drift hits both alike. Prints the medians and the median of
-per-pair ratios with its IQR.
+(--switch packed: SWIFTKERN_CPU_PACKED=1 vs 0), the fused modules' call plans (--switch plans:
+SWIFTKERN_PLANS=1 vs 0) or the fp32 conv-block tiles' GEMMs through ATen's brgemm entry instead
+of at::mm_out (--switch brgemm: SWIFTKERN_CPU_BRGEMM=1 vs 0). Each is read on every call, so the
+two settings alternate call by call on the same model and machine drift hits both alike. Prints
+the medians and the median of per-pair ratios with its IQR.
 
     python benchmarks/packed_ab.py --model hf:l3 --batch 1 --pairs 15 [--dtype bf16]
     python benchmarks/packed_ab.py --switch plans --model hf:xs --batch 1 --pairs 15
@@ -20,7 +21,11 @@ import torch
 import swiftkern
 from swiftkern.bench.models import build_model, example_input
 
-SWITCHES = {"packed": "SWIFTKERN_CPU_PACKED", "plans": "SWIFTKERN_PLANS"}
+SWITCHES = {
+    "packed": "SWIFTKERN_CPU_PACKED",
+    "plans": "SWIFTKERN_PLANS",
+    "brgemm": "SWIFTKERN_CPU_BRGEMM",
+}
 
 
 def main() -> None:

@@ -7,12 +7,14 @@
 //
 // Fused forward ("tile" strategy): per tile of whole image rows, dwconv -> pw1 -> +bias, GELU ->
 // pw2 -> +bias, *ls, +residual, all in per-thread buffers; the hidden activation never leaves
-// cache. Tiles run in parallel with single-threaded GEMMs (ATen mm_out on the tile). When there
+// cache. Tiles run in parallel with single-threaded GEMMs (fp32: ATen's cpublas::brgemm entry;
+// fp64: at::mm_out on the tile; SWIFTKERN_CPU_BRGEMM=0 takes mm_out for fp32 too). When there
 // are too few tiles to feed every thread (small images at batch 1), the "unfused" strategy runs
 // one multi-threaded GEMM per pointwise layer with the same fused epilogues instead.
 // With few pixels (7x7 at batch 1) and fp32/fp64, the "split" strategy cuts the hidden units
 // into one slice per thread instead (pointwise_split).
 // SWIFTKERN_CPU_CONV_STRATEGY=tile|unfused|split forces one (benchmarks).
+#include <ATen/native/CPUBlas.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -275,6 +277,12 @@ void pointwise_tiles(const Produce& produce, bool cl, int64_t B, int64_t C, int6
   const T* b2 = ptr_or_null<T>(a.b2);
   const T* ls = ptr_or_null<T>(a.ls);
   const Tensor w1t = a.w1.t(), w2t = a.w2.t();
+  // fp32: the tile GEMMs through ATen's brgemm micro-kernel entry (cpublas::brgemm), which takes
+  // the right-hand side row-major: W^T copies for pixel-major tiles (C x Hd + Hd x Co values per
+  // call), nothing for channel-major ones. SWIFTKERN_CPU_BRGEMM=0: at::mm_out (A/Bs).
+  const bool bg = std::is_same_v<T, float> && env_str("SWIFTKERN_CPU_BRGEMM") != "0";
+  const Tensor w1r = bg && cl ? w1t.contiguous() : Tensor();  // [C, Hd]
+  const Tensor w2r = bg && cl ? w2t.contiguous() : Tensor();  // [Hd, Co]
   at::parallel_for(0, B * n_tiles_img, 1, [&](int64_t begin, int64_t end) {
     // grad mode is thread-local: worker threads would see it on and reject mm(out=) on tensors
     // that require grad
@@ -287,25 +295,48 @@ void pointwise_tiles(const Produce& produce, bool cl, int64_t B, int64_t C, int6
       const int64_t tn = (h1 - h0) * W, p0 = h0 * W;
       const auto [dptr, ldd] = produce(b, h0, h1, dbuf.get());
       if (cl) {
-        Tensor d = blob<T>(const_cast<T*>(dptr), {tn, C}, {ldd, 1});
-        Tensor hh = blob<T>(hbuf.get(), {tn, Hd}, {Hd, 1});
-        at::mm_out(hh, d, w1t);
-        bias_gelu_cols<T>(hbuf.get(), tn, Hd, b1);
-        Tensor y = blob<T>(ybuf.get(), {tn, Co}, {Co, 1});
-        at::mm_out(y, hh, w2t);
+        if constexpr (std::is_same_v<T, float>) {
+          if (bg) {  // h[tn, Hd] = d[tn, C] W1^T;  y[tn, Co] = h W2^T
+            at::native::cpublas::brgemm(tn, Hd, C, ldd, Hd, Hd, false, dptr,
+                                        w1r.data_ptr<float>(), hbuf.get());
+            bias_gelu_cols<T>(hbuf.get(), tn, Hd, b1);
+            at::native::cpublas::brgemm(tn, Co, Hd, Hd, Co, Co, false, hbuf.get(),
+                                        w2r.data_ptr<float>(), ybuf.get());
+          }
+        }
+        if (!bg) {
+          Tensor d = blob<T>(const_cast<T*>(dptr), {tn, C}, {ldd, 1});
+          Tensor hh = blob<T>(hbuf.get(), {tn, Hd}, {Hd, 1});
+          at::mm_out(hh, d, w1t);
+          bias_gelu_cols<T>(hbuf.get(), tn, Hd, b1);
+          Tensor y = blob<T>(ybuf.get(), {tn, Co}, {Co, 1});
+          at::mm_out(y, hh, w2t);
+        }
         out_epilogue_pixels<T>(ybuf.get(), tn, Co, b2, ls, res ? res + (b * HW + p0) * Co : nullptr,
                                out + (b * HW + p0) * Co);
       } else {
-        Tensor d = blob<T>(const_cast<T*>(dptr), {C, tn}, {ldd, 1});
-        Tensor hh = blob<T>(hbuf.get(), {Hd, tn}, {tn, 1});
-        at::mm_out(hh, a.w1, d);
-        bias_gelu_rows<T>(hbuf.get(), Hd, tn, b1);
-        Tensor y = blob<T>(ybuf.get(), {Co, tn}, {tn, 1});
-        at::mm_out(y, a.w2, hh);
+        if constexpr (std::is_same_v<T, float>) {
+          if (bg) {  // h[Hd, tn] = W1 d[C, tn];  y[Co, tn] = W2 h
+            at::native::cpublas::brgemm(Hd, tn, C, C, ldd, tn, false, a.w1.data_ptr<float>(),
+                                        dptr, hbuf.get());
+            bias_gelu_rows<T>(hbuf.get(), Hd, tn, b1);
+            at::native::cpublas::brgemm(Co, tn, Hd, Hd, tn, tn, false, a.w2.data_ptr<float>(),
+                                        hbuf.get(), ybuf.get());
+          }
+        }
+        if (!bg) {
+          Tensor d = blob<T>(const_cast<T*>(dptr), {C, tn}, {ldd, 1});
+          Tensor hh = blob<T>(hbuf.get(), {Hd, tn}, {tn, 1});
+          at::mm_out(hh, a.w1, d);
+          bias_gelu_rows<T>(hbuf.get(), Hd, tn, b1);
+          Tensor y = blob<T>(ybuf.get(), {Co, tn}, {tn, 1});
+          at::mm_out(y, a.w2, hh);
+        }
         out_epilogue_channels<T>(ybuf.get(), Co, tn, b2, ls,
                                  res ? res + b * Co * HW + p0 : nullptr, out + b * Co * HW + p0, HW);
       }
     }
+    if (bg) at::native::cpublas::brgemm_release(false);
   });
 }
 

@@ -1,6 +1,8 @@
 """CPU kernel library per ISA path: each path is forced with SWIFTKERN_CPU_ISA in a fresh process
 (the library is chosen at import) and its kernels are compared with the reference there, with
-each conv-block strategy (SWIFTKERN_CPU_CONV_STRATEGY=tile|unfused|split), forward and backward.
+each conv-block strategy (SWIFTKERN_CPU_CONV_STRATEGY=tile|unfused|split; the fp32 tiles both
+through ATen's brgemm entry and, with SWIFTKERN_CPU_BRGEMM=0, through at::mm_out), forward and
+backward.
 
 The generic suite (test_ops.py) covers every op in the default process; this file makes sure the
 path that process did NOT pick is exercised too wherever the machine can run it.
@@ -101,7 +103,7 @@ def _machine_isas() -> list[str]:
     return {"avx512": ["avx512", "avx2"], "avx2": ["avx2"]}.get(best, [])
 
 
-@pytest.mark.parametrize("strategy", ["tile", "unfused", "split"])
+@pytest.mark.parametrize("strategy", ["tile", "tile-mm", "unfused", "split"])
 @pytest.mark.parametrize("isa", ["avx512", "avx2"])
 def test_cpu_isa_path_matches_reference(isa: str, strategy: str) -> None:
     if _ext.STATUS.get(f"_C_cpu_{isa}") is None and _ext.CPU_ISA is None:
@@ -109,8 +111,9 @@ def test_cpu_isa_path_matches_reference(isa: str, strategy: str) -> None:
     if isa not in _machine_isas():
         pytest.skip(f"this CPU cannot run the {isa} library")
     tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, SWIFTKERN_CPU_ISA=isa, SWIFTKERN_CPU_CONV_STRATEGY=strategy,
-               OMP_NUM_THREADS="2")
+    env = dict(os.environ, SWIFTKERN_CPU_ISA=isa, SWIFTKERN_CPU_CONV_STRATEGY=strategy[:4]
+               if strategy.startswith("tile") else strategy, OMP_NUM_THREADS="2",
+               SWIFTKERN_CPU_BRGEMM="0" if strategy == "tile-mm" else "1")
     code = _CHECK.format(isa=isa, tests=tests_dir)
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        timeout=600)
