@@ -211,9 +211,10 @@ class FusedModule(nn.Module):
             ck, [w1, w2], lambda: tuple(None if w is None else _mkl_pack(w, rows) for w in (w1, w2))
         )
         if fresh and ck in self._cache:  # keep the newest few row counts (each a weight copy)
-            old = [k for k in self._cache if k.startswith(f"mkl:{op.name}:") and k != ck]
+            # list(): a snapshot (another thread may insert meanwhile); pop: or evict first
+            old = [k for k in list(self._cache) if k.startswith(f"mkl:{op.name}:") and k != ck]
             for k in old[: max(0, len(old) + 1 - _MAX_PACKED)]:
-                del self._cache[k]
+                self._cache.pop(k, None)
                 self._drop_plans()  # they may hold the packed weights just evicted
         # detached: the kernel's worker threads do not run in the caller's grad mode
         fargs = [a.detach() if isinstance(a, torch.Tensor) and a.requires_grad else a

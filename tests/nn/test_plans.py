@@ -339,3 +339,39 @@ def test_whole_model_plans(family, layout, monkeypatch, replays):
         for w in (stem.weight, stem_opt.weight):
             w.mul_(-1.5)
         assert_close(logits(opt(x)), logits(model(x)), what=f"{family} after a stem change")
+
+
+def test_concurrent_calls_from_threads():
+    """One optimized model called from several Python threads at once, with row counts that
+    make the packed-weight cache evict and plans be dropped and re-recorded concurrently: every
+    result equals the single-threaded one, nothing raises."""
+    import threading
+
+    _needs_cpu_kernels()
+    cfg, hf = _hf()
+    seq = torch.nn.Sequential(
+        hf.SwiftFormerEncoderBlock(cfg, 130), hf.SwiftFormerConvEncoder(cfg, 130)
+    )
+    randomize_(seq.eval(), 5)
+    opt = optimize(copy.deepcopy(seq))
+    xs = [torch.randn(b, 130, 7, 5).contiguous(memory_format=torch.channels_last)
+          for b in (1, 2, 3, 4)]
+    with torch.no_grad():
+        want = [seq(x) for x in xs]
+    errors: list = []
+
+    def work(k):
+        try:
+            with torch.no_grad():
+                for i in range(12):
+                    j = (i + k) % len(xs)
+                    assert_close(opt(xs[j]), want[j], what=f"thread {k} call {i}")
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
