@@ -332,8 +332,8 @@ def _plan_key(x: torch.Tensor, backend: str, extra) -> tuple | None:
 # os.environ's own store (POSIX: bytes keys), read directly: os.environ.get costs ~1 us per name
 # (key encoding, value decoding) and this runs on every planned module call. Assignments through
 # os.environ update it; other platforms read os.environ.
-_ENV = getattr(os.environ, "_data", None)
-if not (isinstance(_ENV, dict) and all(isinstance(k, bytes) for k in list(_ENV)[:1])):
+_ENV = getattr(os.environ, "_data", None) if os.name == "posix" else None
+if not isinstance(_ENV, dict):
     _ENV = None
 
 
@@ -355,7 +355,9 @@ class _Plan:
         if "fn" not in record:
             return None  # the slow path did not end in one recorded C++ call
         if any(t is not None and (t.is_inference() or not t.is_cpu) for t in srcs):
-            return None  # no version counter: an in-place change could not be seen
+            # an inference tensor has no version counter (an in-place change could not be
+            # seen); valid() assumes CPU sources
+            return None
         args = list(record["args"])
         for i in inputs:
             args[i] = None  # filled with x on each replay
