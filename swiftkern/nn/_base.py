@@ -231,8 +231,8 @@ class FusedModule(nn.Module):
         or a replay of the C++ call it made last time for an input like ``x``: a *call plan*.
 
         A plan skips the Python between the module call and the kernel (folding-cache checks,
-        validation, backend dispatch, packing decisions: ~40-100 us per module, most of a
-        batch-1 SwiftFormer block's cost on small images). It is replayed only when nothing
+        validation, backend dispatch, packing decisions: ~50 us per conv-block call before
+        plans, 9-16 us with them; benchmarks/plan_overhead.py). It is replayed only when nothing
         the slow path reads can have changed:
 
         - the call needs no autograd graph (grad mode off) and is a plain eager CPU call on a
