@@ -98,11 +98,8 @@ class FusedModule(nn.Module):
             return build()  # the graph computes the folded weights from the parameters
         hit = self._cache.get(key)
         if hit is not None:
-            old, versions, value = hit
-            if len(old) == len(tensors) and all(
-                a is t and (t is None or (t._version == v and t.dtype == d and t.device == dev))
-                for a, t, (v, d, dev) in zip(old, tensors, versions)
-            ):
+            old, state, value = hit
+            if _unchanged(old, state, tensors):
                 return value
         if any(t is not None and t.is_inference() for t in tensors):
             # An inference tensor has no version counter, so an in-place change to it could not
@@ -116,16 +113,13 @@ class FusedModule(nn.Module):
             value = _detached(build())
         if hit is not None:
             self._drop_plans()  # they may hold the value this one replaces
-        self._cache[key] = (
-            list(tensors),
-            [(None, None, None) if t is None else (t._version, t.dtype, t.device) for t in tensors],
-            value,
-        )
+        self._cache[key] = (list(tensors), _snapshot(tensors), value)
         return value
 
     def call_op(self, op, *args, record: dict | None = None):
-        """``op(*args)`` (backend last), with two CPU fast paths on plain eager calls whose
-        first backend is "cpu" (see OpDef.call_cpu_variant), both computing the op's own math:
+        """``op(*args)`` (backend last). Plain eager calls whose first backend is "cpu" run the
+        C++ kernel directly (OpDef.call_cpu_variant; anything it refuses takes the plain call),
+        with two fast paths, both computing the op's own math:
 
         - bf16 / fp16 activations: the C++ kernel gets this module's parameters as cached fp32
           up-conversions (it would convert them on every call; the outputs are bit-identical).
@@ -144,19 +138,21 @@ class FusedModule(nn.Module):
         x = args[0]
         if x.device.type != "cpu":
             return op(*args)
-        if x.dtype in (torch.bfloat16, torch.float16):
-            return op.call_cpu_variant(
-                args, lambda fargs: self._run_fp32_params(op, fargs, record)
-            )
-        if x.dtype == torch.float32 and op.name in _PACKED_WEIGHTS and _packed_on():
-            return op.call_cpu_variant(
-                args, lambda fargs: self._run_packed_or_cpu(op, fargs, record)
-            )
-        if record is None:
-            return op(*args)
-        return op.call_cpu_variant(args, lambda fargs: _run_cpu(op, fargs, record))
+        half = x.dtype in (torch.bfloat16, torch.float16)
+        packed = (
+            (half or x.dtype == torch.float32) and op.name in _PACKED_WEIGHTS and _packed_on()
+        )
 
-    def _run_fp32_params(self, op, fargs, record=None):
+        def run(fargs):
+            if half:
+                self._fp32_params(op, fargs)
+            out = self._run_packed(op, fargs, record) if packed else None
+            return out if out is not None else _run_cpu(op, fargs, record)
+
+        return op.call_cpu_variant(args, run)
+
+    def _fp32_params(self, op, fargs) -> None:
+        """Replaces the parameters in fargs by this module's cached fp32 copies."""
         pos = [i for i in op.tensor_args if i > 0 and op.arg_names[i] != "residual"]
         params = [fargs[i] for i in pos]
         conv = self.cached(
@@ -164,17 +160,6 @@ class FusedModule(nn.Module):
         )
         for i, t in zip(pos, conv):
             fargs[i] = t
-        if op.name in _PACKED_WEIGHTS and _packed_on():
-            out = self._run_packed(op, fargs, record)  # the fp32 weights, packed
-            if out is not None:
-                return out
-        return _run_cpu(op, fargs, record)
-
-    def _run_packed_or_cpu(self, op, fargs, record):
-        out = self._run_packed(op, fargs, record)
-        if out is None and record is not None:  # what the plain call would run, recorded
-            out = _run_cpu(op, fargs, record)
-        return out
 
     def _run_packed(self, op, fargs, record=None):
         """The *_packed C++ kernel on this module's cached MKL-packed weights, or None where the
@@ -348,25 +333,21 @@ def _plan_env() -> tuple[bool, bool]:
 class _Plan:
     """One recorded C++ kernel call of a fused module (see FusedModule.planned)."""
 
-    __slots__ = ("srcs", "versions", "dtypes", "fn", "args", "inputs", "fmt", "relu")
+    __slots__ = ("srcs", "state", "fn", "args", "inputs", "fmt", "relu")
 
     @staticmethod
     def make(srcs: list, record: dict, inputs: tuple[int, ...], x: torch.Tensor):
         if "fn" not in record:
             return None  # the slow path did not end in one recorded C++ call
-        if any(t is not None and (t.is_inference() or not t.is_cpu) for t in srcs):
-            # an inference tensor has no version counter (an in-place change could not be
-            # seen); valid() assumes CPU sources
-            return None
+        if any(t is not None and t.is_inference() for t in srcs):
+            return None  # no version counter: an in-place change could not be seen
         args = list(record["args"])
         for i in inputs:
             args[i] = None  # filled with x on each replay
         if any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
             return None
         p = _Plan()
-        p.srcs = list(srcs)
-        p.versions = [None if t is None else t._version for t in srcs]
-        p.dtypes = [None if t is None else t.dtype for t in srcs]
+        p.srcs, p.state = list(srcs), _snapshot(srcs)
         p.fn, p.args, p.inputs = record["fn"], args, inputs
         # the op layout contract (see ops/_define.py), or as returned (None: convolutions)
         p.fmt = record.get("fmt", layout_of(x) if x.dim() == 4 else torch.contiguous_format)
@@ -374,15 +355,7 @@ class _Plan:
         return p
 
     def valid(self, srcs: list) -> bool:
-        """The same objects, at the same version, dtype and device (all were CPU tensors)."""
-        if len(srcs) != len(self.srcs):
-            return False
-        for a, t, v, d in zip(self.srcs, srcs, self.versions, self.dtypes):
-            if a is not t:
-                return False
-            if t is not None and (t._version != v or t.dtype != d or not t.is_cpu):
-                return False
-        return True
+        return _unchanged(self.srcs, self.state, srcs)
 
     def run(self, x: torch.Tensor):
         """The kernel's output with the op's layout contract, or None when the kernel refused
@@ -401,6 +374,22 @@ class _Plan:
         if self.fmt is not None:
             out = out.contiguous(memory_format=self.fmt) if out.dim() == 4 else out.contiguous()
         return torch.relu_(out) if self.relu else out
+
+
+def _snapshot(tensors: list) -> list:
+    """What `_unchanged` compares: each tensor's version, dtype and device (None for None)."""
+    return [None if t is None else (t._version, t.dtype, t.device) for t in tensors]
+
+
+def _unchanged(old: list, state: list, tensors: list) -> bool:
+    """`tensors` are the objects in `old`, each still at the version, dtype and device in
+    `state` (_snapshot): an in-place change, a replaced tensor or a .to() all fail it."""
+    if len(old) != len(tensors):
+        return False
+    for a, t, st in zip(old, tensors, state):
+        if a is not t or (t is not None and (t._version, t.dtype, t.device) != st):
+            return False
+    return True
 
 
 def _run_cpu(op, fargs, record) -> torch.Tensor:
