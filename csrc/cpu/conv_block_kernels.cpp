@@ -265,6 +265,25 @@ inline Strategy pick_strategy(int64_t n_tiles, int64_t weight_bytes, bool cl) {
   return (nt == 1 || n_tiles >= 2 * nt) ? Strategy::kTile : Strategy::kUnfused;
 }
 
+// c[M, N] = a[M, K] @ b[K, N] on the calling thread: a row-major with leading dimension lda,
+// b with strides (ldb, b_col), c contiguous. bg (fp32 only): through ATen's cpublas::brgemm,
+// which needs b row-major (b_col == 1); otherwise at::mm_out. Raw pointers: the brgemm path
+// builds no tensor per tile.
+template <typename T>
+void tile_mm(bool bg, int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* b,
+             int64_t ldb, int64_t b_col, T* c) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (bg) {
+      TORCH_INTERNAL_ASSERT(b_col == 1);
+      at::native::cpublas::brgemm(M, N, K, lda, ldb, N, false, a, b, c);
+      return;
+    }
+  }
+  Tensor out = blob<T>(c, {M, N}, {N, 1});
+  at::mm_out(out, blob<T>(const_cast<T*>(a), {M, K}, {lda, 1}),
+             blob<T>(const_cast<T*>(b), {K, N}, {ldb, b_col}));
+}
+
 // Tile strategy. produce(b, h0, h1, buf) fills/returns the tile input d: pixel-major [T, C] or
 // channel-major [C, T], returning {pointer, leading dimension}. res (optional) and out have the
 // output's layout; C_out = w2.size(0).
@@ -276,13 +295,14 @@ void pointwise_tiles(const Produce& produce, bool cl, int64_t B, int64_t C, int6
   const T* b1 = ptr_or_null<T>(a.b1);
   const T* b2 = ptr_or_null<T>(a.b2);
   const T* ls = ptr_or_null<T>(a.ls);
-  const Tensor w1t = a.w1.t(), w2t = a.w2.t();
-  // fp32: the tile GEMMs through ATen's brgemm micro-kernel entry (cpublas::brgemm), which takes
-  // the right-hand side row-major: W^T copies for pixel-major tiles (C x Hd + Hd x Co values per
+  // fp32: the tile GEMMs through ATen's brgemm micro-kernel entry (see tile_mm), which takes the
+  // right-hand side row-major: W^T copies for pixel-major tiles (C x Hd + Hd x Co values per
   // call), nothing for channel-major ones. SWIFTKERN_CPU_BRGEMM=0: at::mm_out (A/Bs).
   const bool bg = std::is_same_v<T, float> && env_str("SWIFTKERN_CPU_BRGEMM") != "0";
-  const Tensor w1r = bg && cl ? w1t.contiguous() : Tensor();  // [C, Hd]
-  const Tensor w2r = bg && cl ? w2t.contiguous() : Tensor();  // [Hd, Co]
+  const Tensor w1t = bg && cl ? a.w1.t().contiguous() : a.w1.t();  // [C, Hd]
+  const Tensor w2t = bg && cl ? a.w2.t().contiguous() : a.w2.t();  // [Hd, Co]
+  const T* w1p = w1t.data_ptr<T>();
+  const T* w2p = w2t.data_ptr<T>();
   at::parallel_for(0, B * n_tiles_img, 1, [&](int64_t begin, int64_t end) {
     // grad mode is thread-local: worker threads would see it on and reject mm(out=) on tensors
     // that require grad
@@ -294,44 +314,16 @@ void pointwise_tiles(const Produce& produce, bool cl, int64_t B, int64_t C, int6
       const int64_t b = i / n_tiles_img, h0 = (i % n_tiles_img) * R, h1 = std::min(H, h0 + R);
       const int64_t tn = (h1 - h0) * W, p0 = h0 * W;
       const auto [dptr, ldd] = produce(b, h0, h1, dbuf.get());
-      if (cl) {
-        if constexpr (std::is_same_v<T, float>) {
-          if (bg) {  // h[tn, Hd] = d[tn, C] W1^T;  y[tn, Co] = h W2^T
-            at::native::cpublas::brgemm(tn, Hd, C, ldd, Hd, Hd, false, dptr,
-                                        w1r.data_ptr<float>(), hbuf.get());
-            bias_gelu_cols<T>(hbuf.get(), tn, Hd, b1);
-            at::native::cpublas::brgemm(tn, Co, Hd, Hd, Co, Co, false, hbuf.get(),
-                                        w2r.data_ptr<float>(), ybuf.get());
-          }
-        }
-        if (!bg) {
-          Tensor d = blob<T>(const_cast<T*>(dptr), {tn, C}, {ldd, 1});
-          Tensor hh = blob<T>(hbuf.get(), {tn, Hd}, {Hd, 1});
-          at::mm_out(hh, d, w1t);
-          bias_gelu_cols<T>(hbuf.get(), tn, Hd, b1);
-          Tensor y = blob<T>(ybuf.get(), {tn, Co}, {Co, 1});
-          at::mm_out(y, hh, w2t);
-        }
+      if (cl) {  // h[tn, Hd] = d[tn, C] W1^T;  y[tn, Co] = h W2^T
+        tile_mm<T>(bg, tn, Hd, C, dptr, ldd, w1p, w1t.stride(0), w1t.stride(1), hbuf.get());
+        bias_gelu_cols<T>(hbuf.get(), tn, Hd, b1);
+        tile_mm<T>(bg, tn, Co, Hd, hbuf.get(), Hd, w2p, w2t.stride(0), w2t.stride(1), ybuf.get());
         out_epilogue_pixels<T>(ybuf.get(), tn, Co, b2, ls, res ? res + (b * HW + p0) * Co : nullptr,
                                out + (b * HW + p0) * Co);
-      } else {
-        if constexpr (std::is_same_v<T, float>) {
-          if (bg) {  // h[Hd, tn] = W1 d[C, tn];  y[Co, tn] = W2 h
-            at::native::cpublas::brgemm(Hd, tn, C, C, ldd, tn, false, a.w1.data_ptr<float>(),
-                                        dptr, hbuf.get());
-            bias_gelu_rows<T>(hbuf.get(), Hd, tn, b1);
-            at::native::cpublas::brgemm(Co, tn, Hd, Hd, tn, tn, false, a.w2.data_ptr<float>(),
-                                        hbuf.get(), ybuf.get());
-          }
-        }
-        if (!bg) {
-          Tensor d = blob<T>(const_cast<T*>(dptr), {C, tn}, {ldd, 1});
-          Tensor hh = blob<T>(hbuf.get(), {Hd, tn}, {tn, 1});
-          at::mm_out(hh, a.w1, d);
-          bias_gelu_rows<T>(hbuf.get(), Hd, tn, b1);
-          Tensor y = blob<T>(ybuf.get(), {Co, tn}, {tn, 1});
-          at::mm_out(y, a.w2, hh);
-        }
+      } else {  // h[Hd, tn] = W1 d[C, tn];  y[Co, tn] = W2 h  (W1, W2 contiguous)
+        tile_mm<T>(bg, Hd, tn, C, a.w1.data_ptr<T>(), C, dptr, ldd, 1, hbuf.get());
+        bias_gelu_rows<T>(hbuf.get(), Hd, tn, b1);
+        tile_mm<T>(bg, Co, tn, Hd, a.w2.data_ptr<T>(), Hd, hbuf.get(), tn, 1, ybuf.get());
         out_epilogue_channels<T>(ybuf.get(), Co, tn, b2, ls,
                                  res ? res + b * Co * HW + p0 : nullptr, out + b * Co * HW + p0, HW);
       }
