@@ -88,6 +88,7 @@ def test_plan_replays_the_same_call(idx, layout, dtype, monkeypatch, replays):
 def _block():
     """An HF encoder block (conv block, attention, MLP with x as residual) and a ConvEncoder,
     optimized, with a deep copy of the originals to compare against."""
+    _needs_cpu_kernels()
     cfg, hf = _hf()
     seq = torch.nn.Sequential(
         hf.SwiftFormerEncoderBlock(cfg, 24), hf.SwiftFormerConvEncoder(cfg, 24)
@@ -100,12 +101,20 @@ def _x(b=2, h=6, w=7):
     return torch.randn(b, 24, h, w).contiguous(memory_format=torch.channels_last)
 
 
-def test_plans_follow_in_place_changes():
-    _needs_cpu_kernels()
+def _recorded(calls: int = 1):
+    """_block() and an input it was called on `calls` times without grad (plans recorded, and
+    replayed from the second call)."""
     seq, opt = _block()
     x = _x()
     with torch.no_grad():
-        opt(x)
+        for _ in range(calls):
+            opt(x)
+    return seq, opt, x
+
+
+def test_plans_follow_in_place_changes():
+    seq, opt, x = _recorded()
+    with torch.no_grad():
         for m in (seq, opt):  # an optimizer step, and BN statistics moved in place
             for p in m.parameters():
                 p.mul_(0.75)
@@ -116,11 +125,8 @@ def test_plans_follow_in_place_changes():
 
 
 def test_plans_follow_replaced_parameters_and_children():
-    _needs_cpu_kernels()
-    seq, opt = _block()
-    x = _x()
+    seq, opt, x = _recorded()
     with torch.no_grad():
-        opt(x)
         w = torch.randn_like(seq[0].linear.fc1.weight)
         for m in (seq, opt):  # a new Parameter object, and a new child module
             m[0].linear.fc1.weight = torch.nn.Parameter(w.clone())
@@ -135,11 +141,8 @@ def test_plans_follow_dtype_changes(how):
     """.to() (parameters) and ``.data =`` (any tensor) change a dtype without bumping the
     version: a plan made for fp32 weights must not serve fp32 input once the module is fp64
     (eager raises there too)."""
-    _needs_cpu_kernels()
-    seq, opt = _block()
-    x = _x()
+    seq, opt, x = _recorded()
     with torch.no_grad():
-        opt(x)
         if how == "to":
             opt.double()
             seq.double()
@@ -159,12 +162,8 @@ def test_plans_follow_dtype_changes(how):
 def test_plans_follow_train_mode(which):
     """Train mode (under no_grad) updates the BN statistics like the original: no plan made in
     eval may serve it, also when only a child BN is switched."""
-    _needs_cpu_kernels()
-    seq, opt = _block()
-    x = _x()
+    seq, opt, x = _recorded(2)
     with torch.no_grad():
-        opt(x)
-        opt(x)
         for m in (seq, opt):
             if which == "model":
                 m.train()
@@ -179,12 +178,8 @@ def test_plans_follow_train_mode(which):
 
 
 def test_plan_key_covers_backend_threads_and_grad(replays):
-    _needs_cpu_kernels()
-    seq, opt = _block()
-    x = _x()
+    seq, opt, x = _recorded(2)
     with torch.no_grad():
-        opt(x)
-        opt(x)
         n = replays[0]
         assert n > 0
         for m in _fused(opt):
@@ -210,7 +205,6 @@ def test_plan_key_covers_backend_threads_and_grad(replays):
 
 
 def test_plans_are_bounded_and_not_copied():
-    _needs_cpu_kernels()
     seq, opt = _block()
     with torch.no_grad():
         for hw in range(3, 3 + 2 * _base._MAX_PLANS):
@@ -228,15 +222,12 @@ def test_plans_are_bounded_and_not_copied():
 
 
 def test_refused_replay_takes_the_slow_path():
-    _needs_cpu_kernels()
-    seq, opt = _block()
-    x = _x()
+    seq, opt, x = _recorded()
 
     def refuse(*a):
         raise NotImplementedError("refused")
 
     with torch.no_grad():
-        opt(x)
         for m in _fused(opt):
             for plan in m._plans.values():
                 plan.fn = refuse
