@@ -936,12 +936,14 @@ Tensor mlp(const Tensor& x, const Tensor& fc1_w, const OptTensor& fc1_b, const T
       return mlp_impl<float>(x, pw_args(fc1_w, fc1_b, fc2_w, fc2_b, ls), residual);
     case DtypeRoute::kDouble:
       return mlp_impl<double>(x, pw_args(fc1_w, fc1_b, fc2_w, fc2_b, ls), residual);
-    default:
-      return mlp_impl<float>(to_float(x),
+    default: {
+      const Tensor xf = to_float(x);
+      return mlp_impl<float>(xf,
                              pw_args(to_float(fc1_w), to_float(fc1_b), to_float(fc2_w),
                                      to_float(fc2_b), to_float(ls)),
-                             to_float(residual))
+                             residual_to_float(residual, x, xf))
           .to(x.scalar_type());
+    }
   }
 }
 
@@ -994,11 +996,12 @@ Tensor mlp_packed(const Tensor& x, const Tensor& fc1_w, const OptTensor& fc1_b,
                   const OptTensor& residual, const Tensor& fc1_packed, const Tensor& fc2_packed) {
   TORCH_CHECK_NOT_IMPLEMENTED(packed_dtypes_ok(x, fc1_w),
                               "swiftkern cpu mlp_packed: fp32 weights, fp32/bf16/fp16 x");
-  return mlp_impl<float>(to_float(x),
+  const Tensor xf = to_float(x);
+  return mlp_impl<float>(xf,
                          with_packed(pw_args(fc1_w, to_float(fc1_b), fc2_w, to_float(fc2_b),
                                              to_float(ls)),
                                      fc1_packed, fc2_packed),
-                         to_float(residual))
+                         residual_to_float(residual, x, xf))
       .to(x.scalar_type());
 }
 
@@ -1059,11 +1062,12 @@ std::vector<Tensor> mlp_backward(const Tensor& grad, const Tensor& x, const Tens
       return mlp_backward_impl<double>(grad, x, pw_args(fc1_w, fc1_b, fc2_w, fc2_b, ls), residual,
                                        mask, 0, fc1_b, fc2_b, ls);
     default: {
+      const Tensor xf = to_float(x);
       auto r = mlp_backward_impl<float>(
-          to_float(grad), to_float(x),
+          to_float(grad), xf,
           pw_args(to_float(fc1_w), to_float(fc1_b), to_float(fc2_w), to_float(fc2_b),
                   to_float(ls)),
-          to_float(residual), mask, 0, fc1_b, fc2_b, ls);
+          residual_to_float(residual, x, xf), mask, 0, fc1_b, fc2_b, ls);
       for (auto& t : r) t = t.to(x.scalar_type());
       return r;
     }
@@ -1132,13 +1136,15 @@ std::tuple<Tensor, Tensor, Tensor> mlp_train(const Tensor& x, const OptTensor& b
     case DtypeRoute::kDouble:
       return mlp_train_impl<double>(x, bn_w, bn_b, eps, pw_args(fc1_w, fc1_b, fc2_w, fc2_b, ls),
                                     residual);
-    default:
+    default: {
+      const Tensor xf = to_float(x);
       return cast_tuple(
-          mlp_train_impl<float>(to_float(x), to_float(bn_w), to_float(bn_b), eps,
+          mlp_train_impl<float>(xf, to_float(bn_w), to_float(bn_b), eps,
                                 pw_args(to_float(fc1_w), to_float(fc1_b), to_float(fc2_w),
                                         to_float(fc2_b), to_float(ls)),
-                                to_float(residual)),
+                                residual_to_float(residual, x, xf)),
           x.scalar_type());
+    }
   }
 }
 
@@ -1205,14 +1211,16 @@ std::vector<Tensor> mlp_train_backward(const Tensor& grad, const Tensor& x, cons
       return mlp_train_backward_impl<double>(grad, x, bn_w, bn_b, eps,
                                              pw_args(fc1_w, fc1_b, fc2_w, fc2_b, ls), residual,
                                              mask);
-    default:
+    default: {
+      const Tensor xf = to_float(x);
       return cast_all(
           mlp_train_backward_impl<float>(
-              to_float(grad), to_float(x), to_float(bn_w), to_float(bn_b), eps,
+              to_float(grad), xf, to_float(bn_w), to_float(bn_b), eps,
               pw_args(to_float(fc1_w), to_float(fc1_b), to_float(fc2_w), to_float(fc2_b),
                       to_float(ls)),
-              to_float(residual), mask),
+              residual_to_float(residual, x, xf), mask),
           x.scalar_type());
+    }
   }
 }
 

@@ -38,6 +38,11 @@ inline Tensor to_float(const Tensor& t) { return t.to(at::kFloat); }
 inline OptTensor to_float(const OptTensor& t) {
   return has(t) ? OptTensor(t->to(at::kFloat)) : OptTensor();
 }
+// An MLP's residual in fp32 next to xf = to_float(x): when the residual is x itself (the encoder
+// block's MLP passes x as its residual) x's copy serves both, one conversion pass fewer.
+inline OptTensor residual_to_float(const OptTensor& residual, const Tensor& x, const Tensor& xf) {
+  return has(residual) && residual->is_same(x) ? OptTensor(xf) : to_float(residual);
+}
 
 // d [P, K] @ w^T (+ bias) through MKL's packed sgemm, via ATen's mkl::_mkl_linear: the weight
 // was packed once (by the caller, cached; mkl::_mkl_reorder_linear_weight) for exactly P rows;
