@@ -1,7 +1,9 @@
 """In-process A/B of a per-call switch on an optimized model: the MKL-packed pointwise path
 (--switch packed: SWIFTKERN_CPU_PACKED=1 vs 0), the fused modules' call plans (--switch plans:
 SWIFTKERN_PLANS=1 vs 0) or the fp32 conv-block tiles' GEMMs through ATen's brgemm entry instead
-of at::mm_out (--switch brgemm: SWIFTKERN_CPU_BRGEMM=1 vs 0). Each is read on every call, so the
+of at::mm_out (--switch brgemm: SWIFTKERN_CPU_BRGEMM=1 vs 0), or bf16 / fp16 conv blocks converting
+per tile instead of whole tensors (--switch half-tiles: SWIFTKERN_CPU_HALF_TILES=1 vs 0; use
+--dtype bf16). Each is read on every call, so the
 two settings alternate call by call on the same model and machine drift hits both alike. Prints
 the medians and the median of per-pair ratios with its IQR.
 
@@ -25,6 +27,7 @@ SWITCHES = {
     "packed": "SWIFTKERN_CPU_PACKED",
     "plans": "SWIFTKERN_PLANS",
     "brgemm": "SWIFTKERN_CPU_BRGEMM",
+    "half-tiles": "SWIFTKERN_CPU_HALF_TILES",
 }
 
 

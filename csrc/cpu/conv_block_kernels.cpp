@@ -29,15 +29,30 @@ namespace {
 
 using swiftkern::math::gelu;
 
+// bf16 / fp16 storage of x and the output around fp32 arithmetic (the tile strategy converts per
+// tile, in cache, instead of whole-tensor passes before and after the kernel). ATen's vectorized
+// conversions: the same round-to-nearest-even as Tensor.to(), so outputs are bit-identical to
+// converting the whole tensors.
+template <typename S>
+inline void load_as_float(const S* src, float* dst, int64_t n) {
+  at::vec::convert<S, float>(src, dst, n);
+}
+template <typename S>
+inline void store_from_float(const float* src, S* dst, int64_t n) {
+  at::vec::convert<float, S>(src, dst, n);
+}
+// SWIFTKERN_CPU_HALF_TILES=0: whole-tensor conversions on the tile strategy too (A/Bs).
+inline bool half_tiles_on() { return env_str("SWIFTKERN_CPU_HALF_TILES") != "0"; }
+
 // ------------------------------------------------------------------------------------------
 // Depthwise 3x3, stride 1, padding 1
 // ------------------------------------------------------------------------------------------
 
-// channels_last: x is one image [H, W, C]; w9 is tap-major [9, C]; rows [h0, h1) are written
-// pixel-major to out (row stride ldo >= C).
+// channels_last: x is one image [H, W, C] from its row xrow0 on (x points at that row); w9 is
+// tap-major [9, C]; rows [h0, h1) are written pixel-major to out (row stride ldo >= C).
 template <typename T>
 void dw_rows_nhwc(const T* x, const T* w9, const T* bias, int64_t H, int64_t W, int64_t C,
-                  int64_t h0, int64_t h1, T* out, int64_t ldo) {
+                  int64_t h0, int64_t h1, T* out, int64_t ldo, int64_t xrow0 = 0) {
   constexpr int64_t VS = Vec<T>::size();
   for (int64_t h = h0; h < h1; ++h) {
     const int64_t dh_lo = h == 0 ? 0 : -1, dh_hi = h == H - 1 ? 0 : 1;
@@ -51,7 +66,8 @@ void dw_rows_nhwc(const T* x, const T* w9, const T* bias, int64_t H, int64_t W, 
           for (int64_t dw = dw_lo; dw <= dw_hi; ++dw) {
             const int64_t tap = (dh + 1) * 3 + (dw + 1);
             acc = at::vec::fmadd(Vec<T>::loadu(w9 + tap * C + c0),
-                                 Vec<T>::loadu(x + ((h + dh) * W + (w + dw)) * C + c0), acc);
+                                 Vec<T>::loadu(x + ((h + dh - xrow0) * W + (w + dw)) * C + c0),
+                                 acc);
           }
         }
         acc.store(o + c0);
@@ -61,17 +77,19 @@ void dw_rows_nhwc(const T* x, const T* w9, const T* bias, int64_t H, int64_t W, 
         T acc = bias ? bias[c0] : T(0);
         for (int64_t dh = dh_lo; dh <= dh_hi; ++dh)
           for (int64_t dw = dw_lo; dw <= dw_hi; ++dw)
-            acc += w9[((dh + 1) * 3 + (dw + 1)) * C + c0] * x[((h + dh) * W + (w + dw)) * C + c0];
+            acc += w9[((dh + 1) * 3 + (dw + 1)) * C + c0] *
+                   x[((h + dh - xrow0) * W + (w + dw)) * C + c0];
         o[c0] = acc;
       }
     }
   }
 }
 
-// NCHW: xc is one plane [H, W]; rows [h0, h1) are written contiguously to out.
+// NCHW: xc is one plane [H, W] from its row xrow0 on; rows [h0, h1) are written contiguously to
+// out.
 template <typename T>
 void dw_rows_plane(const T* xc, const T* w9, T bias, int64_t H, int64_t W, int64_t h0, int64_t h1,
-                   T* out) {
+                   T* out, int64_t xrow0 = 0) {
   constexpr int64_t VS = Vec<T>::size();
   for (int64_t h = h0; h < h1; ++h) {
     T* o = out + (h - h0) * W;
@@ -79,7 +97,7 @@ void dw_rows_plane(const T* xc, const T* w9, T bias, int64_t H, int64_t W, int64
     for (int64_t dh = -1; dh <= 1; ++dh) {
       const int64_t hh = h + dh;
       if (hh < 0 || hh >= H) continue;
-      const T* r = xc + hh * W;
+      const T* r = xc + (hh - xrow0) * W;
       const T wl = w9[(dh + 1) * 3], wc = w9[(dh + 1) * 3 + 1], wr = w9[(dh + 1) * 3 + 2];
       if (W == 1) {
         o[0] += wc * r[0];
@@ -286,10 +304,12 @@ void tile_mm(bool bg, int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, 
 
 // Tile strategy. produce(b, h0, h1, buf) fills/returns the tile input d: pixel-major [T, C] or
 // channel-major [C, T], returning {pointer, leading dimension}. res (optional) and out have the
-// output's layout; C_out = w2.size(0).
-template <typename T, typename Produce>
+// output's layout; C_out = w2.size(0). S: their storage type (bf16 / fp16 around T = float: the
+// epilogue runs in T on the tile, res converted in and the result converted out per tile).
+template <typename T, typename S = T, typename Produce>
 void pointwise_tiles(const Produce& produce, bool cl, int64_t B, int64_t C, int64_t H, int64_t W,
-                     const PwArgs& a, const T* res, T* out, int64_t R) {
+                     const PwArgs& a, const S* res, S* out, int64_t R) {
+  constexpr bool kSame = std::is_same_v<S, T>;
   const int64_t Hd = a.w1.size(0), Co = a.w2.size(0), HW = H * W;
   const int64_t n_tiles_img = (H + R - 1) / R;
   const T* b1 = ptr_or_null<T>(a.b1);
@@ -310,6 +330,7 @@ void pointwise_tiles(const Produce& produce, bool cl, int64_t B, int64_t C, int6
     const int64_t tmax = R * W;
     // scratch, fully written before it is read: not zero-filled (up to 256 KiB per call)
     std::unique_ptr<T[]> dbuf(new T[tmax * C]), hbuf(new T[tmax * Hd]), ybuf(new T[tmax * Co]);
+    std::unique_ptr<T[]> rbuf(!kSame && res ? new T[tmax * Co] : nullptr);  // res tile in T
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / n_tiles_img, h0 = (i % n_tiles_img) * R, h1 = std::min(H, h0 + R);
       const int64_t tn = (h1 - h0) * W, p0 = h0 * W;
@@ -318,14 +339,30 @@ void pointwise_tiles(const Produce& produce, bool cl, int64_t B, int64_t C, int6
         tile_mm<T>(bg, tn, Hd, C, dptr, ldd, w1p, w1t.stride(0), w1t.stride(1), hbuf.get());
         bias_gelu_cols<T>(hbuf.get(), tn, Hd, b1);
         tile_mm<T>(bg, tn, Co, Hd, hbuf.get(), Hd, w2p, w2t.stride(0), w2t.stride(1), ybuf.get());
-        out_epilogue_pixels<T>(ybuf.get(), tn, Co, b2, ls, res ? res + (b * HW + p0) * Co : nullptr,
-                               out + (b * HW + p0) * Co);
+        if constexpr (kSame) {
+          out_epilogue_pixels<T>(ybuf.get(), tn, Co, b2, ls,
+                                 res ? res + (b * HW + p0) * Co : nullptr, out + (b * HW + p0) * Co);
+        } else {  // in place on the tile, then stored as S
+          if (res) load_as_float<S>(res + (b * HW + p0) * Co, rbuf.get(), tn * Co);
+          out_epilogue_pixels<T>(ybuf.get(), tn, Co, b2, ls, rbuf.get(), ybuf.get());
+          store_from_float<S>(ybuf.get(), out + (b * HW + p0) * Co, tn * Co);
+        }
       } else {  // h[Hd, tn] = W1 d[C, tn];  y[Co, tn] = W2 h  (W1, W2 contiguous)
         tile_mm<T>(bg, Hd, tn, C, a.w1.data_ptr<T>(), C, dptr, ldd, 1, hbuf.get());
         bias_gelu_rows<T>(hbuf.get(), Hd, tn, b1);
         tile_mm<T>(bg, Co, tn, Hd, a.w2.data_ptr<T>(), Hd, hbuf.get(), tn, 1, ybuf.get());
-        out_epilogue_channels<T>(ybuf.get(), Co, tn, b2, ls,
-                                 res ? res + b * Co * HW + p0 : nullptr, out + b * Co * HW + p0, HW);
+        if constexpr (kSame) {
+          out_epilogue_channels<T>(ybuf.get(), Co, tn, b2, ls,
+                                   res ? res + b * Co * HW + p0 : nullptr, out + b * Co * HW + p0,
+                                   HW);
+        } else {  // in place on the [Co, tn] tile (row stride tn), then stored as S
+          if (res)
+            for (int64_t c = 0; c < Co; ++c)
+              load_as_float<S>(res + (b * Co + c) * HW + p0, rbuf.get() + c * tn, tn);
+          out_epilogue_channels<T>(ybuf.get(), Co, tn, b2, ls, rbuf.get(), ybuf.get(), tn);
+          for (int64_t c = 0; c < Co; ++c)
+            store_from_float<S>(ybuf.get() + c * tn, out + (b * Co + c) * HW + p0, tn);
+        }
       }
     }
     if (bg) at::native::cpublas::brgemm_release(false);
@@ -471,68 +508,126 @@ Tensor dwconv_bn_impl(const Tensor& x_in, const Tensor& dw_w, const OptTensor& d
   return out;
 }
 
+// Rows per tile when x (contiguous in its layout) runs the tile strategy; 0 when it runs the
+// whole-tensor GEMMs or is empty.
 template <typename T>
+int64_t tile_strategy_rows(const Tensor& x, const PwArgs& a, bool cl) {
+  if (x.numel() == 0) return 0;
+  const int64_t H = x.size(2), W = x.size(3);
+  const int64_t R = rows_per_tile(H, W, a.w1.size(0), sizeof(T));
+  const int64_t n_tiles = x.size(0) * ((H + R - 1) / R);
+  return pick_strategy(n_tiles, (a.w1.numel() + a.w2.numel()) * int64_t(sizeof(T)), cl) ==
+                 Strategy::kTile
+             ? R
+             : 0;
+}
+
+// S: the storage type of x, the residual and the output; T the arithmetic (S = bf16 / fp16 with
+// T = float: the tile strategy converts per tile, the others convert the whole tensors around
+// the T kernel). A residual of another dtype than x is converted like x.
+template <typename T, typename S = T>
 Tensor mlp_impl(const Tensor& x_in, const PwArgs& a, const OptTensor& residual) {
   const bool cl = is_channels_last(x_in);
   const Tensor x = x_in.contiguous(fmt(cl));
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
-  const int64_t Co = a.w2.size(0), Hd = a.w1.size(0);
+  const int64_t Co = a.w2.size(0);
+  const int64_t R = tile_strategy_rows<T>(x, a, cl);
+  const bool tiles = R > 0;
+  if constexpr (!std::is_same_v<S, T>) {
+    if (!tiles || !half_tiles_on() ||
+        (has(residual) && residual->scalar_type() != x.scalar_type())) {
+      const Tensor xf = x.to(c10::CppTypeToScalarType<T>::value);
+      return mlp_impl<T>(xf, a, residual_to_float(residual, x_in, xf)).to(x.scalar_type());
+    }
+  }
   Tensor out = at::empty({B, Co, H, W}, x.options().memory_format(fmt(cl)));
   Tensor res;
   if (has(residual)) res = residual->contiguous(fmt(cl));
-  const T* rp = res.defined() ? res.data_ptr<T>() : nullptr;
+  const S* rp = res.defined() ? res.data_ptr<S>() : nullptr;
   if (out.numel() == 0) return out;
-  const int64_t R = rows_per_tile(H, W, Hd, sizeof(T));
-  const int64_t n_tiles = B * ((H + R - 1) / R);
-  if (pick_strategy(n_tiles, (a.w1.numel() + a.w2.numel()) * int64_t(sizeof(T)), cl) ==
-      Strategy::kUnfused) {
-    pointwise_unfused<T>(x, cl, a, rp, out.data_ptr<T>());
+  if (!tiles) {
+    if constexpr (std::is_same_v<S, T>) pointwise_unfused<T>(x, cl, a, rp, out.data_ptr<T>());
     return out;
   }
-  const T* xp = x.data_ptr<T>();
-  auto produce = [&](int64_t b, int64_t h0, int64_t, T*) -> std::pair<const T*, int64_t> {
-    if (cl) return {xp + (b * HW + h0 * W) * C, C};
-    return {xp + b * C * HW + h0 * W, HW};
+  const S* xp = x.data_ptr<S>();
+  auto produce = [&](int64_t b, int64_t h0, int64_t h1, T* buf) -> std::pair<const T*, int64_t> {
+    if constexpr (std::is_same_v<S, T>) {
+      (void)h1;
+      (void)buf;
+      if (cl) return {xp + (b * HW + h0 * W) * C, C};
+      return {xp + b * C * HW + h0 * W, HW};
+    } else {  // the tile's pixels converted into buf
+      const int64_t tn = (h1 - h0) * W;
+      if (cl) {
+        load_as_float<S>(xp + (b * HW + h0 * W) * C, buf, tn * C);
+        return {buf, C};
+      }
+      for (int64_t c = 0; c < C; ++c) load_as_float<S>(xp + (b * C + c) * HW + h0 * W, buf + c * tn, tn);
+      return {buf, tn};
+    }
   };
-  pointwise_tiles<T>(produce, cl, B, C, H, W, a, rp, out.data_ptr<T>(), R);
+  pointwise_tiles<T, S>(produce, cl, B, C, H, W, a, rp, out.data_ptr<S>(), R);
   return out;
 }
 
-template <typename T>
+// S: the storage type of x and the output, T the arithmetic (see mlp_impl).
+template <typename T, typename S = T>
 Tensor conv_block_impl(const Tensor& x_in, const Tensor& dw_w, const OptTensor& dw_b,
                        const PwArgs& a) {
   const bool cl = is_channels_last(x_in);
   const Tensor x = x_in.contiguous(fmt(cl));
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
-  const int64_t Hd = a.w1.size(0);
+  const int64_t R = tile_strategy_rows<T>(x, a, cl);
+  const bool tiles = R > 0;
+  if constexpr (!std::is_same_v<S, T>) {
+    if (!tiles || !half_tiles_on())
+      return conv_block_impl<T>(x.to(c10::CppTypeToScalarType<T>::value), dw_w, dw_b, a)
+          .to(x.scalar_type());
+  }
   Tensor out = at::empty(x.sizes(), x.options().memory_format(fmt(cl)));
   if (out.numel() == 0) return out;
   const std::vector<T> w9v = dw_taps<T>(dw_w, cl);
   const OptTensor bt = contig(dw_b);
   const T* w9 = w9v.data();
   const T* bias = ptr_or_null<T>(bt);
-  const int64_t R = rows_per_tile(H, W, Hd, sizeof(T));
-  const int64_t n_tiles = B * ((H + R - 1) / R);
-  if (pick_strategy(n_tiles, (a.w1.numel() + a.w2.numel()) * int64_t(sizeof(T)), cl) ==
-      Strategy::kUnfused) {
-    Tensor d = at::empty(x.sizes(), x.options().memory_format(fmt(cl)));
-    dwconv_full<T>(x, w9, bias, cl, d);
-    pointwise_unfused<T>(d, cl, a, x.data_ptr<T>(), out.data_ptr<T>());
+  if (!tiles) {
+    if constexpr (std::is_same_v<S, T>) {
+      Tensor d = at::empty(x.sizes(), x.options().memory_format(fmt(cl)));
+      dwconv_full<T>(x, w9, bias, cl, d);
+      pointwise_unfused<T>(d, cl, a, x.data_ptr<T>(), out.data_ptr<T>());
+    }
     return out;
   }
-  const T* xp = x.data_ptr<T>();
+  const S* xp = x.data_ptr<S>();
   auto produce = [&](int64_t b, int64_t h0, int64_t h1, T* buf) -> std::pair<const T*, int64_t> {
-    if (cl) {
-      dw_rows_nhwc<T>(xp + b * HW * C, w9, bias, H, W, C, h0, h1, buf, C);
-      return {buf, C};
-    }
     const int64_t tn = (h1 - h0) * W;
-    for (int64_t c = 0; c < C; ++c)
-      dw_rows_plane<T>(xp + (b * C + c) * HW, w9 + c * 9, bias ? bias[c] : T(0), H, W, h0, h1,
-                       buf + c * tn);
-    return {buf, tn};
+    if constexpr (std::is_same_v<S, T>) {
+      if (cl) {
+        dw_rows_nhwc<T>(xp + b * HW * C, w9, bias, H, W, C, h0, h1, buf, C);
+        return {buf, C};
+      }
+      for (int64_t c = 0; c < C; ++c)
+        dw_rows_plane<T>(xp + (b * C + c) * HW, w9 + c * 9, bias ? bias[c] : T(0), H, W, h0, h1,
+                         buf + c * tn);
+      return {buf, tn};
+    } else {  // the tile's input rows and their halo converted to T first (in cache)
+      const int64_t lo = std::max<int64_t>(h0 - 1, 0), hi = std::min<int64_t>(h1 + 1, H);
+      if (cl) {
+        std::unique_ptr<T[]> xs(new T[(hi - lo) * W * C]);
+        load_as_float<S>(xp + (b * HW + lo * W) * C, xs.get(), (hi - lo) * W * C);
+        dw_rows_nhwc<T>(xs.get(), w9, bias, H, W, C, h0, h1, buf, C, lo);
+        return {buf, C};
+      }
+      std::unique_ptr<T[]> xs(new T[(hi - lo) * W]);
+      for (int64_t c = 0; c < C; ++c) {
+        load_as_float<S>(xp + (b * C + c) * HW + lo * W, xs.get(), (hi - lo) * W);
+        dw_rows_plane<T>(xs.get(), w9 + c * 9, bias ? bias[c] : T(0), H, W, h0, h1, buf + c * tn,
+                         lo);
+      }
+      return {buf, tn};
+    }
   };
-  pointwise_tiles<T>(produce, cl, B, C, H, W, a, x.data_ptr<T>(), out.data_ptr<T>(), R);
+  pointwise_tiles<T, S>(produce, cl, B, C, H, W, a, xp, out.data_ptr<S>(), R);
   return out;
 }
 
@@ -920,12 +1015,13 @@ Tensor conv_block(const Tensor& x, const Tensor& dw_w, const OptTensor& dw_b, co
       return conv_block_impl<float>(x, dw_w, dw_b, pw_args(pw1_w, pw1_b, pw2_w, pw2_b, ls));
     case DtypeRoute::kDouble:
       return conv_block_impl<double>(x, dw_w, dw_b, pw_args(pw1_w, pw1_b, pw2_w, pw2_b, ls));
-    default:
-      return conv_block_impl<float>(
-                 to_float(x), to_float(dw_w), to_float(dw_b),
-                 pw_args(to_float(pw1_w), to_float(pw1_b), to_float(pw2_w), to_float(pw2_b),
-                         to_float(ls)))
-          .to(x.scalar_type());
+    default: {  // bf16 / fp16 x, fp32 arithmetic
+      const PwArgs a = pw_args(to_float(pw1_w), to_float(pw1_b), to_float(pw2_w),
+                               to_float(pw2_b), to_float(ls));
+      if (x.scalar_type() == at::kBFloat16)
+        return conv_block_impl<float, c10::BFloat16>(x, to_float(dw_w), to_float(dw_b), a);
+      return conv_block_impl<float, c10::Half>(x, to_float(dw_w), to_float(dw_b), a);
+    }
   }
 }
 
@@ -936,13 +1032,11 @@ Tensor mlp(const Tensor& x, const Tensor& fc1_w, const OptTensor& fc1_b, const T
       return mlp_impl<float>(x, pw_args(fc1_w, fc1_b, fc2_w, fc2_b, ls), residual);
     case DtypeRoute::kDouble:
       return mlp_impl<double>(x, pw_args(fc1_w, fc1_b, fc2_w, fc2_b, ls), residual);
-    default: {
-      const Tensor xf = to_float(x);
-      return mlp_impl<float>(xf,
-                             pw_args(to_float(fc1_w), to_float(fc1_b), to_float(fc2_w),
-                                     to_float(fc2_b), to_float(ls)),
-                             residual_to_float(residual, x, xf))
-          .to(x.scalar_type());
+    default: {  // bf16 / fp16 x, fp32 arithmetic
+      const PwArgs a = pw_args(to_float(fc1_w), to_float(fc1_b), to_float(fc2_w),
+                               to_float(fc2_b), to_float(ls));
+      if (x.scalar_type() == at::kBFloat16) return mlp_impl<float, c10::BFloat16>(x, a, residual);
+      return mlp_impl<float, c10::Half>(x, a, residual);
     }
   }
 }

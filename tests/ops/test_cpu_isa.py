@@ -127,3 +127,23 @@ def test_unknown_dtype_is_not_implemented() -> None:
     w = torch.randn(4, 1, 3, 3).to(torch.int32)
     with pytest.raises(NotImplementedError):
         torch.ops.swiftkern_C.dwconv_bn(x, w, None)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_cpu_isa_path_half_storage(isa: str) -> None:
+    """The bf16 / fp16 storage conversions of the conv-block kernels (test_cpu_half_tiles.py,
+    test_cpu_half_residual.py: bit-identical to whole-tensor conversion) on each ISA path."""
+    if _ext.STATUS.get(f"_C_cpu_{isa}") is None and _ext.CPU_ISA is None:
+        pytest.skip("CPU kernel libraries not built")
+    if isa not in _machine_isas():
+        pytest.skip(f"this CPU cannot run the {isa} library")
+    if isa == _ext.CPU_ISA:
+        pytest.skip("the default process runs these tests on its own path")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, SWIFTKERN_CPU_ISA=isa)
+    env.pop("SWIFTKERN_CPU_CONV_STRATEGY", None)
+    files = [os.path.join(here, f) for f in ("test_cpu_half_tiles.py", "test_cpu_half_residual.py")]
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
+                       env=env, capture_output=True, text=True, timeout=600,
+                       cwd=os.path.dirname(os.path.dirname(here)))
+    assert p.returncode == 0 and " passed" in p.stdout, p.stdout[-3000:] + p.stderr[-3000:]
