@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -67,3 +68,16 @@ def script_parser(doc: str) -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     return ap
+
+
+@contextmanager
+def restored_env(name: str):
+    """Leaves os.environ[name] as it was (set or not) after an A/B that switches it."""
+    saved = os.environ.get(name)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved

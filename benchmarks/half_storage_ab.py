@@ -15,6 +15,7 @@ import statistics
 import time
 
 import torch
+from bench_common import restored_env
 
 import swiftkern  # noqa: F401  (loads the kernels)
 
@@ -29,8 +30,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     ops = torch.ops.swiftkern_C
-    saved = os.environ.get("SWIFTKERN_CPU_HALF_TILES")
-    try:
+    with restored_env("SWIFTKERN_CPU_HALF_TILES"):
         for b, c, h, w, hd in SHAPES:
             x32 = torch.randn(b, c, h, w).contiguous(memory_format=torch.channels_last)
             x16 = x32.bfloat16()
@@ -57,11 +57,6 @@ def main() -> None:
                       f"tensors {med['whole']:.0f} us, fp32 kernel {med['fp32']:.0f} us; "
                       f"speed-up {statistics.median(r):.3f}x "
                       f"[IQR {r[len(r) // 4]:.3f}-{r[3 * len(r) // 4]:.3f}]")
-    finally:
-        if saved is None:
-            os.environ.pop("SWIFTKERN_CPU_HALF_TILES", None)
-        else:
-            os.environ["SWIFTKERN_CPU_HALF_TILES"] = saved
 
 
 if __name__ == "__main__":

@@ -10,13 +10,13 @@ code between modules, unfused ops, the head). Eval, no grad, call plans as confi
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 import timeit
 from collections import defaultdict
 
 import torch
+from bench_common import script_parser
 
 import swiftkern
 from swiftkern.bench.models import build_model, example_input
@@ -27,10 +27,7 @@ ENTRY = {"FusedAdditiveAttention": "forward_tokens", "FusedMlp": "forward_fused"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="hf:xs")
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = script_parser(__doc__)
     ap.add_argument("--forwards", type=int, default=15)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)

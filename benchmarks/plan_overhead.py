@@ -13,6 +13,7 @@ import os
 import timeit
 
 import torch
+from bench_common import restored_env
 
 import swiftkern
 from swiftkern.bench.models import build_model
@@ -35,30 +36,23 @@ def main() -> None:
     def best_us(fn) -> float:
         return min(timeit.repeat(fn, number=a.number, repeat=3)) / a.number * 1e6
 
-    saved = os.environ.get("SWIFTKERN_PLANS")
-    try:
-        with torch.no_grad():
-            for name, shape in CASES:
-                m = mods[name]
-                x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
-                os.environ["SWIFTKERN_PLANS"] = "1"
-                m(x)
-                m(x)
-                plan = next(iter(m._plans.values()))
-                args = list(plan.args)
-                for i in plan.inputs:
-                    args[i] = x
-                raw = best_us(lambda: plan.fn(*args))  # noqa: B023 (called right here)
-                on = best_us(lambda: m(x))  # noqa: B023
-                os.environ["SWIFTKERN_PLANS"] = "0"
-                off = best_us(lambda: m(x))  # noqa: B023
-                print(f"{type(m).__name__} {tuple(shape)}: kernel {raw:.1f} us; module call "
-                      f"with plans +{on - raw:.1f} us, without +{off - raw:.1f} us")
-    finally:
-        if saved is None:
-            os.environ.pop("SWIFTKERN_PLANS", None)
-        else:
-            os.environ["SWIFTKERN_PLANS"] = saved
+    with restored_env("SWIFTKERN_PLANS"), torch.no_grad():
+        for name, shape in CASES:
+            m = mods[name]
+            x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+            os.environ["SWIFTKERN_PLANS"] = "1"
+            m(x)
+            m(x)
+            plan = next(iter(m._plans.values()))
+            args = list(plan.args)
+            for i in plan.inputs:
+                args[i] = x
+            raw = best_us(lambda: plan.fn(*args))  # noqa: B023 (called right here)
+            on = best_us(lambda: m(x))  # noqa: B023
+            os.environ["SWIFTKERN_PLANS"] = "0"
+            off = best_us(lambda: m(x))  # noqa: B023
+            print(f"{type(m).__name__} {tuple(shape)}: kernel {raw:.1f} us; module call "
+                  f"with plans +{on - raw:.1f} us, without +{off - raw:.1f} us")
 
 
 if __name__ == "__main__":
