@@ -531,6 +531,9 @@ Tensor mlp_impl(const Tensor& x_in, const PwArgs& a, const OptTensor& residual) 
   const Tensor x = x_in.contiguous(fmt(cl));
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
   const int64_t Co = a.w2.size(0);
+  TORCH_CHECK(!has(residual) || residual->sizes() == c10::IntArrayRef({B, Co, H, W}),
+              "mlp: residual must have shape ", c10::IntArrayRef({B, Co, H, W}), ", got ",
+              has(residual) ? residual->sizes() : c10::IntArrayRef());
   const int64_t R = tile_strategy_rows<T>(x, a, cl);
   const bool tiles = R > 0;
   if constexpr (!std::is_same_v<S, T>) {
@@ -545,7 +548,7 @@ Tensor mlp_impl(const Tensor& x_in, const PwArgs& a, const OptTensor& residual) 
   if (has(residual)) res = residual->contiguous(fmt(cl));
   const S* rp = res.defined() ? res.data_ptr<S>() : nullptr;
   if (out.numel() == 0) return out;
-  if (!tiles) {
+  if (!tiles) {  // (S != T returned above)
     if constexpr (std::is_same_v<S, T>) pointwise_unfused<T>(x, cl, a, rp, out.data_ptr<T>());
     return out;
   }
@@ -562,7 +565,8 @@ Tensor mlp_impl(const Tensor& x_in, const PwArgs& a, const OptTensor& residual) 
         load_as_float<S>(xp + (b * HW + h0 * W) * C, buf, tn * C);
         return {buf, C};
       }
-      for (int64_t c = 0; c < C; ++c) load_as_float<S>(xp + (b * C + c) * HW + h0 * W, buf + c * tn, tn);
+      for (int64_t c = 0; c < C; ++c)
+        load_as_float<S>(xp + (b * C + c) * HW + h0 * W, buf + c * tn, tn);
       return {buf, tn};
     }
   };
@@ -590,7 +594,7 @@ Tensor conv_block_impl(const Tensor& x_in, const Tensor& dw_w, const OptTensor& 
   const OptTensor bt = contig(dw_b);
   const T* w9 = w9v.data();
   const T* bias = ptr_or_null<T>(bt);
-  if (!tiles) {
+  if (!tiles) {  // (S != T returned above)
     if constexpr (std::is_same_v<S, T>) {
       Tensor d = at::empty(x.sizes(), x.options().memory_format(fmt(cl)));
       dwconv_full<T>(x, w9, bias, cl, d);

@@ -117,3 +117,15 @@ def test_mlp_packed_residual_is_x(dtype):
         out = C.mlp_packed(x, *_mlp_args(f), res, p1, p2)
         want = C.mlp_packed(x.float(), *_mlp_args(f), res.float(), p1, p2).to(dtype)
         assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_mlp_kernel_rejects_a_residual_of_another_shape(dtype):
+    """The C++ op (callable without the Python op's validation) checks the residual's shape
+    instead of reading past it."""
+    x, _, p = _inputs(SHAPES[0], dtype, True)
+    bad = torch.randn(x.shape[0], x.shape[1], 2, 2).to(dtype)
+    with pytest.raises(RuntimeError, match="residual must have shape"):
+        C.mlp(x, *_mlp_args(p), bad)
+    with pytest.raises(RuntimeError, match="residual must have shape"):
+        C.mlp_train(x, None, None, 1e-5, *_mlp_args(p), bad)
