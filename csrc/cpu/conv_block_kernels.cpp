@@ -997,10 +997,64 @@ std::vector<Tensor> mlp_train_backward_impl(const Tensor& grad, const Tensor& x_
 }
 
 // ------------------------------------------------------------------------------------------
+// Argument shapes, checked at every op entry: the kernels index raw pointers, so a parameter of
+// the wrong size would be read past its end. (The Python ops validate too; the swiftkern_C
+// schemas are also callable on their own, from C++ or torch.ops.swiftkern_C.)
+// ------------------------------------------------------------------------------------------
+
+void check_x(const char* op, const Tensor& x) {
+  TORCH_CHECK(x.dim() == 4, op, ": x must be 4-D [B, C, H, W], got ", x.sizes());
+}
+
+void check_vec(const char* op, const char* name, const OptTensor& t, int64_t n) {
+  TORCH_CHECK(!has(t) || t->numel() == n, op, ": ", name, " must have ", n, " elements, got ",
+              has(t) ? t->sizes() : c10::IntArrayRef());
+}
+
+void check_dw(const char* op, const Tensor& x, const Tensor& dw_w, const OptTensor& dw_b,
+              const OptTensor& bn_w = std::nullopt, const OptTensor& bn_b = std::nullopt) {
+  check_x(op, x);
+  const int64_t C = x.size(1);
+  TORCH_CHECK(dw_w.numel() == 9 * C, op, ": dw_w must be [", C, ", 1, 3, 3], got ",
+              dw_w.sizes());
+  check_vec(op, "dw_b", dw_b, C);
+  check_vec(op, "bn_weight", bn_w, C);
+  check_vec(op, "bn_bias", bn_b, C);
+}
+
+// out_is_x: the output is added to x (conv_block), so it has x's channels.
+void check_pw(const char* op, const Tensor& x, const Tensor& w1, const OptTensor& b1,
+              const Tensor& w2, const OptTensor& b2, const OptTensor& ls, bool out_is_x) {
+  check_x(op, x);
+  const int64_t C = x.size(1);
+  TORCH_CHECK(w1.dim() == 2 && w1.size(1) == C, op,
+              ": the first pointwise weight must be [hidden, ", C, "], got ", w1.sizes());
+  const int64_t Hd = w1.size(0);
+  TORCH_CHECK(w2.dim() == 2 && w2.size(1) == Hd, op,
+              ": the second pointwise weight must be [C_out, ", Hd, "], got ", w2.sizes());
+  const int64_t Co = w2.size(0);
+  TORCH_CHECK(!out_is_x || Co == C, op, ": the second pointwise weight must have ", C,
+              " output channels (the residual is x), got ", Co);
+  check_vec(op, "the first pointwise bias", b1, Hd);
+  check_vec(op, "the second pointwise bias", b2, Co);
+  check_vec(op, "ls", ls, Co);
+}
+
+// grad has the forward output's shape: x's, with the second weight's channels when w2 is given.
+void check_grad(const char* op, const Tensor& grad, const Tensor& x, const Tensor* w2 = nullptr) {
+  const int64_t Co = w2 ? w2->size(0) : x.size(1);
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == x.size(0) && grad.size(1) == Co &&
+                  grad.size(2) == x.size(2) && grad.size(3) == x.size(3),
+              op, ": grad must be [", x.size(0), ", ", Co, ", ", x.size(2), ", ", x.size(3),
+              "], got ", grad.sizes());
+}
+
+// ------------------------------------------------------------------------------------------
 // Op entry points (dtype routing)
 // ------------------------------------------------------------------------------------------
 
 Tensor dwconv_bn(const Tensor& x, const Tensor& dw_w, const OptTensor& dw_b) {
+  check_dw("dwconv_bn", x, dw_w, dw_b);
   switch (route_dtype(x, "dwconv_bn")) {
     case DtypeRoute::kFloat:
       return dwconv_bn_impl<float>(x, dw_w, dw_b);
@@ -1014,6 +1068,8 @@ Tensor dwconv_bn(const Tensor& x, const Tensor& dw_w, const OptTensor& dw_b) {
 Tensor conv_block(const Tensor& x, const Tensor& dw_w, const OptTensor& dw_b, const Tensor& pw1_w,
                   const OptTensor& pw1_b, const Tensor& pw2_w, const OptTensor& pw2_b,
                   const OptTensor& ls) {
+  check_dw("conv_block", x, dw_w, dw_b);
+  check_pw("conv_block", x, pw1_w, pw1_b, pw2_w, pw2_b, ls, true);
   switch (route_dtype(x, "conv_block")) {
     case DtypeRoute::kFloat:
       return conv_block_impl<float>(x, dw_w, dw_b, pw_args(pw1_w, pw1_b, pw2_w, pw2_b, ls));
@@ -1031,6 +1087,7 @@ Tensor conv_block(const Tensor& x, const Tensor& dw_w, const OptTensor& dw_b, co
 
 Tensor mlp(const Tensor& x, const Tensor& fc1_w, const OptTensor& fc1_b, const Tensor& fc2_w,
            const OptTensor& fc2_b, const OptTensor& ls, const OptTensor& residual) {
+  check_pw("mlp", x, fc1_w, fc1_b, fc2_w, fc2_b, ls, false);
   switch (route_dtype(x, "mlp")) {
     case DtypeRoute::kFloat:
       return mlp_impl<float>(x, pw_args(fc1_w, fc1_b, fc2_w, fc2_b, ls), residual);
@@ -1055,6 +1112,7 @@ Tensor mlp(const Tensor& x, const Tensor& fc1_w, const OptTensor& fc1_b, const T
 // C = 320-512. At C = 56 (28x28, a 50 KB pw1 weight) 0.96x: not packed below 128 KiB.
 // bf16 / fp16 x count as fp32: their kernels compute in fp32 (given fp32 weights, see below).
 bool pointwise_packable(const Tensor& x, const Tensor& w1, const Tensor& w2) {
+  check_pw("pointwise_packable", x, w1, std::nullopt, w2, std::nullopt, std::nullopt, false);
   if (!computed_in_fp32(x.scalar_type()) || !is_channels_last(x) || x.numel() == 0) return false;
   if (w1.numel() * int64_t(sizeof(float)) < (128 << 10)) return false;
   const int64_t H = x.size(2), W = x.size(3), Hd = w1.size(0);
@@ -1080,6 +1138,8 @@ Tensor conv_block_packed(const Tensor& x, const Tensor& dw_w, const OptTensor& d
                          const Tensor& pw1_w, const OptTensor& pw1_b, const Tensor& pw2_w,
                          const OptTensor& pw2_b, const OptTensor& ls, const Tensor& pw1_packed,
                          const Tensor& pw2_packed) {
+  check_dw("conv_block_packed", x, dw_w, dw_b);
+  check_pw("conv_block_packed", x, pw1_w, pw1_b, pw2_w, pw2_b, ls, true);
   TORCH_CHECK_NOT_IMPLEMENTED(packed_dtypes_ok(x, pw1_w),
                               "swiftkern cpu conv_block_packed: fp32 weights, fp32/bf16/fp16 x");
   return conv_block_impl<float>(to_float(x), to_float(dw_w), to_float(dw_b),
@@ -1092,6 +1152,7 @@ Tensor conv_block_packed(const Tensor& x, const Tensor& dw_w, const OptTensor& d
 Tensor mlp_packed(const Tensor& x, const Tensor& fc1_w, const OptTensor& fc1_b,
                   const Tensor& fc2_w, const OptTensor& fc2_b, const OptTensor& ls,
                   const OptTensor& residual, const Tensor& fc1_packed, const Tensor& fc2_packed) {
+  check_pw("mlp_packed", x, fc1_w, fc1_b, fc2_w, fc2_b, ls, false);
   TORCH_CHECK_NOT_IMPLEMENTED(packed_dtypes_ok(x, fc1_w),
                               "swiftkern cpu mlp_packed: fp32 weights, fp32/bf16/fp16 x");
   const Tensor xf = to_float(x);
@@ -1105,6 +1166,8 @@ Tensor mlp_packed(const Tensor& x, const Tensor& fc1_w, const OptTensor& fc1_b,
 
 std::vector<Tensor> dwconv_bn_backward(const Tensor& grad, const Tensor& x, const Tensor& dw_w,
                                        const OptTensor& dw_b, const c10::List<bool>& mask_list) {
+  check_dw("dwconv_bn_backward", x, dw_w, dw_b);
+  check_grad("dwconv_bn_backward", grad, x);
   const std::vector<bool> mask = mask_list.vec();
   switch (route_dtype(x, "dwconv_bn_backward")) {
     case DtypeRoute::kFloat:
@@ -1125,6 +1188,9 @@ std::vector<Tensor> conv_block_backward(const Tensor& grad, const Tensor& x, con
                                         const OptTensor& pw1_b, const Tensor& pw2_w,
                                         const OptTensor& pw2_b, const OptTensor& ls,
                                         const c10::List<bool>& mask_list) {
+  check_dw("conv_block_backward", x, dw_w, dw_b);
+  check_pw("conv_block_backward", x, pw1_w, pw1_b, pw2_w, pw2_b, ls, true);
+  check_grad("conv_block_backward", grad, x);
   const std::vector<bool> mask = mask_list.vec();
   TORCH_CHECK(mask.size() == 8, "conv_block_backward: grad_mask must have 8 entries");
   switch (route_dtype(x, "conv_block_backward")) {
@@ -1150,6 +1216,8 @@ std::vector<Tensor> mlp_backward(const Tensor& grad, const Tensor& x, const Tens
                                  const OptTensor& fc1_b, const Tensor& fc2_w,
                                  const OptTensor& fc2_b, const OptTensor& ls,
                                  const OptTensor& residual, const c10::List<bool>& mask_list) {
+  check_pw("mlp_backward", x, fc1_w, fc1_b, fc2_w, fc2_b, ls, false);
+  check_grad("mlp_backward", grad, x, &fc2_w);
   const std::vector<bool> mask = mask_list.vec();
   TORCH_CHECK(mask.size() == 7, "mlp_backward: grad_mask must have 7 entries");
   switch (route_dtype(x, "mlp_backward")) {
@@ -1189,6 +1257,7 @@ inline std::vector<Tensor> cast_all(std::vector<Tensor> v, at::ScalarType st) {
 std::tuple<Tensor, Tensor, Tensor> dwconv_bn_train(const Tensor& x, const Tensor& dw_w,
                                                    const OptTensor& dw_b, const OptTensor& bn_w,
                                                    const OptTensor& bn_b, double eps) {
+  check_dw("dwconv_bn_train", x, dw_w, dw_b, bn_w, bn_b);
   switch (route_dtype(x, "dwconv_bn_train")) {
     case DtypeRoute::kFloat:
       return dwconv_bn_train_impl<float>(x, dw_w, dw_b, bn_w, bn_b, eps);
@@ -1205,6 +1274,8 @@ std::tuple<Tensor, Tensor, Tensor> conv_block_train(
     const Tensor& x, const Tensor& dw_w, const OptTensor& dw_b, const OptTensor& bn_w,
     const OptTensor& bn_b, double eps, const Tensor& pw1_w, const OptTensor& pw1_b,
     const Tensor& pw2_w, const OptTensor& pw2_b, const OptTensor& ls) {
+  check_dw("conv_block_train", x, dw_w, dw_b, bn_w, bn_b);
+  check_pw("conv_block_train", x, pw1_w, pw1_b, pw2_w, pw2_b, ls, true);
   switch (route_dtype(x, "conv_block_train")) {
     case DtypeRoute::kFloat:
       return conv_block_train_impl<float>(x, dw_w, dw_b, bn_w, bn_b, eps,
@@ -1227,6 +1298,9 @@ std::tuple<Tensor, Tensor, Tensor> mlp_train(const Tensor& x, const OptTensor& b
                                              const Tensor& fc1_w, const OptTensor& fc1_b,
                                              const Tensor& fc2_w, const OptTensor& fc2_b,
                                              const OptTensor& ls, const OptTensor& residual) {
+  check_pw("mlp_train", x, fc1_w, fc1_b, fc2_w, fc2_b, ls, false);
+  check_vec("mlp_train", "bn_weight", bn_w, x.size(1));
+  check_vec("mlp_train", "bn_bias", bn_b, x.size(1));
   switch (route_dtype(x, "mlp_train")) {
     case DtypeRoute::kFloat:
       return mlp_train_impl<float>(x, bn_w, bn_b, eps, pw_args(fc1_w, fc1_b, fc2_w, fc2_b, ls),
@@ -1250,6 +1324,8 @@ std::vector<Tensor> dwconv_bn_train_backward(const Tensor& grad, const Tensor& x
                                              const Tensor& dw_w, const OptTensor& dw_b,
                                              const OptTensor& bn_w, const OptTensor& bn_b,
                                              double eps, const c10::List<bool>& mask_list) {
+  check_dw("dwconv_bn_train_backward", x, dw_w, dw_b, bn_w, bn_b);
+  check_grad("dwconv_bn_train_backward", grad, x);
   const std::vector<bool> mask = mask_list.vec();
   TORCH_CHECK(mask.size() == 5, "dwconv_bn_train_backward: grad_mask must have 5 entries");
   switch (route_dtype(x, "dwconv_bn_train_backward")) {
@@ -1271,6 +1347,9 @@ std::vector<Tensor> conv_block_train_backward(
     const OptTensor& bn_w, const OptTensor& bn_b, double eps, const Tensor& pw1_w,
     const OptTensor& pw1_b, const Tensor& pw2_w, const OptTensor& pw2_b, const OptTensor& ls,
     const c10::List<bool>& mask_list) {
+  check_dw("conv_block_train_backward", x, dw_w, dw_b, bn_w, bn_b);
+  check_pw("conv_block_train_backward", x, pw1_w, pw1_b, pw2_w, pw2_b, ls, true);
+  check_grad("conv_block_train_backward", grad, x);
   const std::vector<bool> mask = mask_list.vec();
   TORCH_CHECK(mask.size() == 10, "conv_block_train_backward: grad_mask must have 10 entries");
   switch (route_dtype(x, "conv_block_train_backward")) {
@@ -1298,6 +1377,10 @@ std::vector<Tensor> mlp_train_backward(const Tensor& grad, const Tensor& x, cons
                                        const OptTensor& fc2_b, const OptTensor& ls,
                                        const OptTensor& residual,
                                        const c10::List<bool>& mask_list) {
+  check_pw("mlp_train_backward", x, fc1_w, fc1_b, fc2_w, fc2_b, ls, false);
+  check_vec("mlp_train_backward", "bn_weight", bn_w, x.size(1));
+  check_vec("mlp_train_backward", "bn_bias", bn_b, x.size(1));
+  check_grad("mlp_train_backward", grad, x, &fc2_w);
   const std::vector<bool> mask = mask_list.vec();
   TORCH_CHECK(mask.size() == 9, "mlp_train_backward: grad_mask must have 9 entries");
   switch (route_dtype(x, "mlp_train_backward")) {
