@@ -417,10 +417,62 @@ std::vector<Tensor> additive_attention_core_backward_impl(const Tensor& grad, co
           mask[2] ? gwg.reshape(w_g_in.sizes()) : empty()};
 }
 
+// Argument shapes, checked at every op entry: the kernels index raw pointers, so a weight or bias
+// of the wrong size would be read past its end (the swiftkern_C schemas are callable without the
+// Python ops' validation).
+void check_len(const char* op, const char* name, const OptTensor& t, int64_t n) {
+  TORCH_CHECK(!has(t) || t->numel() == n, op, ": ", name, " must have ", n, " elements, got ",
+              has(t) ? t->sizes() : c10::IntArrayRef());
+}
+
+void check_mat(const char* op, const char* name, const Tensor& w, int64_t rows, int64_t cols) {
+  TORCH_CHECK(w.dim() == 2 && (rows < 0 || w.size(0) == rows) && w.size(1) == cols, op, ": ",
+              name, " must be [", rows < 0 ? std::string("T") : std::to_string(rows), ", ", cols,
+              "], got ", w.sizes());
+}
+
+// The module's arguments; grad (backward) must have the output's shape [B, N, T or D].
+void check_attention(const char* op, const Tensor& x, const Tensor& w_qk, const OptTensor& b_qk,
+                     const Tensor& w_g, const Tensor& w_proj, const OptTensor& b_proj,
+                     const OptTensor& w_final, const OptTensor& b_final,
+                     const Tensor* grad = nullptr) {
+  TORCH_CHECK(x.dim() == 3, op, ": x must be [B, N, D], got ", x.sizes());
+  const int64_t D = x.size(2);
+  check_mat(op, "w_qk", w_qk, 2 * D, D);
+  check_len(op, "b_qk", b_qk, 2 * D);
+  check_len(op, "w_g", w_g, D);
+  check_mat(op, "w_proj", w_proj, D, D);
+  check_len(op, "b_proj", b_proj, D);
+  int64_t t_out = D;
+  if (has(w_final)) {
+    check_mat(op, "w_final", *w_final, -1, D);
+    t_out = w_final->size(0);
+    check_len(op, "b_final", b_final, t_out);
+  }
+  if (grad)
+    TORCH_CHECK(grad->dim() == 3 && grad->size(0) == x.size(0) && grad->size(1) == x.size(1) &&
+                    grad->size(2) == t_out,
+                op, ": grad must be [", x.size(0), ", ", x.size(1), ", ", t_out, "], got ",
+                grad->sizes());
+}
+
+// The core's arguments: q and k [B, N, D] alike, w_g D values; grad (backward) like q.
+void check_core(const char* op, const Tensor& q, const Tensor& k, const Tensor& w_g,
+                const Tensor* grad = nullptr) {
+  TORCH_CHECK(q.dim() == 3, op, ": q must be [B, N, D], got ", q.sizes());
+  TORCH_CHECK(k.sizes() == q.sizes(), op, ": k must have q's shape ", q.sizes(), ", got ",
+              k.sizes());
+  check_len(op, "w_g", w_g, q.size(2));
+  if (grad)
+    TORCH_CHECK(grad->sizes() == q.sizes(), op, ": grad must have q's shape ", q.sizes(),
+                ", got ", grad->sizes());
+}
+
 Tensor additive_attention(const Tensor& x, const Tensor& w_qk, const OptTensor& b_qk,
                           const Tensor& w_g, double scale, const Tensor& w_proj,
                           const OptTensor& b_proj, const OptTensor& w_final,
                           const OptTensor& b_final, c10::string_view pool_s) {
+  check_attention("additive_attention", x, w_qk, b_qk, w_g, w_proj, b_proj, w_final, b_final);
   const Pool pool = parse_pool(std::string(pool_s));
   switch (route_dtype(x, "additive_attention")) {
     case DtypeRoute::kFloat:
@@ -445,6 +497,8 @@ Tensor additive_attention_packed(const Tensor& x, const Tensor& w_qk, const OptT
                                  const OptTensor& b_proj, const OptTensor& w_final,
                                  const OptTensor& b_final, c10::string_view pool_s,
                                  const Tensor& w_qk_packed, const OptTensor& w_final_packed) {
+  check_attention("additive_attention_packed", x, w_qk, b_qk, w_g, w_proj, b_proj, w_final,
+                  b_final);
   const auto st = x.scalar_type();
   TORCH_CHECK_NOT_IMPLEMENTED(
       w_qk.scalar_type() == at::kFloat && computed_in_fp32(st) && x.device().is_cpu(),
@@ -461,6 +515,7 @@ Tensor additive_attention_packed(const Tensor& x, const Tensor& w_qk, const OptT
 std::tuple<Tensor, Tensor> additive_attention_core(const Tensor& q, const Tensor& k,
                                                    const Tensor& w_g, double scale,
                                                    c10::string_view pool_s) {
+  check_core("additive_attention_core", q, k, w_g);
   const Pool pool = parse_pool(std::string(pool_s));
   switch (route_dtype(q, "additive_attention_core")) {
     case DtypeRoute::kFloat:
@@ -483,6 +538,8 @@ std::vector<Tensor> additive_attention_backward(
     const c10::List<bool>& mask_list) {
   const std::vector<bool> mask = mask_list.vec();
   TORCH_CHECK(mask.size() == 8, "additive_attention_backward: grad_mask must have 8 entries");
+  check_attention("additive_attention_backward", x, w_qk, b_qk, w_g, w_proj, b_proj, w_final,
+                  b_final, &grad);
   const Pool pool = parse_pool(std::string(pool_s));
   switch (route_dtype(x, "additive_attention_backward")) {
     case DtypeRoute::kFloat:
@@ -507,6 +564,7 @@ std::vector<Tensor> additive_attention_core_backward(const Tensor& grad, const T
                                                      const c10::List<bool>& mask_list) {
   const std::vector<bool> mask = mask_list.vec();
   TORCH_CHECK(mask.size() == 3, "additive_attention_core_backward: grad_mask must have 3 entries");
+  check_core("additive_attention_core_backward", q, k, w_g, &grad);
   const Pool pool = parse_pool(std::string(pool_s));
   switch (route_dtype(q, "additive_attention_core_backward")) {
     case DtypeRoute::kFloat:

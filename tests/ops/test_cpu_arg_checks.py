@@ -1,7 +1,8 @@
-"""The C++ conv-family ops check their arguments' shapes at entry (csrc/cpu/conv_block_kernels.cpp
-check_x / check_dw / check_pw / check_grad): the swiftkern_C schemas are callable without the
-Python ops' validation (from C++, or torch.ops.swiftkern_C), and their kernels index raw
-pointers, so a parameter of the wrong size must raise instead of being read past its end."""
+"""The C++ CPU ops check their arguments' shapes at entry (csrc/cpu/conv_block_kernels.cpp
+check_x / check_dw / check_pw / check_grad; attention_kernels.cpp check_attention / check_core):
+the swiftkern_C schemas are callable without the Python ops' validation (from C++, or
+torch.ops.swiftkern_C), and their kernels index raw pointers, so a parameter of the wrong size
+must raise instead of being read past its end."""
 
 from __future__ import annotations
 
@@ -105,3 +106,88 @@ def test_bad_argument_shape_raises(op, name, bad, msg):
     a[name] = bad
     with pytest.raises(RuntimeError, match=msg):
         _call(op, a)
+
+
+# ---- attention: additive_attention (module, also _packed / _backward) and its core
+N, D, T = 7, 8, 5
+
+
+def _attn_good():
+    g = torch.Generator().manual_seed(1)
+
+    def r(*s):
+        return torch.randn(*s, generator=g)
+
+    return dict(x=r(B, N, D), w_qk=r(2 * D, D), b_qk=r(2 * D), w_g=r(D), w_proj=r(D, D),
+                b_proj=r(D), w_final=r(T, D), b_final=r(T), grad=r(B, N, T))
+
+
+def _attn_call(op: str, a: dict):
+    args = (a["x"], a["w_qk"], a["b_qk"], a["w_g"], D**-0.5, a["w_proj"], a["b_proj"],
+            a["w_final"], a["b_final"], "l2")
+    if op == "additive_attention":
+        return K.additive_attention(*args)
+    if op == "additive_attention_backward":
+        return K.additive_attention_backward(a["grad"], *args, [True] * 8)
+    if op == "additive_attention_packed":  # plain weights stand in: the check comes first
+        return K.additive_attention_packed(*args, a["w_qk"], a["w_final"])
+    raise AssertionError(op)
+
+
+ATTN_OPS = ["additive_attention", "additive_attention_backward", "additive_attention_packed"]
+ATTN_CASES = [
+    (op, name, bad, msg)
+    for op in ATTN_OPS
+    for name, bad, msg in (
+        ("x", torch.randn(N, D), "x must be"),
+        ("w_qk", torch.randn(2 * D - 1, D), "w_qk must be"),
+        ("b_qk", torch.randn(3), "b_qk must have"),
+        ("w_g", torch.randn(D + 1), "w_g must have"),
+        ("w_proj", torch.randn(D, D - 2), "w_proj must be"),
+        ("b_proj", torch.randn(2), "b_proj must have"),
+        ("w_final", torch.randn(T, D + 1), "w_final must be"),
+        ("b_final", torch.randn(T + 1), "b_final must have"),
+    )
+] + [("additive_attention_backward", "grad", torch.randn(B, N, D), "grad must be")]
+
+
+@pytest.mark.parametrize("op", ATTN_OPS)
+def test_attention_good_arguments_pass(op):
+    if op == "additive_attention_packed":
+        pytest.skip("needs MKL-packed weights (tests/ops/test_cpu_packed.py)")
+    _attn_call(op, _attn_good())
+
+
+@pytest.mark.parametrize("op,name,bad,msg", ATTN_CASES,
+                         ids=[f"{c[0]}-{c[1]}" for c in ATTN_CASES])
+def test_attention_bad_argument_shape_raises(op, name, bad, msg):
+    a = _attn_good()
+    a[name] = bad
+    with pytest.raises(RuntimeError, match=msg):
+        _attn_call(op, a)
+
+
+CORE_CASES = [
+    ("q", torch.randn(N, D), "q must be"),
+    ("k", torch.randn(B, N - 1, D), "k must have"),
+    ("w_g", torch.randn(D - 1), "w_g must have"),
+]
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
+@pytest.mark.parametrize("name,bad,msg", CORE_CASES + [("grad", torch.randn(B, N, D + 1),
+                                                        "grad must have")],
+                         ids=[c[0] for c in CORE_CASES] + ["grad"])
+def test_attention_core_bad_argument_shape_raises(name, bad, msg, backward):
+    if name == "grad" and not backward:
+        pytest.skip("the forward takes no grad")
+    a = dict(q=torch.randn(B, N, D), k=torch.randn(B, N, D), w_g=torch.randn(D),
+             grad=torch.randn(B, N, D))
+    K.additive_attention_core(a["q"], a["k"], a["w_g"], 0.5, "l2")  # good arguments pass
+    a[name] = bad
+    with pytest.raises(RuntimeError, match=msg):
+        if backward:
+            K.additive_attention_core_backward(a["grad"], a["q"], a["k"], a["w_g"], 0.5, "l2",
+                                               [True] * 3)
+        else:
+            K.additive_attention_core(a["q"], a["k"], a["w_g"], 0.5, "l2")
