@@ -8,7 +8,8 @@
 # 1. CMake build with SWIFTKERN_SANITIZE=ON (separate build dir; -O1 -g1 keeps it quick to compile
 #    and the reports symbolized) and ctest: tests/cpp/test_ops, a plain C++ process, runs every
 #    CPU op (forward + backward, known values + random cases) with leak detection on.
-# 2. Python op tests (a selection of tests/ops/test_ops.py, see PYTEST_K, backend "cpu") in a fresh
+# 2. Python op tests (a selection of tests/ops/test_ops.py, see PYTEST_K, backend "cpu", then the
+#    direct-call files test_cpu_half_tiles / test_cpu_half_residual / test_cpu_arg_checks) in a fresh
 #    process that loads the sanitized library instead of the in-place extension
 #    (tests/sanitizers/asan_plugin.py). libasan is LD_PRELOADed (it must come first in a process
 #    that did not start instrumented) and leak detection is off there (CPython leaks by design).
@@ -41,12 +42,18 @@ PYTEST_K="${PYTEST_K:-(fp32_matches_reference and (odd_c33 or odd_d33 or b3)) or
 cd "$ROOT"
 # halt_on_error / abort_on_error: the first report kills the process (pytest then fails).
 # verify_asan_link_order=0: python itself is not instrumented; LD_PRELOAD puts the runtime first.
-env LD_PRELOAD="$LIBASAN $LIBSTDCXX" \
-  ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:verify_asan_link_order=0" \
-  UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-  SWIFTKERN_SANITIZED_LIB="$LIB" SWIFTKERN_DISABLE_EXT=1 OMP_NUM_THREADS=2 \
-  PYTHONPATH="$ROOT/tests/sanitizers${PYTHONPATH:+:$PYTHONPATH}" \
-  "$PYTHON" -m pytest -q -p no:cacheprovider -p asan_plugin \
-  tests/ops/test_ops.py -k "$PYTEST_K" ${PYTEST_ARGS:-}
+sanitized_pytest() {
+  env LD_PRELOAD="$LIBASAN $LIBSTDCXX" \
+    ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:verify_asan_link_order=0" \
+    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+    SWIFTKERN_SANITIZED_LIB="$LIB" SWIFTKERN_DISABLE_EXT=1 OMP_NUM_THREADS=2 \
+    PYTHONPATH="$ROOT/tests/sanitizers${PYTHONPATH:+:$PYTHONPATH}" \
+    "$PYTHON" -m pytest -q -p no:cacheprovider -p asan_plugin "$@"
+}
+sanitized_pytest tests/ops/test_ops.py -k "$PYTEST_K" ${PYTEST_ARGS:-}
+# The direct swiftkern_C calls of the bf16 / fp16 tile conversions (dwconv halo rows, per-tile
+# residual) and of the argument checks (bad shapes must raise, never read out of bounds): ~10 s.
+sanitized_pytest tests/ops/test_cpu_half_tiles.py tests/ops/test_cpu_half_residual.py \
+  tests/ops/test_cpu_arg_checks.py ${PYTEST_ARGS:-}
 t2=$(date +%s)
 echo "asan_build: Python op tests under ASan/UBSan: $((t2 - t1)) s"
