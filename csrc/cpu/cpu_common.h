@@ -74,9 +74,11 @@ inline Tensor blob(T* p, at::IntArrayRef sizes, at::IntArrayRef strides) {
   return at::from_blob(p, sizes, strides, opts_of<T>());
 }
 
-// Dtype policy: fp32 and fp64 are computed natively. bf16 and fp16 inputs run the fp32 kernel
-// between conversions (kBFloat16ViaFloat): CPUs without AVX512-BF16/FP16 have no half-precision
-// arithmetic, so computing in fp32 is both the accurate and the fast choice.
+// Dtype policy: fp32 and fp64 are computed natively. bf16 and fp16 inputs are computed in fp32
+// (kBFloat16ViaFloat): CPUs without AVX512-BF16/FP16 have no half-precision arithmetic, so
+// computing in fp32 is both the accurate and the fast choice. The conv_block / mlp tile strategy
+// converts per tile, in cache (conv_block_kernels.cpp load_as_float / store_from_float); the
+// other kernels convert whole tensors around the fp32 kernel.
 enum class DtypeRoute { kFloat, kDouble, kBFloat16ViaFloat };
 
 // The dtypes the fp32 kernels serve: fp32 itself, and bf16 / fp16 between conversions.
