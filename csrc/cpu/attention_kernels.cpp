@@ -420,11 +420,6 @@ std::vector<Tensor> additive_attention_core_backward_impl(const Tensor& grad, co
 // Argument shapes, checked at every op entry: the kernels index raw pointers, so a weight or bias
 // of the wrong size would be read past its end (the swiftkern_C schemas are callable without the
 // Python ops' validation).
-void check_len(const char* op, const char* name, const OptTensor& t, int64_t n) {
-  TORCH_CHECK(!has(t) || t->numel() == n, op, ": ", name, " must have ", n, " elements, got ",
-              has(t) ? t->sizes() : c10::IntArrayRef());
-}
-
 void check_mat(const char* op, const char* name, const Tensor& w, int64_t rows, int64_t cols) {
   TORCH_CHECK(w.dim() == 2 && (rows < 0 || w.size(0) == rows) && w.size(1) == cols, op, ": ",
               name, " must be [", rows < 0 ? std::string("T") : std::to_string(rows), ", ", cols,
@@ -439,15 +434,15 @@ void check_attention(const char* op, const Tensor& x, const Tensor& w_qk, const 
   TORCH_CHECK(x.dim() == 3, op, ": x must be [B, N, D], got ", x.sizes());
   const int64_t D = x.size(2);
   check_mat(op, "w_qk", w_qk, 2 * D, D);
-  check_len(op, "b_qk", b_qk, 2 * D);
-  check_len(op, "w_g", w_g, D);
+  check_numel(op, "b_qk", b_qk, 2 * D);
+  check_numel(op, "w_g", w_g, D);
   check_mat(op, "w_proj", w_proj, D, D);
-  check_len(op, "b_proj", b_proj, D);
+  check_numel(op, "b_proj", b_proj, D);
   int64_t t_out = D;
   if (has(w_final)) {
     check_mat(op, "w_final", *w_final, -1, D);
     t_out = w_final->size(0);
-    check_len(op, "b_final", b_final, t_out);
+    check_numel(op, "b_final", b_final, t_out);
   }
   if (grad)
     TORCH_CHECK(grad->dim() == 3 && grad->size(0) == x.size(0) && grad->size(1) == x.size(1) &&
@@ -462,7 +457,7 @@ void check_core(const char* op, const Tensor& q, const Tensor& k, const Tensor& 
   TORCH_CHECK(q.dim() == 3, op, ": q must be [B, N, D], got ", q.sizes());
   TORCH_CHECK(k.sizes() == q.sizes(), op, ": k must have q's shape ", q.sizes(), ", got ",
               k.sizes());
-  check_len(op, "w_g", w_g, q.size(2));
+  check_numel(op, "w_g", w_g, q.size(2));
   if (grad)
     TORCH_CHECK(grad->sizes() == q.sizes(), op, ": grad must have q's shape ", q.sizes(),
                 ", got ", grad->sizes());

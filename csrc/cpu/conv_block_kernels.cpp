@@ -508,15 +508,15 @@ Tensor dwconv_bn_impl(const Tensor& x_in, const Tensor& dw_w, const OptTensor& d
   return out;
 }
 
-// Rows per tile when x (contiguous in its layout) runs the tile strategy; 0 when it runs the
-// whole-tensor GEMMs or is empty.
+// Rows per tile when x (contiguous in its layout) runs the tile strategy with pointwise weights
+// w1, w2; 0 when it runs the whole-tensor GEMMs (unfused / split) or is empty.
 template <typename T>
-int64_t tile_strategy_rows(const Tensor& x, const PwArgs& a, bool cl) {
+int64_t tile_strategy_rows(const Tensor& x, const Tensor& w1, const Tensor& w2, bool cl) {
   if (x.numel() == 0) return 0;
   const int64_t H = x.size(2), W = x.size(3);
-  const int64_t R = rows_per_tile(H, W, a.w1.size(0), sizeof(T));
+  const int64_t R = rows_per_tile(H, W, w1.size(0), sizeof(T));
   const int64_t n_tiles = x.size(0) * ((H + R - 1) / R);
-  return pick_strategy(n_tiles, (a.w1.numel() + a.w2.numel()) * int64_t(sizeof(T)), cl) ==
+  return pick_strategy(n_tiles, (w1.numel() + w2.numel()) * int64_t(sizeof(T)), cl) ==
                  Strategy::kTile
              ? R
              : 0;
@@ -534,7 +534,7 @@ Tensor mlp_impl(const Tensor& x_in, const PwArgs& a, const OptTensor& residual) 
   TORCH_CHECK(!has(residual) || residual->sizes() == c10::IntArrayRef({B, Co, H, W}),
               "mlp: residual must have shape ", c10::IntArrayRef({B, Co, H, W}), ", got ",
               has(residual) ? residual->sizes() : c10::IntArrayRef());
-  const int64_t R = tile_strategy_rows<T>(x, a, cl);
+  const int64_t R = tile_strategy_rows<T>(x, a.w1, a.w2, cl);
   const bool tiles = R > 0;
   if constexpr (!std::is_same_v<S, T>) {
     if (!tiles || !half_tiles_on() ||
@@ -581,7 +581,7 @@ Tensor conv_block_impl(const Tensor& x_in, const Tensor& dw_w, const OptTensor& 
   const bool cl = is_channels_last(x_in);
   const Tensor x = x_in.contiguous(fmt(cl));
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
-  const int64_t R = tile_strategy_rows<T>(x, a, cl);
+  const int64_t R = tile_strategy_rows<T>(x, a.w1, a.w2, cl);
   const bool tiles = R > 0;
   if constexpr (!std::is_same_v<S, T>) {
     if (!tiles || !half_tiles_on())
@@ -1006,20 +1006,15 @@ void check_x(const char* op, const Tensor& x) {
   TORCH_CHECK(x.dim() == 4, op, ": x must be 4-D [B, C, H, W], got ", x.sizes());
 }
 
-void check_vec(const char* op, const char* name, const OptTensor& t, int64_t n) {
-  TORCH_CHECK(!has(t) || t->numel() == n, op, ": ", name, " must have ", n, " elements, got ",
-              has(t) ? t->sizes() : c10::IntArrayRef());
-}
-
 void check_dw(const char* op, const Tensor& x, const Tensor& dw_w, const OptTensor& dw_b,
               const OptTensor& bn_w = std::nullopt, const OptTensor& bn_b = std::nullopt) {
   check_x(op, x);
   const int64_t C = x.size(1);
   TORCH_CHECK(dw_w.numel() == 9 * C, op, ": dw_w must be [", C, ", 1, 3, 3], got ",
               dw_w.sizes());
-  check_vec(op, "dw_b", dw_b, C);
-  check_vec(op, "bn_weight", bn_w, C);
-  check_vec(op, "bn_bias", bn_b, C);
+  check_numel(op, "dw_b", dw_b, C);
+  check_numel(op, "bn_weight", bn_w, C);
+  check_numel(op, "bn_bias", bn_b, C);
 }
 
 // out_is_x: the output is added to x (conv_block), so it has x's channels.
@@ -1035,9 +1030,9 @@ void check_pw(const char* op, const Tensor& x, const Tensor& w1, const OptTensor
   const int64_t Co = w2.size(0);
   TORCH_CHECK(!out_is_x || Co == C, op, ": the second pointwise weight must have ", C,
               " output channels (the residual is x), got ", Co);
-  check_vec(op, "the first pointwise bias", b1, Hd);
-  check_vec(op, "the second pointwise bias", b2, Co);
-  check_vec(op, "ls", ls, Co);
+  check_numel(op, "the first pointwise bias", b1, Hd);
+  check_numel(op, "the second pointwise bias", b2, Co);
+  check_numel(op, "ls", ls, Co);
 }
 
 // grad has the forward output's shape: x's, with the second weight's channels when w2 is given.
@@ -1115,11 +1110,7 @@ bool pointwise_packable(const Tensor& x, const Tensor& w1, const Tensor& w2) {
   check_pw("pointwise_packable", x, w1, std::nullopt, w2, std::nullopt, std::nullopt, false);
   if (!computed_in_fp32(x.scalar_type()) || !is_channels_last(x) || x.numel() == 0) return false;
   if (w1.numel() * int64_t(sizeof(float)) < (128 << 10)) return false;
-  const int64_t H = x.size(2), W = x.size(3), Hd = w1.size(0);
-  const int64_t R = rows_per_tile(H, W, Hd, sizeof(float));
-  const int64_t n_tiles = x.size(0) * ((H + R - 1) / R);
-  return pick_strategy(n_tiles, (w1.numel() + w2.numel()) * int64_t(sizeof(float)), true) ==
-         Strategy::kUnfused;
+  return tile_strategy_rows<float>(x, w1, w2, /*cl=*/true) == 0;
 }
 
 PwArgs with_packed(PwArgs a, const Tensor& p1, const Tensor& p2) {
@@ -1299,8 +1290,8 @@ std::tuple<Tensor, Tensor, Tensor> mlp_train(const Tensor& x, const OptTensor& b
                                              const Tensor& fc2_w, const OptTensor& fc2_b,
                                              const OptTensor& ls, const OptTensor& residual) {
   check_pw("mlp_train", x, fc1_w, fc1_b, fc2_w, fc2_b, ls, false);
-  check_vec("mlp_train", "bn_weight", bn_w, x.size(1));
-  check_vec("mlp_train", "bn_bias", bn_b, x.size(1));
+  check_numel("mlp_train", "bn_weight", bn_w, x.size(1));
+  check_numel("mlp_train", "bn_bias", bn_b, x.size(1));
   switch (route_dtype(x, "mlp_train")) {
     case DtypeRoute::kFloat:
       return mlp_train_impl<float>(x, bn_w, bn_b, eps, pw_args(fc1_w, fc1_b, fc2_w, fc2_b, ls),
@@ -1378,8 +1369,8 @@ std::vector<Tensor> mlp_train_backward(const Tensor& grad, const Tensor& x, cons
                                        const OptTensor& residual,
                                        const c10::List<bool>& mask_list) {
   check_pw("mlp_train_backward", x, fc1_w, fc1_b, fc2_w, fc2_b, ls, false);
-  check_vec("mlp_train_backward", "bn_weight", bn_w, x.size(1));
-  check_vec("mlp_train_backward", "bn_bias", bn_b, x.size(1));
+  check_numel("mlp_train_backward", "bn_weight", bn_w, x.size(1));
+  check_numel("mlp_train_backward", "bn_bias", bn_b, x.size(1));
   check_grad("mlp_train_backward", grad, x, &fc2_w);
   const std::vector<bool> mask = mask_list.vec();
   TORCH_CHECK(mask.size() == 9, "mlp_train_backward: grad_mask must have 9 entries");

@@ -38,6 +38,13 @@ inline Tensor to_float(const Tensor& t) { return t.to(at::kFloat); }
 inline OptTensor to_float(const OptTensor& t) {
   return has(t) ? OptTensor(t->to(at::kFloat)) : OptTensor();
 }
+// Argument check of the ops' entries (their kernels index raw pointers): t, when given, has n
+// elements.
+inline void check_numel(const char* op, const char* name, const OptTensor& t, int64_t n) {
+  TORCH_CHECK(!has(t) || t->numel() == n, op, ": ", name, " must have ", n, " elements, got ",
+              has(t) ? t->sizes() : c10::IntArrayRef());
+}
+
 // An MLP's residual in fp32 next to xf = to_float(x): when the residual is x itself (the encoder
 // block's MLP passes x as its residual) x's copy serves both, one conversion pass fewer.
 inline OptTensor residual_to_float(const OptTensor& residual, const Tensor& x, const Tensor& xf) {
