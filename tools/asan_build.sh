@@ -9,7 +9,7 @@
 #    and the reports symbolized) and ctest: tests/cpp/test_ops, a plain C++ process, runs every
 #    CPU op (forward + backward, known values + random cases) with leak detection on.
 # 2. Python op tests (a selection of tests/ops/test_ops.py, see PYTEST_K, backend "cpu", then the
-#    direct-call files test_cpu_half_tiles / test_cpu_half_residual / test_cpu_arg_checks) in a fresh
+#    direct-call files test_cpu_half_tiles / test_cpu_arg_checks) in a fresh
 #    process that loads the sanitized library instead of the in-place extension
 #    (tests/sanitizers/asan_plugin.py). libasan is LD_PRELOADed (it must come first in a process
 #    that did not start instrumented) and leak detection is off there (CPython leaks by design).
@@ -53,7 +53,6 @@ sanitized_pytest() {
 sanitized_pytest tests/ops/test_ops.py -k "$PYTEST_K" ${PYTEST_ARGS:-}
 # The direct swiftkern_C calls of the bf16 / fp16 tile conversions (dwconv halo rows, per-tile
 # residual) and of the argument checks (bad shapes must raise, never read out of bounds): ~10 s.
-sanitized_pytest tests/ops/test_cpu_half_tiles.py tests/ops/test_cpu_half_residual.py \
-  tests/ops/test_cpu_arg_checks.py ${PYTEST_ARGS:-}
+sanitized_pytest tests/ops/test_cpu_half_tiles.py tests/ops/test_cpu_arg_checks.py ${PYTEST_ARGS:-}
 t2=$(date +%s)
 echo "asan_build: Python op tests under ASan/UBSan: $((t2 - t1)) s"

@@ -2,7 +2,8 @@
 its own dtype, converted per tile around the fp32 arithmetic (csrc/cpu/conv_block_kernels.cpp
 load_as_float / store_from_float). The result must be bit-identical to converting the whole
 tensors around the fp32 kernel (what the other strategies do), for both layouts, ragged tiles,
-channel counts off the vector width, non-contiguous inputs and both strategies."""
+channel counts off the vector width, non-contiguous inputs and both strategies. Also the MLP's
+residual when it is x (converted once)."""
 
 from __future__ import annotations
 
@@ -118,6 +119,101 @@ def test_half_tiles_empty_batch(dtype):
     assert C.conv_block(x, *_conv_args(p)).shape == x.shape
     assert C.mlp(x, *_mlp_args(p), x).shape == x.shape
 
+
+
+# ---- The MLP's residual when it is x itself (as the fused encoder block calls it): x's fp32 copy
+# serves as the residual too (csrc/cpu/cpu_common.h residual_to_float), on every strategy and in
+# the train / backward / packed forms; each result is bit-identical to the fp32 route on
+# separately converted inputs, for the residual x and for any other residual.
+
+# (B, C, H, W, hidden): the tile strategy (a 4C hidden at 15x13) and the whole-tensor GEMMs
+# (a weight over the 256 KiB channels_last threshold)
+RESIDUAL_SHAPES = [(2, 24, 15, 13, 96), (1, 160, 7, 5, 640)]
+
+
+def _mlp_inputs(shape, dtype, layout, seed=0):
+    """x, another tensor like x, and MLP parameters, all in dtype."""
+    return (_x(shape, dtype, layout, seed), _x(shape, dtype, layout, seed + 100),
+            _params(shape[1], shape[4], seed + 1, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("shape", RESIDUAL_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_mlp_residual_is_x(shape, dtype, layout):
+    x, other, p = _mlp_inputs(shape, dtype, layout)
+    f = _f32(p)
+    for res in (x, other):
+        out = C.mlp(x, *_mlp_args(p), res)
+        want = C.mlp(x.float(), *_mlp_args(f), res.float()).to(dtype)
+        assert out.dtype == dtype
+        assert torch.equal(out, want)
+    # the residual x against a copy of it (converted on its own)
+    assert torch.equal(C.mlp(x, *_mlp_args(p), x), C.mlp(x, *_mlp_args(p), x.clone()))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_mlp_train_residual_is_x(dtype):
+    x, other, p = _mlp_inputs(RESIDUAL_SHAPES[0], dtype, "cl", seed=3)
+    f = _f32(p)
+    c = x.shape[1]
+    g = torch.Generator().manual_seed(7)
+    bn_w = (torch.randn(c, generator=g) * 0.2 + 1).to(dtype)
+    bn_b = torch.randn(c, generator=g).to(dtype)
+    for res in (x, other):
+        got = C.mlp_train(x, bn_w, bn_b, 1e-5, *_mlp_args(p), res)
+        want = C.mlp_train(x.float(), bn_w.float(), bn_b.float(), 1e-5, *_mlp_args(f), res.float())
+        for a, b in zip(got, want):
+            assert torch.equal(a, b.to(dtype))
+        grad = torch.randn_like(x)
+        mask = [True] * 9  # x, bn_weight, bn_bias, fc1_w, fc1_b, fc2_w, fc2_b, ls, residual
+        gb = C.mlp_train_backward(grad, x, bn_w, bn_b, 1e-5, *_mlp_args(p), res, mask)
+        gw = C.mlp_train_backward(grad.float(), x.float(), bn_w.float(), bn_b.float(), 1e-5,
+                                  *_mlp_args(f), res.float(), mask)
+        for a, b in zip(gb, gw):
+            assert torch.equal(a, b.to(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_mlp_backward_residual_is_x(dtype):
+    x, other, p = _mlp_inputs(RESIDUAL_SHAPES[0], dtype, "nchw", seed=5)
+    f = _f32(p)
+    grad = torch.randn_like(x)
+    mask = [True] * 7
+    for res in (x, other):
+        got = C.mlp_backward(grad, x, *_mlp_args(p), res, mask)
+        want = C.mlp_backward(grad.float(), x.float(), *_mlp_args(f), res.float(), mask)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b.to(dtype))
+
+
+@pytest.mark.skipif(
+    not hasattr(C, "mlp_packed") or not torch.backends.mkl.is_available(),
+    reason="needs the MKL-packed kernels",
+)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_mlp_packed_residual_is_x(dtype):
+    x, other, p = _mlp_inputs(RESIDUAL_SHAPES[1], dtype, "cl", seed=9)
+    f = _f32(p)
+    rows = x.shape[0] * x.shape[2] * x.shape[3]
+    p1 = torch.ops.mkl._mkl_reorder_linear_weight(f["w1"], rows)
+    p2 = torch.ops.mkl._mkl_reorder_linear_weight(f["w2"], rows)
+    for res in (x, other):
+        out = C.mlp_packed(x, *_mlp_args(f), res, p1, p2)
+        want = C.mlp_packed(x.float(), *_mlp_args(f), res.float(), p1, p2).to(dtype)
+        assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_mlp_kernel_rejects_a_residual_of_another_shape(dtype):
+    """The C++ op (callable without the Python op's validation) checks the residual's shape
+    instead of reading past it."""
+    x, _, p = _mlp_inputs(RESIDUAL_SHAPES[0], dtype, "cl")
+    bad = torch.randn(x.shape[0], x.shape[1], 2, 2).to(dtype)
+    with pytest.raises(RuntimeError, match="residual must have shape"):
+        C.mlp(x, *_mlp_args(p), bad)
+    with pytest.raises(RuntimeError, match="residual must have shape"):
+        C.mlp_train(x, None, None, 1e-5, *_mlp_args(p), bad)
 
 def test_forced_isa_is_the_loaded_one():
     """test_cpu_isa.py runs this file with SWIFTKERN_CPU_ISA forced: the library that ran the
