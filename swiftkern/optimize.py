@@ -350,15 +350,23 @@ _MALLOC_NOTE = (
 )
 
 
-def _bf16_cpu_note() -> str | None:
-    """A note for bf16 models on a CPU without bf16 arithmetic (measured no faster than fp32)."""
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return None
+def _bf16_cpu_note() -> str:
+    """What bf16 means for the CPU kernels on this CPU. The arithmetic test is
+    _base._native_half_conv's (AVX512-BF16 / AMX): oneDNN's own "bf16 supported" is also true
+    on AVX-512 CPUs without them, where it emulates bf16."""
+    if not _fused_base._native_half_conv(torch.bfloat16):
+        return (
+            "bf16 on a CPU without bf16 arithmetic: the CPU kernels and the folded convolutions "
+            "compute in fp32 inside, so the bf16 model runs at about the optimized fp32 model's "
+            "speed (0.84-1.17x measured on such a CPU, README 'Performance'), not faster; the "
+            "fp32 model is as fast and more accurate"
+        )
     return (
-        "bf16 on a CPU without bf16 arithmetic: the CPU kernels and the folded convolutions "
-        "compute in fp32 inside, so the bf16 model runs at about the optimized fp32 model's "
-        "speed (0.84-1.17x measured on such a CPU, README 'Performance'), not faster; the fp32 "
-        "model is as fast and more accurate"
+        "bf16 on a CPU with bf16 arithmetic (AVX512-BF16 / AMX): the swapped-in CPU kernels "
+        "still compute in fp32 inside (their GEMMs at the fp32 rate), while the original "
+        "modules' oneDNN convolutions use the bf16 units; this was never measured on such a CPU, "
+        "so compare before deploying: swiftkern bench model --dtypes bf16 --providers "
+        "eager,swiftkern"
     )
 
 
@@ -490,9 +498,7 @@ def optimize(
             target._swiftkern_cast_hook = True
         _walk(target, rules(), backend, device, dtype or mdtype, report, log)
         if device.type == "cpu" and (dtype or mdtype) == torch.bfloat16:
-            note = _bf16_cpu_note()
-            if note:
-                report.notes.append(note)
+            report.notes.append(_bf16_cpu_note())
         if channels_last is None:
             channels_last = device.type == "cpu" and any(
                 e.fused.startswith(_CONV_FUSED) for e in report.swapped
