@@ -64,19 +64,22 @@ def _mlp_fused(z_shape, w1, w2) -> bool:
             and _mlp_backward.bwd_config_key(c, w2.shape[0], w1.dtype) is not None)
 
 
-def _mlp_grads(grad, z, w1, b1, w2, b2, ls, need, dz_dtype=None):
+def _mlp_grads(grad, z, w1, b1, w2, b2, ls, need, dz_dtype=None, dz_rows_ok=False):
     """need = (z, w1, b1, w2, b2, ls). Returns grads in that order (None where not needed); the
-    z gradient as fp32 rows [B*H*W, C], or with dz_dtype as [B, C, H, W] in z's layout and that
-    dtype (rounded once). The fused Triton backward (_mlp_backward) where its register-resident
-    tiles fit, else the torch path below."""
+    z gradient as fp32 rows [B*H*W, C], or with dz_dtype as [B, C, H, W] in that dtype (rounded
+    once): in z's layout, or with dz_rows_ok channels_last as computed (pixel-major rows), for
+    a consumer that reads it beside an NCHW tensor without a copy (_conv._grad_beside). The
+    fused Triton backward (_mlp_backward) where its register-resident tiles fit, else the torch
+    path below."""
     b, c, h, w = z.shape
     if _mlp_fused(z.shape, w1, w2):
         return _mlp_backward.mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need,
-                                             dz_dtype=dz_dtype)
+                                             dz_dtype=dz_dtype, dz_rows_ok=dz_rows_ok)
     out = _mlp_grads_torch(grad, z, w1, b1, w2, b2, ls, need)
     if dz_dtype is not None and out[0] is not None:
-        out[0] = out[0].reshape(b, h, w, c).permute(0, 3, 1, 2).to(dz_dtype).contiguous(
-            memory_format=_layout(z))
+        out[0] = out[0].reshape(b, h, w, c).permute(0, 3, 1, 2).to(dz_dtype)
+        if not dz_rows_ok:
+            out[0] = out[0].contiguous(memory_format=_layout(z))
     return out
 
 
@@ -130,9 +133,10 @@ def conv_block_backward(grad, x, dw_w, dw_b, pw1_w, pw1_b, pw2_w, pw2_b, ls, gra
     need_x, need_dww, need_dwb = mask[0], mask[1], mask[2] and dw_b is not None
     need_z = need_x or need_dww or need_dwb
     z = dwconv_bn(x, dw_w, dw_b)
-    # dz in x's dtype and layout, as eager rounds it (the dwconv backward reads it as is)
+    # dz in x's dtype, as eager rounds it; channels_last rows even beside an NCHW x (the
+    # dwconv backward reads it as is)
     g = _mlp_grads(grad, z, pw1_w, pw1_b, pw2_w, pw2_b, ls, [need_z, *mask[3:8]],
-                   dz_dtype=x.dtype)
+                   dz_dtype=x.dtype, dz_rows_ok=True)
     e = _empty(grad)
     gx = gdw = gdb = e
     if need_z:

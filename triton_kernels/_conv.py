@@ -436,6 +436,17 @@ def _layout(t: torch.Tensor) -> torch.memory_format:
         torch.contiguous_format
 
 
+def _grad_beside(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """g for a kernel that reads it beside x (g has x's shape): as is when it is channels_last
+    while x is NCHW (the fused MLP backward's dz rows, or an autograd gradient that arrived
+    channels_last: the "gcl" specializations, AOT-compiled too), else in x's layout. Saves the
+    copy of a pixel-major gradient into NCHW (a read and a write of the gradient)."""
+    if (_layout(x) == torch.contiguous_format and x.shape[1] > 1 and x.stride(3) == 1
+            and g.stride(1) == 1 and _layout(g) == torch.channels_last):
+        return g
+    return _unit_stride(g.contiguous(memory_format=_layout(x)))
+
+
 def _check(x: torch.Tensor) -> None:
     if x.dim() == 4 and x.shape[0] * x.shape[2] * x.shape[3] >= 2**31:
         raise Unsupported("more than 2^31 pixels")
@@ -676,11 +687,11 @@ def dwconv_bn_backward(grad, x, dw_w, dw_b, grad_mask, residual=None):
         if need_b:
             gb = torch.zeros_like(dw_b)
         return [gx, gw, gb]
-    # grad (and residual) in x's layout: only matching-layout specializations are AOT-verified
-    # (a no-op for autograd's usual gradients)
+    # residual in x's layout, grad too unless channels_last beside an NCHW x (_grad_beside):
+    # only those specializations are AOT-verified (no copy for autograd's usual gradients)
     x = _unit_stride(x)
-    grad = _unit_stride(grad.contiguous(memory_format=lay))
-    res = grad
+    grad = _grad_beside(grad, x)
+    res = x  # unused without a residual: x stands in (x's layout, as the specializations say)
     if residual is not None and need_x:
         if residual.shape != x.shape:
             raise ValueError(f"residual {tuple(residual.shape)} must have x's shape")
@@ -689,7 +700,7 @@ def dwconv_bn_backward(grad, x, dw_w, dw_b, grad_mask, residual=None):
     nprog = triton.cdiv(p, cfg["BLOCK_P"])
     need_ws = need_w or need_b
     ws = torch.empty((nprog, 10, c), device=x.device, dtype=torch.float32) if need_ws else grad
-    dx = gx if need_x else grad
+    dx = gx if need_x else x  # (x: an unused stand-in in x's layout)
     dwf = dw_w.flip(2, 3).contiguous()
     _dwconv_bn_bwd_kernel[(nprog, triton.cdiv(c, cfg["BLOCK_C"]))](
         grad, x, dwf, res, dx, ws, p, c, h, w, *_s4(grad), *_s4(x), *_s4(dx), *_s4(res),

@@ -239,9 +239,12 @@ def segments(p: int, hid: int, block_p: int, block_h: int) -> int:
     return max(1, min(n_tiles, triton.cdiv(TARGET_PROGRAMS, n_h)))
 
 
-def mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need, config=None, n_seg=None, dz_dtype=None):
+def mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need, config=None, n_seg=None, dz_dtype=None,
+                    dz_rows_ok=False):
     """_backward._mlp_grads in two Triton kernels; same outputs (dz as fp32 rows [P, C], or
-    with dz_dtype a [B, C, H, W] tensor in z's layout and that dtype, written by kernel P).
+    with dz_dtype a [B, C, H, W] tensor in that dtype written by kernel P: in z's layout, or
+    with dz_rows_ok channels_last as kernel P wrote it, for a consumer that reads it beside an
+    NCHW tensor (_conv._grad_beside); no copy into NCHW).
     config: a BWD_CONFIGS key (default: the narrowest that fits); n_seg: kernel W's pixel
     segments (default: segments())."""
     b, c_in, h, w = z.shape
@@ -281,6 +284,7 @@ def mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need, config=None, n_seg=None, 
         )
         if need[0]:
             out[0] = (dz.permute(0, 2, 3, 1).reshape(p, c_in) if dz_dtype is None
+                      else dz if dz_rows_ok
                       else dz.contiguous(memory_format=_layout(z)))  # a copy only for NCHW
         if need[4] and b2 is not None:
             out[4] = b2.new_empty(c_out)

@@ -224,12 +224,14 @@ def _conv_backward(op: str, s: dict) -> dict:
             z_bytes = e  # mlp: z is x
         nb, nl = _mlp_grads_traffic(p, c, hd, co, e, z_bytes, ls)
         add(nb, nl)
-        # dz rows (pixel-major) -> x's layout, assumed NCHW (optimize()'s default on a GPU; a
-        # channels_last x needs no copy)
+        # dz rows (pixel-major), x assumed NCHW (optimize()'s default on a GPU): copied into
+        # NCHW only where dz is the returned dx (mlp); the dwconv / BN backward of the other
+        # forms read the rows beside the NCHW x as they are (_conv._grad_beside)
+        to_nchw = 2 * act * e if fwd_op == "mlp" else 0
         if fused_mlp:
-            add(2 * act * e)  # kernel P wrote x's dtype
+            add(to_nchw)  # kernel P wrote x's dtype
         else:
-            add(act * (f + e) + 2 * act * e)  # torch path: fp32 rows -> x's dtype, -> NCHW
+            add(act * (f + e) + to_nchw)  # torch path: fp32 rows -> x's dtype (-> NCHW)
     if train:
         # every gradient between the kernels is in x's dtype (as eager rounds them)
         add(act * 2 * e)  # BN backward reduce: g, x (recomputes the dwconv)

@@ -40,13 +40,16 @@ class Spec:
     dtype: str  # "fp32" | "fp16" | "bf16": element type of the activation pointers
     constexprs: dict
     num_warps: int
-    layout: str | None = None  # "cl" / "nchw": which stride args the JIT sees as 1 (specialized)
+    # "cl" / "nchw": which stride args the JIT sees as 1 (specialized); "gcl": the gradient g
+    # channels_last beside NCHW x / out / res (_conv._grad_beside)
+    layout: str | None = None
     num_stages: int = 3
     fp32_ptrs: tuple = ()  # activation pointers that are fp32 whatever `dtype` (backward buffers)
 
     def constants(self) -> dict:
         c = dict(self.constexprs)
         ones = {"cl": ("sxc", "soc", "src", "sgc"), "nchw": ("sxw", "sow", "srw", "sgw"),
+                "gcl": ("sgc", "sxw", "sow", "srw"),
                 "tok": ("sqd", "skd")}.get(self.layout, ())
         c.update({a: 1 for a in ones if a in self.kernel.arg_names})
         return c
@@ -141,6 +144,24 @@ def all_specs() -> list[Spec]:
                             specs.append(Spec(TB._bn_affine_kernel, cname + _off(fl) + oname,
                                               dt, dict(fl, **tiles), w, lay,
                                               fp32_ptrs=wptrs + optrs))
+            if lay == "nchw":
+                # the gradient channels_last beside an NCHW x (_conv._grad_beside: the fused
+                # MLP backward's dz rows, or such an autograd gradient): the dwconv backward and
+                # the BN backward's reduce / affine kernels
+                for cname, cfg in K.DW_CONFIGS.items():
+                    tiles = dict(BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"])
+                    w = cfg["num_warps"]
+                    for fl in DWCONV_BWD:
+                        specs.append(Spec(K._dwconv_bn_bwd_kernel, cname + _off(fl), dt,
+                                          dict(fl, **tiles), w, "gcl"))
+                    for has_dw in (True, False):
+                        wptrs = () if has_dw else ("dww_ptr", "dwb_ptr")
+                        fl = dict(HAS_DW=has_dw)
+                        specs.append(Spec(TB._bn_bwd_reduce_kernel, cname + _off(fl), dt,
+                                          dict(fl, **tiles), w, "gcl", fp32_ptrs=wptrs))
+                        fl = dict(HAS_G=True, HAS_DW=has_dw)
+                        specs.append(Spec(TB._bn_affine_kernel, cname + _off(fl), dt,
+                                          dict(fl, **tiles), w, "gcl", fp32_ptrs=wptrs))
             for key, cfg in K.MLP_CONFIGS.items():
                 # tiles at the config's width (the launcher always uses it)
                 for fl in MLP_FWD:

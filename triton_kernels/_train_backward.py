@@ -39,6 +39,7 @@ from ._conv import (
     _cast_out,
     _check,
     _dw_args,
+    _grad_beside,
     _layout,
     _off,
     _pixel_coords,
@@ -140,7 +141,9 @@ def _bn_forward(x, dw_w, dw_b, mean, var, bn_w, bn_b, eps, w1, w2):
 
 def _bn_backward(g, x, dw_w, dw_b, mean, var, bn_w, eps, need_dz, config="default"):
     """(dz in x's layout and dtype, or None; d bn_weight fp32, d bn_bias fp32) from
-    g = dL/dBN(z). dz is rounded once, by the affine kernel's store."""
+    g = dL/dBN(z) (in x's layout, or channels_last beside an NCHW x: _grad_beside). dz is
+    rounded once, by the affine kernel's store."""
+    g = _grad_beside(g, x)
     cfg = DW_CONFIGS[config]
     b, c, h, w = x.shape
     m = b * h * w
@@ -164,11 +167,6 @@ def _bn_backward(g, x, dw_w, dw_b, mean, var, bn_w, eps, need_dz, config="defaul
     return dz, sgd * inv, sg
 
 
-def _like_x(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """g in x's memory format (a no-op for autograd's usual gradients), unit inner stride."""
-    return _unit_stride(g.contiguous(memory_format=_layout(x)))
-
-
 def _prepare(x):
     _check(x)
     if x.numel() == 0:
@@ -185,9 +183,8 @@ def dwconv_bn_train_backward(grad, x, dw_w, dw_b, bn_weight, bn_bias, eps, grad_
     need_x, need_w, need_b, need_bnw, need_bnb = (list(grad_mask) + [False] * 5)[:5]
     need_b = need_b and dw_b is not None
     mean, var = _batch_stats(x, dw_w, dw_b)
-    g = _like_x(grad, x)
     need_dz = need_x or need_w or need_b
-    dz, dgamma, dbeta = _bn_backward(g, x, dw_w, dw_b, mean, var, bn_weight, eps, need_dz)
+    dz, dgamma, dbeta = _bn_backward(grad, x, dw_w, dw_b, mean, var, bn_weight, eps, need_dz)
     e = _empty(grad)
     gx = gw = gb = e
     if need_dz:
@@ -205,9 +202,10 @@ def mlp_train_backward(grad, x, bn_weight, bn_bias, eps, fc1_w, fc1_b, fc2_w, fc
     need_z = need_x or need_bnw or need_bnb
     mean, var = _batch_stats(x, None, None)
     z = _bn_forward(x, None, None, mean, var, bn_weight, bn_bias, eps, fc1_w, fc2_w)
-    # dz in x's dtype and layout (as eager rounds it): the BN backward's input
+    # dz in x's dtype (as eager rounds it): the BN backward's input, which reads channels_last
+    # rows beside an NCHW x as they are
     gm = _mlp_grads(grad, z, fc1_w, fc1_b, fc2_w, fc2_b, ls, [need_z, *mask[3:8]],
-                    dz_dtype=x.dtype)
+                    dz_dtype=x.dtype, dz_rows_ok=True)
     e = _empty(grad)
     gx = dgamma = dbeta = None
     if need_z:
@@ -234,9 +232,10 @@ def conv_block_train_backward(grad, x, dw_w, dw_b, bn_weight, bn_bias, eps, pw1_
     need_z = need_dz or need_bnw or need_bnb
     mean, var = _batch_stats(x, dw_w, dw_b)
     z = _bn_forward(x, dw_w, dw_b, mean, var, bn_weight, bn_bias, eps, pw1_w, pw2_w)
-    # dz in x's dtype and layout (as eager rounds it): the BN backward's input
+    # dz in x's dtype (as eager rounds it): the BN backward's input, which reads channels_last
+    # rows beside an NCHW x as they are
     gm = _mlp_grads(grad, z, pw1_w, pw1_b, pw2_w, pw2_b, ls, [need_z, *mask[5:10]],
-                    dz_dtype=x.dtype)
+                    dz_dtype=x.dtype, dz_rows_ok=True)
     e = _empty(grad)
     gx = gdw = gdb = e
     dgamma = dbeta = None

@@ -140,3 +140,66 @@ def test_train_backward_wide(op):
     args = _args(op, (1, 257, 2, 3, 300), "channels_last")
     out = check(fn, ref, args, what=f"{op} c257")
     assert len(out) == len(IDX[op])
+
+
+BW = pytest.importorskip("swiftkern.triton_kernels._backward")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("op", ["conv_block", "conv_block_train", "mlp_train"])
+def test_dz_rows_beside_nchw_x(op, dtype, monkeypatch):
+    """With an NCHW x, the fused MLP backward's dz (channels_last rows) goes to the dwconv / BN
+    backward as it is, without a copy into NCHW (_conv._grad_beside): every gradient
+    bit-identical, in the same strides, to the same call with dz copied into NCHW first."""
+    mod = BW if op == "conv_block" else TB
+    fn = getattr(mod, op + "_backward")
+    args = to(_args(op, ODD["c33"], "nchw"), dtype)
+    mask = [True] * (8 if op == "conv_block" else len(IDX[op]))
+    orig = BW._mlp_grads
+    seen = []
+
+    def spy(*a, **k):
+        out = orig(*a, **k)
+        seen.append(K._layout(out[0]))
+        return out
+
+    monkeypatch.setattr(mod, "_mlp_grads", spy)
+    got = fn(*args, mask)
+    assert seen == [torch.channels_last]  # the rows, not a copy
+    monkeypatch.setattr(mod, "_mlp_grads",
+                        lambda *a, **k: orig(*a, **dict(k, dz_rows_ok=False)))
+    want = fn(*args, mask)
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride(), i
+        assert torch.equal(a, b), i
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channels_last_gradient_beside_nchw_x(dtype):
+    """A channels_last gradient of an NCHW x is read as it is (no copy) by the dwconv backward
+    (with and without the residual, dx and / or the weight partials) and by the BN backward
+    of the train forms: results bit-identical to the gradient in NCHW."""
+    g = torch.Generator().manual_seed(7)
+    shape = (2, 33, 5, 7)
+    x = torch.randn(shape, generator=g).to(dtype)
+    gr = torch.randn(shape, generator=g).to(dtype)
+    gcl = gr.contiguous(memory_format=torch.channels_last)
+    assert K._grad_beside(gcl, x) is gcl and K._grad_beside(gr, x) is gr
+    # the other way round (a channels_last x) the gradient is copied into x's layout
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    assert K._layout(K._grad_beside(gr, xcl)) == torch.channels_last
+    w = torch.randn(33, 1, 3, 3, generator=g).to(dtype)
+    b = torch.randn(33, generator=g).to(dtype)
+    res = torch.randn(shape, generator=g).to(dtype)
+    for mask, r in (([True, True, True], res), ([True, True, True], None),
+                    ([True, False, False], res), ([False, True, True], None)):
+        got = K.dwconv_bn_backward(gcl, x, w, b, mask, residual=r)
+        want = K.dwconv_bn_backward(gr, x, w, b, mask, residual=r)
+        for a, c in zip(got, want):
+            assert a.stride() == c.stride() and torch.equal(a, c), mask
+    bn_w, bn_b = torch.rand(33, generator=g).to(dtype) + 0.5, torch.randn(33, generator=g).to(dtype)
+    got = TB.dwconv_bn_train_backward(gcl, x, w, b, bn_w, bn_b, 1e-5, [True] * 5)
+    want = TB.dwconv_bn_train_backward(gr, x, w, b, bn_w, bn_b, 1e-5, [True] * 5)
+    for a, c in zip(got, want):
+        assert a.stride() == c.stride() and torch.equal(a, c)
