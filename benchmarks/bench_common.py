@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -59,6 +61,31 @@ def run_benchmark(benchmark, cand, group: str, extra: dict, settings) -> None:
         fn = cand.fn
     benchmark.pedantic(fn, rounds=max(5, int(20 / max(1, inner) ** 0.5)), iterations=inner,
                        warmup_rounds=1)
+
+
+def median_us(fn, before, reps: int) -> float:
+    """Median wall time of fn() in us over reps calls, before() run untimed ahead of each (one
+    untimed call of fn first)."""
+    fn()
+    ts = []
+    for _ in range(reps):
+        before()
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) * 1e6
+
+
+def cold_parser(doc: str, reps: int) -> argparse.ArgumentParser:
+    """--threads / --reps of the cold-vs-warm scripts (cold_gemm.py, cold_conv.py)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=reps)
+    return ap
+
+
+# 64 MB read before a cold call (read, not written: no dirty lines left behind) by those scripts
+FLUSH_FLOATS = 16 << 20
 
 
 def script_parser(doc: str) -> argparse.ArgumentParser:

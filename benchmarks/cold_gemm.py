@@ -10,11 +10,8 @@ from memory adds; the weight bytes over it are shown as a rate, to compare with 
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-
 import torch
+from bench_common import FLUSH_FLOATS, cold_parser, median_us
 
 # (rows, in, out): L1 stage 4 pw1 / pw2 at batch 1 (7x7), L1 stage 3 pw1 (14x14), L3 stage 4 pw1,
 # L1 stage 4 pw1 at batch 8
@@ -22,23 +19,15 @@ SHAPES = ((49, 384, 1536), (49, 1536, 384), (196, 192, 768), (49, 512, 2048), (3
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=25)
-    a = ap.parse_args()
+    a = cold_parser(__doc__, 25).parse_args()
     torch.set_num_threads(a.threads)
-    flush = torch.ones(16 << 20)  # 64 MB, read (not written: no dirty lines left behind)
+    flush = torch.ones(FLUSH_FLOATS)
 
-    def median_us(fn, cold: bool) -> float:
-        fn()
-        ts = []
-        for _ in range(a.reps):
-            if cold:
-                flush.sum()
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return statistics.median(ts) * 1e6
+    def cold_us(fn) -> float:
+        return median_us(fn, flush.sum, a.reps)
+
+    def warm_us(fn) -> float:
+        return median_us(fn, lambda: None, a.reps)
 
     with torch.no_grad():
         for m, k, n in SHAPES:
@@ -50,7 +39,7 @@ def main() -> None:
                 ("mkl packed", lambda: torch.ops.mkl._mkl_linear(x, packed, w, None, m)),  # noqa: B023
                 ("at::mm", lambda: torch.mm(x, wt)),  # noqa: B023
             ):
-                cold, warm = median_us(fn, True), median_us(fn, False)
+                cold, warm = cold_us(fn), warm_us(fn)
                 extra = cold - warm
                 rate = mb * 1e3 / extra if extra > 0 else float("inf")
                 print(f"{m}x{k}x{n} {name:10s} weights {mb:.1f} MB: cold {cold:.0f} us, warm "
