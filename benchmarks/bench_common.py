@@ -76,24 +76,25 @@ def median_us(fn, before, reps: int) -> float:
     return statistics.median(ts) * 1e6
 
 
-def cold_parser(doc: str, reps: int) -> argparse.ArgumentParser:
-    """--threads / --reps of the cold-vs-warm scripts (cold_gemm.py, cold_conv.py)."""
+def threads_parser(doc: str, **counts: int) -> argparse.ArgumentParser:
+    """A script's parser: --threads (default 2) and one int option per keyword, with that
+    default (e.g. reps=25 gives --reps)."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=reps)
+    for name, default in counts.items():
+        ap.add_argument(f"--{name}", type=int, default=default)
     return ap
 
 
-# 64 MB read before a cold call (read, not written: no dirty lines left behind) by those scripts
+# 64 MB read before a cold call (read, not written: no dirty lines left behind) by the
+# cold-vs-warm scripts (cold_gemm.py, cold_conv.py)
 FLUSH_FLOATS = 16 << 20
 
 
 def script_parser(doc: str) -> argparse.ArgumentParser:
     """The --model / --batch / --threads options shared by the A/B scripts in this folder."""
-    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap = threads_parser(doc, batch=1)
     ap.add_argument("--model", default="hf:xs")
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=2)
     return ap
 
 

@@ -18,7 +18,7 @@ cost. Shapes: SwiftFormer-L1's stride-2 3x3 downsamples at batch 1.
 from __future__ import annotations
 
 import torch
-from bench_common import FLUSH_FLOATS, cold_parser, median_us
+from bench_common import FLUSH_FLOATS, median_us, threads_parser
 
 # (C_in, C_out, input H = W): L1's downsamples at batch 1 (stage 1 -> 2, stage 3 -> 4)
 SHAPES = ((48, 96, 56), (192, 384, 14))
@@ -39,7 +39,7 @@ def _conv(x, packed, b):
 
 
 def main() -> None:
-    a = cold_parser(__doc__, 40).parse_args()
+    a = threads_parser(__doc__, reps=40).parse_args()
     torch.set_num_threads(a.threads)
     flush = torch.ones(FLUSH_FLOATS)
 

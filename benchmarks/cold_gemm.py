@@ -11,7 +11,7 @@ from memory adds; the weight bytes over it are shown as a rate, to compare with 
 from __future__ import annotations
 
 import torch
-from bench_common import FLUSH_FLOATS, cold_parser, median_us
+from bench_common import FLUSH_FLOATS, median_us, threads_parser
 
 # (rows, in, out): L1 stage 4 pw1 / pw2 at batch 1 (7x7), L1 stage 3 pw1 (14x14), L3 stage 4 pw1,
 # L1 stage 4 pw1 at batch 8
@@ -19,7 +19,7 @@ SHAPES = ((49, 384, 1536), (49, 1536, 384), (196, 192, 768), (49, 512, 2048), (3
 
 
 def main() -> None:
-    a = cold_parser(__doc__, 25).parse_args()
+    a = threads_parser(__doc__, reps=25).parse_args()
     torch.set_num_threads(a.threads)
     flush = torch.ones(FLUSH_FLOATS)
 

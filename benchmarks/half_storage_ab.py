@@ -9,25 +9,21 @@ median of per-round ratios whole / tiles with its IQR.
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
 import time
 
 import torch
-from bench_common import restored_env
+from bench_common import restored_env, threads_parser
 
 import swiftkern  # noqa: F401  (loads the kernels)
+from swiftkern.bench.stats import per_round_ratios, summarize
 
 # (B, C, H, W, hidden)
 SHAPES = ((1, 48, 56, 56, 192), (8, 48, 56, 56, 192), (1, 56, 28, 28, 224), (8, 56, 28, 28, 224))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=30)
-    a = ap.parse_args()
+    a = threads_parser(__doc__, rounds=30).parse_args()
     torch.set_num_threads(a.threads)
     ops = torch.ops.swiftkern_C
     with restored_env("SWIFTKERN_CPU_HALF_TILES"):
@@ -51,12 +47,11 @@ def main() -> None:
                         t0 = time.perf_counter()
                         call(x)
                         v.append(time.perf_counter() - t0)
-                r = sorted(w_ / t_ for t_, w_ in zip(times["tiles"], times["whole"]))
-                med = {k: statistics.median(v) * 1e6 for k, v in times.items()}
+                r = summarize(per_round_ratios(times["whole"], times["tiles"]))
+                med = {k: summarize(v).median * 1e6 for k, v in times.items()}
                 print(f"{name} {b}x{c}x{h}x{w} bf16: per tile {med['tiles']:.0f} us, whole "
                       f"tensors {med['whole']:.0f} us, fp32 kernel {med['fp32']:.0f} us; "
-                      f"speed-up {statistics.median(r):.3f}x "
-                      f"[IQR {r[len(r) // 4]:.3f}-{r[3 * len(r) // 4]:.3f}]")
+                      f"speed-up {r.median:.3f}x [IQR {r.q1:.3f}-{r.q3:.3f}]")
 
 
 if __name__ == "__main__":

@@ -8,12 +8,11 @@ three timeit repeats each; the kernel alone is the plan's recorded call.
 
 from __future__ import annotations
 
-import argparse
 import os
 import timeit
 
 import torch
-from bench_common import restored_env
+from bench_common import restored_env, threads_parser
 
 import swiftkern
 from swiftkern.bench.models import build_model
@@ -26,10 +25,7 @@ CASES = (
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--number", type=int, default=3000)
-    a = ap.parse_args()
+    a = threads_parser(__doc__, number=3000).parse_args()
     torch.set_num_threads(a.threads)
     mods = dict(swiftkern.optimize(build_model("hf:xs").eval()).named_modules())
 
