@@ -1006,6 +1006,12 @@ void check_x(const char* op, const Tensor& x) {
   TORCH_CHECK(x.dim() == 4, op, ": x must be 4-D [B, C, H, W], got ", x.sizes());
 }
 
+// The train forms' BatchNorm affine parameters: C values each, when given.
+void check_bn(const char* op, const Tensor& x, const OptTensor& bn_w, const OptTensor& bn_b) {
+  check_numel(op, "bn_weight", bn_w, x.size(1));
+  check_numel(op, "bn_bias", bn_b, x.size(1));
+}
+
 void check_dw(const char* op, const Tensor& x, const Tensor& dw_w, const OptTensor& dw_b,
               const OptTensor& bn_w = std::nullopt, const OptTensor& bn_b = std::nullopt) {
   check_x(op, x);
@@ -1013,8 +1019,7 @@ void check_dw(const char* op, const Tensor& x, const Tensor& dw_w, const OptTens
   TORCH_CHECK(dw_w.numel() == 9 * C, op, ": dw_w must be [", C, ", 1, 3, 3], got ",
               dw_w.sizes());
   check_numel(op, "dw_b", dw_b, C);
-  check_numel(op, "bn_weight", bn_w, C);
-  check_numel(op, "bn_bias", bn_b, C);
+  check_bn(op, x, bn_w, bn_b);
 }
 
 // out_is_x: the output is added to x (conv_block), so it has x's channels.
@@ -1290,8 +1295,7 @@ std::tuple<Tensor, Tensor, Tensor> mlp_train(const Tensor& x, const OptTensor& b
                                              const Tensor& fc2_w, const OptTensor& fc2_b,
                                              const OptTensor& ls, const OptTensor& residual) {
   check_pw("mlp_train", x, fc1_w, fc1_b, fc2_w, fc2_b, ls, false);
-  check_numel("mlp_train", "bn_weight", bn_w, x.size(1));
-  check_numel("mlp_train", "bn_bias", bn_b, x.size(1));
+  check_bn("mlp_train", x, bn_w, bn_b);
   switch (route_dtype(x, "mlp_train")) {
     case DtypeRoute::kFloat:
       return mlp_train_impl<float>(x, bn_w, bn_b, eps, pw_args(fc1_w, fc1_b, fc2_w, fc2_b, ls),
@@ -1369,8 +1373,7 @@ std::vector<Tensor> mlp_train_backward(const Tensor& grad, const Tensor& x, cons
                                        const OptTensor& residual,
                                        const c10::List<bool>& mask_list) {
   check_pw("mlp_train_backward", x, fc1_w, fc1_b, fc2_w, fc2_b, ls, false);
-  check_numel("mlp_train_backward", "bn_weight", bn_w, x.size(1));
-  check_numel("mlp_train_backward", "bn_bias", bn_b, x.size(1));
+  check_bn("mlp_train_backward", x, bn_w, bn_b);
   check_grad("mlp_train_backward", grad, x, &fc2_w);
   const std::vector<bool> mask = mask_list.vec();
   TORCH_CHECK(mask.size() == 9, "mlp_train_backward: grad_mask must have 9 entries");
