@@ -103,13 +103,18 @@ def _machine_isas() -> list[str]:
     return {"avx512": ["avx512", "avx2"], "avx2": ["avx2"]}.get(best, [])
 
 
-@pytest.mark.parametrize("strategy", ["tile", "tile-mm", "unfused", "split"])
-@pytest.mark.parametrize("isa", ["avx512", "avx2"])
-def test_cpu_isa_path_matches_reference(isa: str, strategy: str) -> None:
+def _skip_unless_runnable(isa: str) -> None:
+    """Skips unless the isa library is built and this CPU can run it."""
     if _ext.STATUS.get(f"_C_cpu_{isa}") is None and _ext.CPU_ISA is None:
         pytest.skip("CPU kernel libraries not built")
     if isa not in _machine_isas():
         pytest.skip(f"this CPU cannot run the {isa} library")
+
+
+@pytest.mark.parametrize("strategy", ["tile", "tile-mm", "unfused", "split"])
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_cpu_isa_path_matches_reference(isa: str, strategy: str) -> None:
+    _skip_unless_runnable(isa)
     tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, SWIFTKERN_CPU_ISA=isa, SWIFTKERN_CPU_CONV_STRATEGY=strategy[:4]
                if strategy.startswith("tile") else strategy, OMP_NUM_THREADS="2",
@@ -133,10 +138,7 @@ def test_unknown_dtype_is_not_implemented() -> None:
 def test_cpu_isa_path_half_storage(isa: str) -> None:
     """The bf16 / fp16 storage conversions of the conv-block kernels (test_cpu_half_tiles.py,
     bit-identical to whole-tensor conversion) on each ISA path."""
-    if _ext.STATUS.get(f"_C_cpu_{isa}") is None and _ext.CPU_ISA is None:
-        pytest.skip("CPU kernel libraries not built")
-    if isa not in _machine_isas():
-        pytest.skip(f"this CPU cannot run the {isa} library")
+    _skip_unless_runnable(isa)
     if isa == _ext.CPU_ISA:
         pytest.skip("the default process runs these tests on its own path")
     here = os.path.dirname(os.path.abspath(__file__))
