@@ -120,7 +120,6 @@ def test_half_tiles_empty_batch(dtype):
     assert C.mlp(x, *_mlp_args(p), x).shape == x.shape
 
 
-
 # ---- The MLP's residual when it is x itself (as the fused encoder block calls it): x's fp32 copy
 # serves as the residual too (csrc/cpu/cpu_common.h residual_to_float), on every strategy and in
 # the train / backward / packed forms; each result is bit-identical to the fp32 route on
@@ -214,6 +213,7 @@ def test_mlp_kernel_rejects_a_residual_of_another_shape(dtype):
         C.mlp(x, *_mlp_args(p), bad)
     with pytest.raises(RuntimeError, match="residual must have shape"):
         C.mlp_train(x, None, None, 1e-5, *_mlp_args(p), bad)
+
 
 def test_forced_isa_is_the_loaded_one():
     """test_cpu_isa.py runs this file with SWIFTKERN_CPU_ISA forced: the library that ran the
