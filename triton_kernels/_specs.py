@@ -123,9 +123,14 @@ def all_specs() -> list[Spec]:
                     for kern in (K._dwconv_bn_fwd_kernel, K._dwconv_bn_stats_kernel):
                         specs.append(Spec(kern, cname + wname, dt, dict(tiles), w, lay,
                                           fp32_ptrs=wptrs))
+                # kernels reading a gradient: also with it channels_last beside an NCHW x
+                # ("gcl", _conv._grad_beside: the fused MLP backward's dz rows, or such an
+                # autograd gradient)
+                g_lays = (lay, "gcl") if lay == "nchw" else (lay,)
                 for fl in DWCONV_BWD:
-                    specs.append(Spec(K._dwconv_bn_bwd_kernel, cname + _off(fl), dt,
-                                      dict(fl, **tiles), w, lay))
+                    for gl in g_lays:
+                        specs.append(Spec(K._dwconv_bn_bwd_kernel, cname + _off(fl), dt,
+                                          dict(fl, **tiles), w, gl))
                 # backward of the train forms: BN reduce / affine on a gradient in dt, with or
                 # without the dwconv (conv_block_train / mlp_train; without it the unused dwconv
                 # pointers are the fp32 mean). The affine kernel writes dz / dx in dt, or (no
@@ -134,34 +139,19 @@ def all_specs() -> list[Spec]:
                 for has_dw in (True, False):
                     wptrs = () if has_dw else ("dww_ptr", "dwb_ptr")
                     fl = dict(HAS_DW=has_dw)
-                    specs.append(Spec(TB._bn_bwd_reduce_kernel, cname + _off(fl), dt,
-                                      dict(fl, **tiles), w, lay, fp32_ptrs=wptrs))
+                    for gl in g_lays:
+                        specs.append(Spec(TB._bn_bwd_reduce_kernel, cname + _off(fl), dt,
+                                          dict(fl, **tiles), w, gl, fp32_ptrs=wptrs))
                     for has_g in (True, False):
                         fl = dict(HAS_G=has_g, HAS_DW=has_dw)
                         outs = [("", ())] + ([(",out fp32", ("out_ptr",))]
                                              if dt != "fp32" and not has_g else [])
                         for oname, optrs in outs:
-                            specs.append(Spec(TB._bn_affine_kernel, cname + _off(fl) + oname,
-                                              dt, dict(fl, **tiles), w, lay,
-                                              fp32_ptrs=wptrs + optrs))
-            if lay == "nchw":
-                # the gradient channels_last beside an NCHW x (_conv._grad_beside: the fused
-                # MLP backward's dz rows, or such an autograd gradient): the dwconv backward and
-                # the BN backward's reduce / affine kernels
-                for cname, cfg in K.DW_CONFIGS.items():
-                    tiles = dict(BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"])
-                    w = cfg["num_warps"]
-                    for fl in DWCONV_BWD:
-                        specs.append(Spec(K._dwconv_bn_bwd_kernel, cname + _off(fl), dt,
-                                          dict(fl, **tiles), w, "gcl"))
-                    for has_dw in (True, False):
-                        wptrs = () if has_dw else ("dww_ptr", "dwb_ptr")
-                        fl = dict(HAS_DW=has_dw)
-                        specs.append(Spec(TB._bn_bwd_reduce_kernel, cname + _off(fl), dt,
-                                          dict(fl, **tiles), w, "gcl", fp32_ptrs=wptrs))
-                        fl = dict(HAS_G=True, HAS_DW=has_dw)
-                        specs.append(Spec(TB._bn_affine_kernel, cname + _off(fl), dt,
-                                          dict(fl, **tiles), w, "gcl", fp32_ptrs=wptrs))
+                            for gl in g_lays if has_g else (lay,):
+                                specs.append(Spec(TB._bn_affine_kernel,
+                                                  cname + _off(fl) + oname, dt,
+                                                  dict(fl, **tiles), w, gl,
+                                                  fp32_ptrs=wptrs + optrs))
             for key, cfg in K.MLP_CONFIGS.items():
                 # tiles at the config's width (the launcher always uses it)
                 for fl in MLP_FWD:
