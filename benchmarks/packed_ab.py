@@ -3,12 +3,18 @@
 SWIFTKERN_PLANS=1 vs 0) or the fp32 conv-block tiles' GEMMs through ATen's brgemm entry instead
 of at::mm_out (--switch brgemm: SWIFTKERN_CPU_BRGEMM=1 vs 0), or bf16 / fp16 conv blocks converting
 per tile instead of whole tensors (--switch half-tiles: SWIFTKERN_CPU_HALF_TILES=1 vs 0; use
---dtype bf16). Each is read on every call, so the
-two settings alternate call by call on the same model and machine drift hits both alike. Prints
-the medians and the median of per-pair ratios with its IQR.
+--dtype bf16), or any per-call variable between two values (--env NAME --on A --off B, e.g.
+--env SWIFTKERN_CPU_UNFUSED_BYTES --on 262144 --off 2097152; call plans are turned off for both
+sides then, since a plan recorded under one value would replay its packing decision under the
+other, unless --keep-plans says the plan key holds the variable, as for SWIFTKERN_CPU_PACK).
+Each is read on every call, so the two settings alternate call by call on the same model and
+machine drift hits both alike. Prints the medians and the median of per-pair ratios with its IQR.
 
     python benchmarks/packed_ab.py --model hf:l3 --batch 1 --pairs 15 [--dtype bf16]
     python benchmarks/packed_ab.py --switch plans --model hf:xs --batch 1 --pairs 15
+    python benchmarks/packed_ab.py --env SWIFTKERN_CPU_UNFUSED_BYTES --on 262144 --off 2097152
+    python benchmarks/packed_ab.py --model hf:l1 --env SWIFTKERN_CPU_PACK --on auto --off mkl \
+        --keep-plans
 """
 
 from __future__ import annotations
@@ -40,8 +46,16 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--switch", choices=sorted(SWITCHES), default="packed")
     ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--env", help="any per-call variable instead of --switch")
+    ap.add_argument("--on", default="1", help="--env's value timed as 'on'")
+    ap.add_argument("--off", default="0", help="--env's value timed as 'off'")
+    ap.add_argument("--keep-plans", action="store_true",
+                    help="with --env: leave call plans on (variables in the plan key only)")
     a = ap.parse_args()
-    var = SWITCHES[a.switch]
+    var = a.env or SWITCHES[a.switch]
+    on_val, off_val = (a.on, a.off) if a.env else ("1", "0")
+    if a.env and not a.keep_plans:
+        os.environ["SWIFTKERN_PLANS"] = "0"
     torch.set_num_threads(a.threads)
     dtype = torch.float32 if a.dtype == "fp32" else torch.bfloat16
     model = swiftkern.optimize(build_model(a.model).eval(), dtype=dtype)
@@ -55,19 +69,19 @@ def main() -> None:
         return time.perf_counter() - t, y
 
     with torch.no_grad():
-        _, y_on = timed("1")
-        _, y_off = timed("0")
+        _, y_on = timed(on_val)
+        _, y_off = timed(off_val)
         on, off = [], []
         for _ in range(a.pairs):
-            on.append(timed("1")[0])
-            off.append(timed("0")[0])
+            on.append(timed(on_val)[0])
+            off.append(timed(off_val)[0])
     ratios = [b / p for p, b in zip(on, off)]
     q = statistics.quantiles(ratios, n=4)
     med_on = statistics.median(on) * 1e3
     y_on, y_off = (y.logits if hasattr(y, "logits") else y for y in (y_on, y_off))
     print(
-        f"{a.model} b{a.batch} {a.image_size}px {a.dtype}, {a.threads} threads: {var}=1 "
-        f"{med_on:.2f} ms, =0 {statistics.median(off) * 1e3:.2f} ms, speed-up "
+        f"{a.model} b{a.batch} {a.image_size}px {a.dtype}, {a.threads} threads: {var}={on_val} "
+        f"{med_on:.2f} ms, ={off_val} {statistics.median(off) * 1e3:.2f} ms, speed-up "
         f"{statistics.median(ratios):.3f}x [IQR {q[0]:.3f}-{q[2]:.3f}] over {a.pairs} pairs; "
         f"max |on - off| {(y_on.float() - y_off.float()).abs().max().item():.1e}"
     )

@@ -33,6 +33,19 @@ def _find(stem: str) -> str | None:
 AVX512_NEEDS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"}
 
 
+def cpuinfo_field(key: str) -> str | None:
+    """The first `key` line's value in /proc/cpuinfo ("model name", "vendor_id", "flags"), or
+    None where there is no such file or line (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.split(":", 1)[0].strip() == key:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine_isa() -> str | None:
     """Best CPU kernel ISA this machine runs (cpuid via swiftkern._C; needs _C loaded)."""
     feats = set(torch.ops.swiftkern_C.cpu_features())

@@ -325,8 +325,9 @@ def _nchw_outputs(out):
 
 _PACKED_NOTE = (
     "CPU weights: fused conv blocks / MLPs / attention on shapes that run whole-tensor GEMMs "
-    "keep MKL-packed copies of their fp32 (bf16: fp32-converted) pointwise weights, one per "
-    "input row count (two at most per module), built on first use: resident memory grows by "
+    "keep packed copies (MKL's sgemm format; on AMD CPUs oneDNN's 1x1-convolution format for "
+    "the widest 7x7 batch-1 blocks) of their fp32 (bf16: fp32-converted) pointwise weights, one "
+    "per input row count (two at most per module), built on first use: resident memory grows by "
     "about the size of those weights per row count (HF SwiftFormer-L3 after batch 1 and batch 8 "
     "calls: +206 MB over the 109 MB of parameters); SWIFTKERN_CPU_PACKED=0 turns this off"
 )

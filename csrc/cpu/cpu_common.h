@@ -14,6 +14,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace swiftkern::cpu {
 
@@ -51,13 +52,43 @@ inline OptTensor residual_to_float(const OptTensor& residual, const Tensor& x, c
   return has(residual) && residual->is_same(x) ? OptTensor(xf) : to_float(residual);
 }
 
-// d [P, K] @ w^T (+ bias) through MKL's packed sgemm, via ATen's mkl::_mkl_linear: the weight
-// was packed once (by the caller, cached; mkl::_mkl_reorder_linear_weight) for exactly P rows;
-// ATen runs its plain linear for any other P. At P = 49 (7x7, batch 1), 2 threads, it ran
-// 2.0-2.25x the speed of at::mm on the same [2048, 512] / [512, 2048] weights, 1.03-1.19x at
-// P = 196 (C = 320).
+// d [P, K] (contiguous) @ w^T (+ bias) through oneDNN's 1x1 convolution on a weight it
+// reordered once (mkldnn::_reorder_convolution_weight of w viewed [N, K, 1, 1], for an input of
+// shape [1, K, 1, P]): d is that input, channels_last, and the channels_last output is [P, N]
+// row-major. AMD Zen 3, 2 threads, a conv block's two GEMMs interleaved against MKL's packed
+// sgemm: 1.20x [IQR 1.13-1.25] at P = 49, C = 384 (4C hidden), 1.32x [1.27-1.36] at C = 512;
+// 0.77-1.06x at the other SwiftFormer shapes (swiftkern/nn/_base.py picks where it serves).
+inline Tensor onednn_linear(const Tensor& d, const Tensor& packed, const OptTensor& bias) {
+  static const c10::OperatorHandle op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_convolution_pointwise", "");
+  const int64_t P = d.size(0), K = d.size(1), N = packed.size(0);
+  TORCH_CHECK(packed.dim() == 4 && packed.size(1) == K,
+              "onednn_linear: the packed weight does not match the input's ", K, " channels");
+  const Tensor d4 = d.contiguous().as_strided({1, K, 1, P}, {P * K, 1, P * K, K});
+  std::vector<c10::IValue> stack{d4,
+                                 packed,
+                                 has(bias) ? c10::IValue(*bias) : c10::IValue(),
+                                 c10::IValue(std::vector<int64_t>{0, 0}),
+                                 c10::IValue(std::vector<int64_t>{1, 1}),
+                                 c10::IValue(std::vector<int64_t>{1, 1}),
+                                 c10::IValue(int64_t(1)),
+                                 c10::IValue(std::string("none")),
+                                 c10::IValue(c10::List<std::optional<at::Scalar>>()),
+                                 c10::IValue(std::string(""))};
+  op.callBoxed(&stack);
+  // [1, N, 1, P] channels_last: its memory is [P, N] row-major (contiguous() is then a no-op)
+  return stack[0].toTensor().permute({0, 2, 3, 1}).reshape({P, N}).contiguous();
+}
+
+// d [P, K] @ w^T (+ bias) on a weight the caller packed once (cached) for exactly P rows:
+// - a 4-D packed weight is oneDNN's convolution format (onednn_linear above);
+// - otherwise MKL's packed sgemm, via ATen's mkl::_mkl_linear (mkl::_mkl_reorder_linear_weight);
+//   ATen runs its plain linear for any other P. At P = 49 (7x7, batch 1), 2 threads, Intel Xeon,
+//   it ran 2.0-2.25x the speed of at::mm on the same [2048, 512] / [512, 2048] weights,
+//   1.03-1.19x at P = 196 (C = 320).
 inline Tensor packed_linear(const Tensor& d, const Tensor& packed, const Tensor& w,
                             const OptTensor& bias = std::nullopt) {
+  if (packed.dim() == 4) return onednn_linear(d, packed, bias);
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("mkl::_mkl_linear", "")

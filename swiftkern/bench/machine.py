@@ -8,31 +8,19 @@ import platform
 
 import torch
 
+from .._ext import cpuinfo_field
+
 ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16")
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> list[str]:
     """ISA flags relevant to the kernels, as the kernel (Linux /proc/cpuinfo) reports them."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [fl for fl in ISA_FLAGS if fl in have]
-    except OSError:
-        pass
-    return []
+    have = set((cpuinfo_field("flags") or "").split())
+    return [fl for fl in ISA_FLAGS if fl in have]
 
 
 def _version(mod: str) -> str | None:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _registry
+from .._ext import cpuinfo_field
 from ..ops import reference as ref
 from ..ops._define import layout_of
 
@@ -162,8 +163,9 @@ class FusedModule(nn.Module):
             fargs[i] = t
 
     def _run_packed(self, op, fargs, record=None):
-        """The *_packed C++ kernel on this module's cached MKL-packed weights, or None where the
-        shape is not one the packed GEMMs serve."""
+        """The *_packed C++ kernel on this module's cached packed weights (MKL's sgemm format, or
+        oneDNN's where _pack_kind picks it), or None where the shape is not one the packed GEMMs
+        serve."""
         x = fargs[0]
         n1, n2 = _PACKED_WEIGHTS[op.name]
         w1, w2 = fargs[op.arg_names.index(n1)], fargs[op.arg_names.index(n2)]
@@ -190,14 +192,18 @@ class FusedModule(nn.Module):
             rows = x.shape[0] * x.shape[2] * x.shape[3]
         if rows == 0:
             return None
-        ck = f"mkl:{op.name}:{rows}"
+        kind = _pack_kind(op.name, rows, w1)
+        ck = f"{kind}:{op.name}:{rows}"
         fresh = ck not in self._cache
         p1, p2 = self.cached(
-            ck, [w1, w2], lambda: tuple(None if w is None else _mkl_pack(w, rows) for w in (w1, w2))
+            ck,
+            [w1, w2],
+            lambda: tuple(None if w is None else _pack(w, rows, kind) for w in (w1, w2)),
         )
-        if fresh and ck in self._cache:  # keep the newest few row counts (each a weight copy)
+        if fresh and ck in self._cache:  # keep the newest few packed copies (each a weight copy)
             # list(): a snapshot (another thread may insert meanwhile); pop: or evict first
-            old = [k for k in list(self._cache) if k.startswith(f"mkl:{op.name}:") and k != ck]
+            mine = (f"mkl:{op.name}:", f"onednn:{op.name}:")
+            old = [k for k in list(self._cache) if k.startswith(mine) and k != ck]
             for k in old[: max(0, len(old) + 1 - _MAX_PACKED)]:
                 self._cache.pop(k, None)
                 self._drop_plans()  # they may hold the packed weights just evicted
@@ -292,6 +298,24 @@ _ATTN_PACK_MIN_BYTES = 96 << 10
 _MAX_PACKED = 2
 
 
+# conv_block / mlp weights packed for oneDNN's 1x1 convolution instead of MKL's sgemm (see
+# onednn_linear in csrc/cpu/cpu_common.h), where that measured faster: on AMD CPUs, at most
+# _ONEDNN_MAX_ROWS pixels (7x7 at batch 1) with a pw1 weight of _ONEDNN_MIN_W1_BYTES or more
+# (C >= 363 at a 4C hidden). AMD EPYC Zen 3, 2 threads, a conv block's two GEMMs, interleaved:
+# 1.20x [IQR 1.13-1.25] at C = 384 and 1.32x [1.27-1.36] at C = 512 (7x7, batch 1); MKL stayed
+# ahead or even elsewhere (0.77-0.98x at C = 64-224, 1.02-1.06x at 196-392 rows). Intel CPUs
+# keep MKL, where its packed path was measured (never compared with oneDNN there).
+# SWIFTKERN_CPU_PACK=mkl|onednn forces one kind wherever weights are packed (A/B benchmarks).
+_ONEDNN_PACK_OK = (
+    torch.backends.mkldnn.is_available()
+    and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
+    and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+)
+_ONEDNN_PACK = _ONEDNN_PACK_OK and cpuinfo_field("vendor_id") == "AuthenticAMD"
+_ONEDNN_MAX_ROWS = 64
+_ONEDNN_MIN_W1_BYTES = 2 << 20
+
+
 _MAX_PLANS = 4
 
 
@@ -308,10 +332,10 @@ def _plan_key(x: torch.Tensor, backend: str, extra) -> tuple | None:
         or torch.jit.is_tracing()
     ):
         return None
-    plans, packed = _plan_env()
+    plans, packed, kind = _plan_env()
     if not plans:
         return None
-    return (x.shape, x.stride(), x.dtype, torch.get_num_threads(), packed, backend, extra)
+    return (x.shape, x.stride(), x.dtype, torch.get_num_threads(), packed, kind, backend, extra)
 
 
 # os.environ's own store (POSIX: bytes keys), read directly: os.environ.get costs ~1 us per name
@@ -322,12 +346,15 @@ if not isinstance(_ENV, dict):
     _ENV = None
 
 
-def _plan_env() -> tuple[bool, bool]:
-    """Whether SWIFTKERN_PLANS and SWIFTKERN_CPU_PACKED are on now (unless set to "0")."""
+def _plan_env() -> tuple[bool, bool, str | bytes | None]:
+    """Whether SWIFTKERN_PLANS and SWIFTKERN_CPU_PACKED are on now (unless set to "0"), and
+    SWIFTKERN_CPU_PACK's value (None when unset; bytes where the store is read directly)."""
     if _ENV is not None:
-        return _ENV.get(b"SWIFTKERN_PLANS") != b"0", _ENV.get(b"SWIFTKERN_CPU_PACKED") != b"0"
+        return (_ENV.get(b"SWIFTKERN_PLANS") != b"0", _ENV.get(b"SWIFTKERN_CPU_PACKED") != b"0",
+                _ENV.get(b"SWIFTKERN_CPU_PACK"))
     env = os.environ
-    return env.get("SWIFTKERN_PLANS") != "0", env.get("SWIFTKERN_CPU_PACKED") != "0"
+    return (env.get("SWIFTKERN_PLANS") != "0", env.get("SWIFTKERN_CPU_PACKED") != "0",
+            env.get("SWIFTKERN_CPU_PACK"))
 
 
 class _Plan:
@@ -406,8 +433,35 @@ def _packed_on() -> bool:
     return _MKL_PACK and _plan_env()[1]
 
 
-def _mkl_pack(w: torch.Tensor, rows: int) -> torch.Tensor:
-    return torch.ops.mkl._mkl_reorder_linear_weight(w.contiguous(), rows)
+def _pack_kind(op_name: str, rows: int, w1: torch.Tensor) -> str:
+    """"mkl" or "onednn": how _run_packed packs op's weights for `rows` input rows
+    (SWIFTKERN_CPU_PACK=mkl|onednn forces one; any other value, or none, picks)."""
+    forced = _plan_env()[2]
+    if isinstance(forced, bytes):
+        forced = forced.decode(errors="replace")
+    if forced == "mkl" or (forced == "onednn" and _ONEDNN_PACK_OK):
+        return forced
+    if (
+        _ONEDNN_PACK
+        and op_name in ("conv_block", "mlp")
+        and rows <= _ONEDNN_MAX_ROWS
+        and w1.numel() * 4 >= _ONEDNN_MIN_W1_BYTES
+    ):
+        return "onednn"
+    return "mkl"
+
+
+def _pack(w: torch.Tensor, rows: int, kind: str) -> torch.Tensor:
+    """w [N, K] packed for `rows` rows: MKL's sgemm format (2-D), or oneDNN's 1x1-convolution
+    weight format (4-D [N, K, 1, 1], for an input [1, K, 1, rows]); packed_linear in
+    csrc/cpu/cpu_common.h tells them apart by rank."""
+    w = w.contiguous()
+    if kind == "onednn":
+        n, k = w.shape
+        return torch.ops.mkldnn._reorder_convolution_weight(
+            w.view(n, k, 1, 1), [0, 0], [1, 1], [1, 1], 1, [1, k, 1, rows]
+        )
+    return torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
 
 
 def _detached(value):

@@ -286,15 +286,21 @@ def test_half_cpu_modules_use_cached_fp32_params(idx, dtype):
         assert torch.equal(out, opt(xg))
 
 
+@pytest.mark.parametrize("pack", ["mkl", "onednn"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["convenc", "block"])
-def test_cpu_modules_use_packed_weights(monkeypatch, kind, dtype):
+def test_cpu_modules_use_packed_weights(monkeypatch, kind, dtype, pack):
     """channels_last CPU calls whose shape runs whole-tensor pointwise GEMMs use fp32 weights
-    (bf16: the modules' fp32 copies) packed once for MKL and cached per row count (at most two):
-    results within the dtype's rule of the original module, repacked after an in-place change,
-    never under autograd."""
+    (bf16: the modules' fp32 copies) packed once (for MKL, or oneDNN's 1x1 convolution: forced
+    here by SWIFTKERN_CPU_PACK) and cached per row count (at most two): results within the
+    dtype's rule of the original module, repacked after an in-place change, never under
+    autograd."""
     from swiftkern import _registry
     from swiftkern.nn import _base
+
+    if pack == "onednn" and not _base._ONEDNN_PACK_OK:
+        pytest.skip("needs oneDNN's convolution ops")
+    monkeypatch.setenv("SWIFTKERN_CPU_PACK", pack)
 
     if not _base._MKL_PACK or _registry.resolve(
         "conv_block", "auto", torch.device("cpu"), torch.float32
@@ -303,12 +309,12 @@ def test_cpu_modules_use_packed_weights(monkeypatch, kind, dtype):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the strategy rules depend on it; the shapes are chosen for 2
     try:
-        _check_packed_module(monkeypatch, kind, dtype, _base)
+        _check_packed_module(monkeypatch, kind, dtype, _base, pack)
     finally:
         torch.set_num_threads(threads)
 
 
-def _check_packed_module(monkeypatch, kind, dtype, _base):
+def _check_packed_module(monkeypatch, kind, dtype, _base, pack):
     cfg, hf = _hf()
     c = 130  # pw1 weight 270 KB: packable at 7x5 with few tiles
     cls = hf.SwiftFormerConvEncoder if kind == "convenc" else hf.SwiftFormerEncoderBlock
@@ -319,7 +325,7 @@ def _check_packed_module(monkeypatch, kind, dtype, _base):
 
     def packed_keys():
         return [k for m in opt.modules() if isinstance(m, _base.FusedModule)
-                for k in m._cache if k.startswith("mkl:")]
+                for k in m._cache if k.startswith(f"{pack}:")]
 
     def x_of(b):
         return torch.randn(b, c, 7, 5).contiguous(memory_format=torch.channels_last)
@@ -335,7 +341,7 @@ def _check_packed_module(monkeypatch, kind, dtype, _base):
         got = opt(x.to(dtype))
         assert packed_keys(), "the packed path was not taken"
         if kind == "block":  # attention's w_qk (260 x 130 fp32) is over the 128 KiB floor
-            assert any(k.startswith("mkl:additive_attention:") for k in packed_keys())
+            assert any(k.startswith(f"{pack}:additive_attention:") for k in packed_keys())
         check(got, x, f"{kind} packed vs original")
         monkeypatch.setenv("SWIFTKERN_CPU_PACKED", "0")
         check(opt(x.to(dtype)), x, f"{kind} unpacked vs original")
@@ -349,7 +355,8 @@ def _check_packed_module(monkeypatch, kind, dtype, _base):
             check(opt(xb.to(dtype)), xb, f"{kind} batch {b}")
         mods = [m for m in opt.modules() if isinstance(m, _base.FusedModule)]
         for m in mods:
-            assert len([k for k in m._cache if k.startswith("mkl:")]) <= _base._MAX_PACKED
+            packed = [k for k in m._cache if k.startswith(("mkl:", "onednn:"))]
+            assert len(packed) <= _base._MAX_PACKED
     for m in mods:
         m._cache.clear()
     xg = x.to(dtype).requires_grad_(True)

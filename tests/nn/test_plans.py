@@ -279,8 +279,8 @@ def test_plans_hold_only_cached_packed_weights():
 
 
 def test_plan_switches_are_read_per_call(monkeypatch):
-    """SWIFTKERN_PLANS and SWIFTKERN_CPU_PACKED are read on every call (the A/B benchmarks flip
-    them in-process); the plan key holds the packing switch."""
+    """SWIFTKERN_PLANS, SWIFTKERN_CPU_PACKED and SWIFTKERN_CPU_PACK are read on every call (the
+    A/B benchmarks flip them in-process); the plan key holds the packing switch and kind."""
     x = torch.randn(1, 4, 3, 3)
     with torch.no_grad():
         key = _base._plan_key(x, "auto", ())
@@ -295,6 +295,13 @@ def test_plan_switches_are_read_per_call(monkeypatch):
         monkeypatch.delenv("SWIFTKERN_CPU_PACKED")
         assert _base._plan_key(x, "auto", ()) == key
         assert _base._packed_on() == _base._MKL_PACK
+        monkeypatch.setenv("SWIFTKERN_CPU_PACK", "mkl")
+        mkl_key = _base._plan_key(x, "auto", ())
+        assert mkl_key not in (None, key)
+        monkeypatch.setenv("SWIFTKERN_CPU_PACK", "onednn")
+        assert _base._plan_key(x, "auto", ()) not in (None, key, mkl_key)
+        monkeypatch.delenv("SWIFTKERN_CPU_PACK")
+        assert _base._plan_key(x, "auto", ()) == key
     assert _base._plan_key(x, "auto", ()) is None  # grad mode on: no plan
 
 
