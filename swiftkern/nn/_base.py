@@ -192,7 +192,7 @@ class FusedModule(nn.Module):
             rows = x.shape[0] * x.shape[2] * x.shape[3]
         if rows == 0:
             return None
-        kind = _pack_kind(op.name, rows, w1)
+        kind = _pack_kind(rows, w1)
         ck = f"{kind}:{op.name}:{rows}"
         fresh = ck not in self._cache
         p1, p2 = self.cached(
@@ -298,13 +298,14 @@ _ATTN_PACK_MIN_BYTES = 96 << 10
 _MAX_PACKED = 2
 
 
-# conv_block / mlp weights packed for oneDNN's 1x1 convolution instead of MKL's sgemm (see
-# onednn_linear in csrc/cpu/cpu_common.h), where that measured faster: on AMD CPUs, at most
-# _ONEDNN_MAX_ROWS pixels (7x7 at batch 1) with a pw1 weight of _ONEDNN_MIN_W1_BYTES or more
-# (C >= 363 at a 4C hidden). AMD EPYC Zen 3, 2 threads, a conv block's two GEMMs, interleaved:
-# 1.20x [IQR 1.13-1.25] at C = 384 and 1.32x [1.27-1.36] at C = 512 (7x7, batch 1); MKL stayed
-# ahead or even elsewhere (0.77-0.98x at C = 64-224, 1.02-1.06x at 196-392 rows). Intel CPUs
-# keep MKL, where its packed path was measured (never compared with oneDNN there).
+# Weights packed for oneDNN's 1x1 convolution instead of MKL's sgemm (see onednn_linear in
+# csrc/cpu/cpu_common.h), where that measured faster: on AMD CPUs, at most _ONEDNN_MAX_ROWS
+# rows (7x7 at batch 1) with a first weight (pw1 / fc1 / w_qk) of _ONEDNN_MIN_W1_BYTES or more
+# (C >= 363 at a 4C hidden; attention D >= 512). AMD EPYC Zen 3, 2 threads, interleaved: a conv
+# block's two GEMMs 1.20x [IQR 1.13-1.25] at C = 384 and 1.32x [1.27-1.36] at C = 512 (7x7,
+# batch 1), MKL ahead or even elsewhere (0.77-0.98x at C = 64-224, 1.02-1.06x at 196-392 rows);
+# the fused HF attention 1.11x [1.08-1.15] at D = 512, 1.02x at 384, 0.83x at 220 (49 tokens).
+# Intel CPUs keep MKL, where its packed path was measured (never compared with oneDNN there).
 # SWIFTKERN_CPU_PACK=mkl|onednn forces one kind wherever weights are packed (A/B benchmarks).
 _ONEDNN_PACK_OK = (
     torch.backends.mkldnn.is_available()
@@ -433,20 +434,15 @@ def _packed_on() -> bool:
     return _MKL_PACK and _plan_env()[1]
 
 
-def _pack_kind(op_name: str, rows: int, w1: torch.Tensor) -> str:
-    """"mkl" or "onednn": how _run_packed packs op's weights for `rows` input rows
+def _pack_kind(rows: int, w1: torch.Tensor) -> str:
+    """"mkl" or "onednn": how _run_packed packs weights for `rows` input rows, w1 the first
     (SWIFTKERN_CPU_PACK=mkl|onednn forces one; any other value, or none, picks)."""
     forced = _plan_env()[2]
     if isinstance(forced, bytes):
         forced = forced.decode(errors="replace")
     if forced == "mkl" or (forced == "onednn" and _ONEDNN_PACK_OK):
         return forced
-    if (
-        _ONEDNN_PACK
-        and op_name in ("conv_block", "mlp")
-        and rows <= _ONEDNN_MAX_ROWS
-        and w1.numel() * 4 >= _ONEDNN_MIN_W1_BYTES
-    ):
+    if _ONEDNN_PACK and rows <= _ONEDNN_MAX_ROWS and w1.numel() * 4 >= _ONEDNN_MIN_W1_BYTES:
         return "onednn"
     return "mkl"
 
