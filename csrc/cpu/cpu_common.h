@@ -58,12 +58,15 @@ inline OptTensor residual_to_float(const OptTensor& residual, const Tensor& x, c
 // row-major. AMD Zen 3, 2 threads, a conv block's two GEMMs interleaved against MKL's packed
 // sgemm: 1.20x [IQR 1.13-1.25] at P = 49, C = 384 (4C hidden), 1.32x [1.27-1.36] at C = 512;
 // 0.77-1.06x at the other SwiftFormer shapes (swiftkern/nn/_base.py picks where it serves).
-inline Tensor onednn_linear(const Tensor& d, const Tensor& packed, const OptTensor& bias) {
+// The kernels index the result by w's shape, so the packed weight must be w's: checked.
+inline Tensor onednn_linear(const Tensor& d, const Tensor& packed, const Tensor& w,
+                            const OptTensor& bias) {
   static const c10::OperatorHandle op =
       c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_convolution_pointwise", "");
-  const int64_t P = d.size(0), K = d.size(1), N = packed.size(0);
-  TORCH_CHECK(packed.dim() == 4 && packed.size(1) == K,
-              "onednn_linear: the packed weight does not match the input's ", K, " channels");
+  const int64_t P = d.size(0), K = d.size(1), N = w.size(0);
+  TORCH_CHECK(packed.dim() == 4 && packed.size(0) == N && packed.size(1) == K && w.size(1) == K,
+              "packed weight of shape ", packed.sizes(), " does not match the weight ", w.sizes(),
+              " and the input's ", K, " channels");
   const Tensor d4 = d.contiguous().as_strided({1, K, 1, P}, {P * K, 1, P * K, K});
   std::vector<c10::IValue> stack{d4,
                                  packed,
@@ -88,7 +91,7 @@ inline Tensor onednn_linear(const Tensor& d, const Tensor& packed, const OptTens
 //   1.03-1.19x at P = 196 (C = 320).
 inline Tensor packed_linear(const Tensor& d, const Tensor& packed, const Tensor& w,
                             const OptTensor& bias = std::nullopt) {
-  if (packed.dim() == 4) return onednn_linear(d, packed, bias);
+  if (packed.dim() == 4) return onednn_linear(d, packed, w, bias);
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("mkl::_mkl_linear", "")

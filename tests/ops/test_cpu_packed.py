@@ -103,17 +103,21 @@ def test_packed_for_other_rows_is_still_right(kind):
 
 
 @pytest.mark.skipif(not _base._ONEDNN_PACK_OK, reason="needs oneDNN's convolution ops")
-def test_onednn_packed_weight_of_other_width_is_refused():
-    """A oneDNN-packed weight whose input width is not x's (the kernel indexes by it): a clear
-    error, not a read past the tile."""
+@pytest.mark.parametrize("which", ["pw1 in", "pw1 out", "pw2 out"])
+def test_onednn_packed_weight_of_other_shape_is_refused(which):
+    """A oneDNN-packed weight of another shape than the weight it stands for (the kernels index
+    the product by the weight's shape): a clear error, not a read past a buffer."""
     b, c, h, w = 1, 97, 7, 5
     p = _params(c, 4 * c, c, seed=5)
     x = torch.randn(b, c, h, w).contiguous(memory_format=torch.channels_last)
-    wrong = _pack(torch.randn(4 * c, c + 1), b * h * w, "onednn")
+    rows = b * h * w
+    shape = {"pw1 in": (4 * c, c + 1), "pw1 out": (4 * c - 8, c), "pw2 out": (c - 1, 4 * c)}
+    wrong = _pack(torch.randn(*shape[which]), rows, "onednn")
+    p1, p2 = _pack(p["w1"], rows, "onednn"), _pack(p["w2"], rows, "onednn")
+    p1, p2 = (wrong, p2) if which.startswith("pw1") else (p1, wrong)
     with pytest.raises(RuntimeError, match="does not match"):
         torch.ops.swiftkern_C.conv_block_packed(
-            x, p["dw_w"], p["dw_b"], p["w1"], p["b1"], p["w2"], p["b2"], p["ls"],
-            wrong, _pack(p["w2"], b * h * w, "onednn"),
+            x, p["dw_w"], p["dw_b"], p["w1"], p["b1"], p["w2"], p["b2"], p["ls"], p1, p2
         )
 
 
