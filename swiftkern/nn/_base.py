@@ -125,12 +125,14 @@ class FusedModule(nn.Module):
         - bf16 / fp16 activations: the C++ kernel gets this module's parameters as cached fp32
           up-conversions (it would convert them on every call; the outputs are bit-identical).
           Parameters are the Tensor arguments other than x and ``residual``.
-        - MKL-packed weights (fp32 GEMM summation order differs, within the fp32 tolerance):
+        - packed weights (MKL's sgemm format, or oneDNN's 1x1-convolution format where
+          _pack_kind picks it; fp32 GEMM summation order differs, within the fp32 tolerance):
           conv_block / mlp on channels_last x whose shape runs the whole-tensor pointwise GEMMs
           (swiftkern_C::pointwise_packable), and additive_attention's qk / final GEMMs from
           _ATTN_PACK_MIN_BYTES on. The weights are packed once per row count and cached (at most
           _MAX_PACKED row counts per module); for bf16 / fp16 x the fp32 copies above are the
-          ones packed. SWIFTKERN_CPU_PACKED=0 turns this off (A/B benchmarks).
+          ones packed. SWIFTKERN_CPU_PACKED=0 turns this off, SWIFTKERN_CPU_PACK=mkl|onednn
+          forces the format (A/B benchmarks).
 
         record: when a dict, the C++ call that computed the result on those paths is stored in
         it ("fn", "args": the kernel and its whole argument list), for a call plan (see
