@@ -300,6 +300,17 @@ _ATTN_PACK_MIN_BYTES = 96 << 10
 _MAX_PACKED = 2
 
 
+# oneDNN convolution on a weight reordered once into its blocked layout (what inductor's CPU
+# freezing does): a plain F.conv2d reorders the weight on every call. Measured on the SwiftFormer
+# downsamples, fp32, 2 threads, channels_last: 1.45x at 112->220 (14x14, batch 1), 1.5x at
+# 320->512; the same speed as F.conv2d on the small stem convs. Both the folded convolutions and
+# the oneDNN-packed pointwise weights below need the reorder and the convolution op.
+_PACKED_CONV = (
+    torch.backends.mkldnn.is_available()
+    and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
+    and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+)
+
 # Weights packed for oneDNN's 1x1 convolution instead of MKL's sgemm (see onednn_linear in
 # csrc/cpu/cpu_common.h), where that measured faster: on AMD CPUs, at most _ONEDNN_MAX_ROWS
 # rows (7x7 at batch 1) with a first weight (pw1 / fc1 / w_qk) of _ONEDNN_MIN_W1_BYTES or more
@@ -309,12 +320,7 @@ _MAX_PACKED = 2
 # the fused HF attention 1.11x [1.08-1.15] at D = 512, 1.02x at 384, 0.83x at 220 (49 tokens).
 # Intel CPUs keep MKL, where its packed path was measured (never compared with oneDNN there).
 # SWIFTKERN_CPU_PACK=mkl|onednn forces one kind wherever weights are packed (A/B benchmarks).
-_ONEDNN_PACK_OK = (
-    torch.backends.mkldnn.is_available()
-    and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
-    and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-)
-_ONEDNN_PACK = _ONEDNN_PACK_OK and cpuinfo_field("vendor_id") == "AuthenticAMD"
+_ONEDNN_PACK = _PACKED_CONV and cpuinfo_field("vendor_id") == "AuthenticAMD"
 _ONEDNN_MAX_ROWS = 64
 _ONEDNN_MIN_W1_BYTES = 2 << 20
 
@@ -442,7 +448,7 @@ def _pack_kind(rows: int, w1: torch.Tensor) -> str:
     forced = _plan_env()[2]
     if isinstance(forced, bytes):
         forced = forced.decode(errors="replace")
-    if forced == "mkl" or (forced == "onednn" and _ONEDNN_PACK_OK):
+    if forced == "mkl" or (forced == "onednn" and _PACKED_CONV):
         return forced
     if _ONEDNN_PACK and rows <= _ONEDNN_MAX_ROWS and w1.numel() * 4 >= _ONEDNN_MIN_W1_BYTES:
         return "onednn"
@@ -519,14 +525,6 @@ def bn_after_forward(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, 
 def fold_conv_bn(conv_w, conv_b, bn: nn.BatchNorm2d):
     return ref.fold_bn(conv_w, conv_b, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
 
-
-# oneDNN convolution on a weight reordered once into its blocked layout (what inductor's CPU
-# freezing does): a plain F.conv2d reorders the weight on every call. Measured on the SwiftFormer
-# downsamples, fp32, 2 threads, channels_last: 1.45x at 112->220 (14x14, batch 1), 1.5x at
-# 320->512; the same speed as F.conv2d on the small stem convs.
-_PACKED_CONV = torch.backends.mkldnn.is_available() and hasattr(
-    torch.ops.mkldnn, "_convolution_pointwise"
-)
 
 
 def _plain_cpu_call(x: torch.Tensor, w: torch.Tensor, b) -> bool:

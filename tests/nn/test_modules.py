@@ -298,7 +298,7 @@ def test_cpu_modules_use_packed_weights(monkeypatch, kind, dtype, pack):
     from swiftkern import _registry
     from swiftkern.nn import _base
 
-    if pack == "onednn" and not _base._ONEDNN_PACK_OK:
+    if pack == "onednn" and not _base._PACKED_CONV:
         pytest.skip("needs oneDNN's convolution ops")
     monkeypatch.setenv("SWIFTKERN_CPU_PACK", pack)
 

@@ -30,7 +30,7 @@ def two_threads():
     torch.set_num_threads(n)
 
 
-KINDS = ["mkl"] + (["onednn"] if _base._ONEDNN_PACK_OK else [])
+KINDS = ["mkl"] + (["onednn"] if _base._PACKED_CONV else [])
 
 
 def _pack(w, rows, kind="mkl"):
@@ -102,7 +102,7 @@ def test_packed_for_other_rows_is_still_right(kind):
     assert_close(got, ref, what=f"{kind} packed for 64 rows, run on 35")
 
 
-@pytest.mark.skipif(not _base._ONEDNN_PACK_OK, reason="needs oneDNN's convolution ops")
+@pytest.mark.skipif(not _base._PACKED_CONV, reason="needs oneDNN's convolution ops")
 @pytest.mark.parametrize("which", ["pw1 in", "pw1 out", "pw2 out"])
 def test_onednn_packed_weight_of_other_shape_is_refused(which):
     """A oneDNN-packed weight of another shape than the weight it stands for (the kernels index
@@ -137,9 +137,9 @@ def test_onednn_packed_weight_of_other_shape_is_refused(which):
     ],
 )
 def test_pack_kind_rule(monkeypatch, amd, op, rows, c, forced, kind):
-    if kind == "onednn" and not _base._ONEDNN_PACK_OK:
+    if kind == "onednn" and not _base._PACKED_CONV:
         pytest.skip("needs oneDNN's convolution ops")
-    monkeypatch.setattr(_base, "_ONEDNN_PACK", amd and _base._ONEDNN_PACK_OK)
+    monkeypatch.setattr(_base, "_ONEDNN_PACK", amd and _base._PACKED_CONV)
     if forced is None:
         monkeypatch.delenv("SWIFTKERN_CPU_PACK", raising=False)
     else:
