@@ -128,27 +128,87 @@ def _dwconv_bn_fwd_kernel(
 @triton.jit
 def _dwconv_bn_stats_kernel(
     x_ptr, dww_ptr, dwb_ptr, ws_ptr,
-    P, C, H, W,
+    P, C, H, W, TILES,
     sxb, sxc, sxh, sxw,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Per-program (count, mean, M2) of dwconv3x3(x) per channel into ws[pid0, 0:3, C]; merged with
-    Chan's formula on the host side (two-pass within a tile: no E[z^2]-E[z]^2 cancellation)."""
-    pid = tl.program_id(0)
-    bb, hh, ww, pmask = _pixel_coords(pid, P, H, W, BLOCK_P)
+    """Per-segment (count, mean, M2) of dwconv3x3(x) per channel into ws[seg, 0:3, C]. A segment
+    is TILES consecutive BLOCK_P-pixel tiles; each tile's statistics are two-pass in registers
+    (no E[z^2]-E[z]^2 cancellation) and merged into the segment's with Chan's formula; the
+    segments are merged by _bn_stats_merge_kernel. Reversed order: program 0 takes the last
+    segment and every program visits its tiles last to first, so x is read from its end to its
+    start and the kernel launched next (which reads x from the start) finds the most recently
+    read part of x still in L2."""
+    seg = tl.num_programs(0) - 1 - tl.program_id(0)
     cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cc < C
-    z = _dw_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
-                 sxb, sxc, sxh, sxw, True)
-    z = tl.where(pmask[:, None], z, 0.0)  # masked pixels hold the bias: drop them
-    n = tl.sum(pmask.to(tl.float32), axis=0)
-    mean = tl.sum(z, axis=0) / n
-    d = tl.where(pmask[:, None], z - mean[None, :], 0.0)
-    m2 = tl.sum(d * d, axis=0)
-    base = ws_ptr + pid.to(tl.int64) * 3 * C
-    tl.store(base + cc, tl.zeros((BLOCK_C,), dtype=tl.float32) + n, mask=cmask)
-    tl.store(base + C + cc, mean, mask=cmask)
-    tl.store(base + 2 * C + cc, m2, mask=cmask)
+    ntiles = tl.cdiv(P, BLOCK_P)
+    n_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    mean_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    m2_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    t_end = tl.minimum((seg + 1) * TILES, ntiles)  # the last segment may be short
+    for i in range(0, t_end - seg * TILES):
+        t = t_end - 1 - i
+        bb, hh, ww, pmask = _pixel_coords(t, P, H, W, BLOCK_P)
+        z = _dw_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
+                     sxb, sxc, sxh, sxw, True)
+        z = tl.where(pmask[:, None], z, 0.0)  # masked pixels hold the bias: drop them
+        n = tl.sum(pmask.to(tl.float32), axis=0)
+        mean = tl.sum(z, axis=0) / n
+        d = tl.where(pmask[:, None], z - mean[None, :], 0.0)
+        m2 = tl.sum(d * d, axis=0)
+        # Chan: the first tile enters exactly (n / tot == 1, n_acc == 0)
+        tot = n_acc + n
+        delta = mean - mean_acc
+        mean_acc = mean_acc + delta * (n / tot)
+        m2_acc = m2_acc + m2 + delta * delta * (n_acc * n / tot)
+        n_acc = tot
+    base = ws_ptr + seg.to(tl.int64) * 3 * C
+    tl.store(base + cc, n_acc, mask=cmask)
+    tl.store(base + C + cc, mean_acc, mask=cmask)
+    tl.store(base + 2 * C + cc, m2_acc, mask=cmask)
+
+
+@triton.jit
+def _bn_stats_merge_kernel(
+    ws_ptr, bnw_ptr, bnb_ptr, stat_ptr, mo_ptr, vo_ptr,
+    NSEG, C, P, eps,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """The segments' (count, mean, M2) rows ws[NSEG, 3, C] merged per channel (Chan:
+    mean = sum n m / P, var = (sum M2 + sum n (m - mean)^2) / P, biased) into
+    stat[4, C] fp32 = mean, var, scale = bn_w / sqrt(var + eps), shift = bn_b, and mean / var
+    in the output dtype (mo, vo: the op's returned statistics). One launch instead of the ~15
+    small torch ops of a host-side merge. Grid: C / BLOCK_C."""
+    cc = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cc < C
+    pf = P.to(tl.float32)
+    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    for r0 in range(0, NSEG, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        m = (r < NSEG)[:, None] & cmask[None, :]
+        base = ws_ptr + r.to(tl.int64)[:, None] * 3 * C + cc[None, :]
+        acc += tl.load(base, mask=m, other=0.0) * tl.load(base + C, mask=m, other=0.0)
+    mean = tl.sum(acc, axis=0) / pf
+    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    for r0 in range(0, NSEG, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        m = (r < NSEG)[:, None] & cmask[None, :]
+        base = ws_ptr + r.to(tl.int64)[:, None] * 3 * C + cc[None, :]
+        n = tl.load(base, mask=m, other=0.0)
+        d = tl.load(base + C, mask=m, other=0.0) - mean[None, :]
+        acc += tl.load(base + 2 * C, mask=m, other=0.0) + n * d * d  # masked rows: n = M2 = 0
+    var = tl.sum(acc, axis=0) / pf
+    gamma = tl.load(bnw_ptr + cc, mask=cmask, other=0.0)
+    beta = tl.load(bnb_ptr + cc, mask=cmask, other=0.0)
+    tl.store(stat_ptr + cc, mean, mask=cmask)
+    tl.store(stat_ptr + C + cc, var, mask=cmask)
+    # (padded channels divide by 1: no 0 / 0 there when eps is 0)
+    tl.store(stat_ptr + 2 * C + cc, gamma / tl.where(cmask, tl.sqrt_rn(var + eps), 1.0),
+             mask=cmask)
+    tl.store(stat_ptr + 3 * C + cc, beta, mask=cmask)
+    tl.store(mo_ptr + cc, _cast_out(mean, mo_ptr), mask=cmask)
+    tl.store(vo_ptr + cc, _cast_out(var, vo_ptr), mask=cmask)
 
 
 @triton.jit
@@ -596,8 +656,27 @@ def conv_block(x, dw_w, dw_b, pw1_w, pw1_b, pw2_w, pw2_b, ls, config=None):
 
 
 # --- train forms: batch statistics pass, then the same fused kernels with a folded affine ------
-def _batch_stats(x, dw_w, dw_b, config="default"):
-    """(mean, biased var) per channel of dwconv(x), or of x when dw_w is None (identity tap)."""
+# Batch statistics: at most about STATS_TARGET_PROGRAMS programs of the statistics kernel (pixel
+# segments x channel blocks), so the merge kernel reads few rows; its tiles in MERGE_CONFIG.
+STATS_TARGET_PROGRAMS = 528
+MERGE_CONFIG = dict(BLOCK_R=32, BLOCK_C=32, num_warps=4)
+
+
+def stats_segments(p: int, c: int, config: str = "default") -> tuple[int, int]:
+    """(segments, tiles per segment) of the statistics kernel for p pixels and c channels."""
+    cfg = DW_CONFIGS[config]
+    ntiles = triton.cdiv(p, cfg["BLOCK_P"])
+    want = max(1, min(ntiles, triton.cdiv(STATS_TARGET_PROGRAMS, triton.cdiv(c, cfg["BLOCK_C"]))))
+    tiles = triton.cdiv(ntiles, want)
+    return triton.cdiv(ntiles, tiles), tiles
+
+
+def _batch_stats(x, dw_w, dw_b, bn_w=None, bn_b=None, eps=0.0, config="default"):
+    """Batch statistics of dwconv(x), or of x when dw_w is None (identity tap), in two launches
+    (the statistics kernel, then _bn_stats_merge_kernel): (stat, mean, var) with stat fp32
+    [4, C] = mean, biased var, scale = bn_w / sqrt(var + eps), shift = bn_b (rows contiguous;
+    absent bn_w / bn_b count as ones / zeros), and mean / var in x's dtype (the train ops'
+    returned statistics)."""
     b, c, h, w = x.shape
     p = b * h * w
     cfg = DW_CONFIGS[config]
@@ -606,64 +685,60 @@ def _batch_stats(x, dw_w, dw_b, config="default"):
         dw_w = torch.zeros((c, 1, 3, 3), device=x.device, dtype=torch.float32)
         dw_w[:, 0, 1, 1] = 1.0
         dw_b = None
-    nprog = triton.cdiv(p, cfg["BLOCK_P"])
+    nseg, tiles = stats_segments(p, c, config)
     x = _unit_stride(x)
-    ws = torch.empty((nprog, 3, c), device=x.device, dtype=torch.float32)
+    ws = torch.empty((nseg, 3, c), device=x.device, dtype=torch.float32)
     dww = dw_w.contiguous()
-    _dwconv_bn_stats_kernel[(nprog, triton.cdiv(c, cfg["BLOCK_C"]))](
-        x, dww, _vec(dw_b, c, dww), ws, p, c, h, w, *_s4(x),
+    _dwconv_bn_stats_kernel[(nseg, triton.cdiv(c, cfg["BLOCK_C"]))](
+        x, dww, _vec(dw_b, c, dww), ws, p, c, h, w, tiles, *_s4(x),
         BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"],
     )
-    n, m, m2 = ws[:, 0], ws[:, 1], ws[:, 2]
-    mean = (n * m).sum(0) / p
-    var = (m2.sum(0) + (n * (m - mean) ** 2).sum(0)) / p
-    return mean, var
-
-
-def _bn_affine(mean, var, bn_w, bn_b, eps):
-    """(mean, scale, shift): BN(z) = (z - mean) * scale + shift, all fp32 [C]."""
-    inv = torch.rsqrt(var + eps)
-    scale = inv if bn_w is None else bn_w.float() * inv
-    shift = torch.zeros_like(scale) if bn_b is None else bn_b.float()
-    return mean.contiguous(), scale.contiguous(), shift.contiguous()
-
-
-def _stats_out(mean, var, x):
-    return mean.to(x.dtype), var.to(x.dtype)
+    stat = torch.empty((4, c), device=x.device, dtype=torch.float32)
+    mo = torch.empty((c,), device=x.device, dtype=x.dtype)
+    vo = torch.empty((c,), device=x.device, dtype=x.dtype)
+    f32 = torch.empty(0, device=x.device, dtype=torch.float32)
+    gamma = _vec(None if bn_w is None else bn_w.float(), c, f32, 1.0)
+    beta = _vec(None if bn_b is None else bn_b.float(), c, f32)
+    mc = MERGE_CONFIG
+    _bn_stats_merge_kernel[(triton.cdiv(c, mc["BLOCK_C"]),)](
+        ws, gamma, beta, stat, mo, vo, nseg, c, p, float(eps),
+        BLOCK_R=mc["BLOCK_R"], BLOCK_C=mc["BLOCK_C"], num_warps=mc["num_warps"],
+    )
+    return stat, mo, vo
 
 
 def dwconv_bn_train(x, dw_w, dw_b, bn_weight, bn_bias, eps):
     _check(x)
     if x.numel() == 0:
         raise Unsupported("empty input")
-    mean, var = _batch_stats(x, dw_w, dw_b)
-    _, scale, shift = _bn_affine(mean, var, bn_weight, bn_bias, eps)
+    stat, mo, vo = _batch_stats(x, dw_w, dw_b, bn_weight, bn_bias, eps)
+    mean, scale, shift = stat[0], stat[2], stat[3]
     # BN folded into the dwconv: w' = w*scale, b' = (b - mean)*scale + shift; b - mean first so a
     # bias-dominated mean cancels exactly instead of in the products.
     w_f = dw_w.float() * scale.reshape(-1, 1, 1, 1)
     b_f = ((0.0 if dw_b is None else dw_b.float()) - mean) * scale + shift
     y = dwconv_bn(x, w_f, b_f)  # fp32 params: the kernel converts every load to fp32
-    return (y, *_stats_out(mean, var, x))
+    return y, mo, vo
 
 
 def mlp_train(x, bn_weight, bn_bias, eps, fc1_w, fc1_b, fc2_w, fc2_b, ls, residual):
     _check(x)
     if x.numel() == 0:
         raise Unsupported("empty input")
-    mean, var = _batch_stats(x, None, None)
-    bn = _bn_affine(mean, var, bn_weight, bn_bias, eps)
+    stat, mo, vo = _batch_stats(x, None, None, bn_weight, bn_bias, eps)
+    bn = (stat[0], stat[2], stat[3])
     y = _fused(x, None, None, bn, fc1_w, fc1_b, fc2_w, fc2_b, ls, residual)
-    return (y, *_stats_out(mean, var, x))
+    return y, mo, vo
 
 
 def conv_block_train(x, dw_w, dw_b, bn_weight, bn_bias, eps, pw1_w, pw1_b, pw2_w, pw2_b, ls):
     _check(x)
     if x.numel() == 0:
         raise Unsupported("empty input")
-    mean, var = _batch_stats(x, dw_w, dw_b)
-    bn = _bn_affine(mean, var, bn_weight, bn_bias, eps)
+    stat, mo, vo = _batch_stats(x, dw_w, dw_b, bn_weight, bn_bias, eps)
+    bn = (stat[0], stat[2], stat[3])
     y = _fused(x, dw_w, dw_b, bn, pw1_w, pw1_b, pw2_w, pw2_b, ls, x)
-    return (y, *_stats_out(mean, var, x))
+    return y, mo, vo
 
 
 # --- backward ----------------------------------------------------------------------------------

@@ -13,6 +13,11 @@ Model (stated, not measured on a GPU here):
     assumed to hit L2 (50 MB) and are not counted; they are listed separately as l2_bytes.
   * "bytes_min": read every input and write every output exactly once (weights included).
   * "eager_bytes": the unfused module in PyTorch eager (one kernel per layer, BN folded in eval).
+  * Train forms: the batch statistics take two launches (a statistics kernel reading x from its
+    last pixel tile to its first, then a merge kernel) before the kernel that normalizes, which
+    reads x from its start again; that re-read is counted as an L2 hit (l2_bytes) when x <=
+    L2_REUSE_BYTES, as kernel B's re-read in the attention forward, else as DRAM traffic. Torch
+    ops on [C] vectors between kernels count as launches (LAUNCH_US each).
   * mlp / conv_block (and train forms) with max(C, c_out) > 256 run as two kernels (the fused
     single kernel spilled registers there): the hidden activation goes through memory, one write
     and one read of B*H*W*hidden elements in the input dtype, and one more launch.
@@ -49,6 +54,9 @@ FUSED_GK_SCRATCH_FP32 = (256,)
 # Kernel B re-reads x (and Wq) right after kernel A: counted as an L2 hit (H100 L2: 50 MB) only
 # when x is at most this big, else as DRAM traffic.
 L2_REUSE_BYTES = 20e6
+# Batch statistics of the train forms (_conv._batch_stats): the statistics kernel's tiles
+# (_conv.DW_CONFIGS) and program target (_conv.STATS_TARGET_PROGRAMS), checked by tests/triton.
+STATS_BLOCK_P, STATS_BLOCK_C, STATS_TARGET_PROGRAMS = 32, 32, 528
 # The fused MLP backward (_mlp_backward): widths max(C, c_out) it serves, its tiles per padded
 # width ((kernel P BLOCK_P, BLOCK_H), (kernel W BLOCK_P, BLOCK_H)) and kernel W's grid target
 # (tests/triton check these against _mlp_backward.BWD_CONFIGS / TARGET_PROGRAMS).
@@ -66,6 +74,25 @@ ATTN_BWD_TARGET_PROGRAMS, ATTN_BWD_MIN_SEG_ROWS, ATTN_BWD_W_PARTS = 132, 256, 4
 
 def _pad(w: int) -> int:
     return max(64, 1 << (w - 1).bit_length())
+
+
+def stats_segments(p: int, c: int) -> int:
+    """Segments (programs per channel block) of the statistics kernel (_conv.stats_segments)."""
+    ntiles = -(-p // STATS_BLOCK_P)
+    want = max(1, min(ntiles, -(-STATS_TARGET_PROGRAMS // -(-c // STATS_BLOCK_C))))
+    tiles = -(-ntiles // want)
+    return -(-ntiles // tiles)
+
+
+def _stats_traffic(p: int, c: int, act_in: int) -> tuple[int, int, int]:
+    """(DRAM bytes, L2 bytes, launches) of _conv._batch_stats plus the next kernel's re-read of
+    x: the statistics kernel reads x (last pixel tile first) and writes one fp32 (count, mean,
+    M2) row per segment, the merge kernel reads them and writes [4, C] + 2 [C]; the kernel
+    launched next reads x from its start, so that re-read is an L2 hit when x <= L2_REUSE_BYTES
+    (the rule of the attention forward's kernel B), else DRAM traffic."""
+    ws = stats_segments(p, c) * 3 * c * 4
+    hit = act_in <= L2_REUSE_BYTES
+    return 2 * ws + 6 * c * 4 + (0 if hit else act_in), act_in if hit else 0, 2
 
 
 def _conv(op: str, s: dict) -> dict:
@@ -94,10 +121,15 @@ def _conv(op: str, s: dict) -> dict:
         moved += 2 * p * hid * e
         launches += 1
         l2 += act_in * -(-hid // 128) + p * hid * e * -(-c_out // 64)
-    if train:  # batch-statistics pass re-reads the input (the data does not fit in L2)
-        nprog = -(-p // 64)
-        moved += act_in + nprog * 3 * c * 4 * 2
-        launches += 1
+    if train:
+        # batch statistics (two launches) before the fused kernel, which re-reads x; torch ops
+        # on [C] vectors between them count as launches: dwconv_bn_train folds BN into the
+        # dwconv weights on the host (4 ops), mlp_train builds the statistics kernel's identity
+        # tap (2 ops)
+        sb, sl2, sn = _stats_traffic(p, c, act_in)
+        moved += sb
+        l2 += sl2
+        launches += sn + (4 if op == "dwconv_bn_train" else 2 if op == "mlp_train" else 0)
     # eager: one kernel per layer, each reads its input and writes its output
     eager = 0
     if has_dw:
@@ -210,7 +242,11 @@ def _conv_backward(op: str, s: dict) -> dict:
         launches += n
 
     if train:
-        add(act * e)  # batch statistics (recomputes the dwconv)
+        # batch statistics (recompute the dwconv; two launches): the statistics kernel reads x
+        # and the step after it (below) reads x again; that re-read is an L2 hit when x fits
+        # (_stats_traffic), so x is counted once either way, plus the partials
+        sb, _, sn = _stats_traffic(p, c, act * e)
+        add(sb, sn + (0 if has_dw else 2))  # (mlp_train: + the identity tap's 2 torch ops)
     if is_pw:
         fused_mlp = _mlp_bwd_fused(c, co, e)
         if train:
@@ -234,7 +270,9 @@ def _conv_backward(op: str, s: dict) -> dict:
             add(act * (f + e) + to_nchw)  # torch path: fp32 rows -> x's dtype (-> NCHW)
     if train:
         # every gradient between the kernels is in x's dtype (as eager rounds them)
-        add(act * 2 * e)  # BN backward reduce: g, x (recomputes the dwconv)
+        ws = 2 * stats_segments(p, c) * 2 * c * 4  # the reduce's segment rows, written + read
+        add(act * 2 * e + ws)  # BN backward reduce: g, x (recomputes the dwconv)
+        add(5 * c * 4)  # the coefficient kernel: [3, C] coefficients, d bn_weight / d bn_bias
         add(act * 3 * e)  # BN backward affine: g, x -> dz (dwconv backward's input) or dx
     if has_dw:
         # one kernel: read the gradient and x once, write dx in x's dtype (dwconv of the

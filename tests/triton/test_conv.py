@@ -215,6 +215,22 @@ def test_train_stats_with_large_mean():
         assert err <= 2 * base + 1e-6, f"output {i}: {err:.3e} vs fp32 reference {base:.3e}"
 
 
+@pytest.mark.parametrize("target", [1, 2, 3])
+@pytest.mark.parametrize("op", ["dwconv_bn_train", "mlp_train"])
+def test_train_stats_segments(op, target, monkeypatch):
+    # Several pixel tiles per statistics program (merged in registers with Chan's formula,
+    # visited last to first), then the merge kernel over the segments. 143 pixels = 5 tiles of
+    # 32: one segment of 5 (target 1), 3 + 2 (target 2: the last segment's third tile does not
+    # exist), 2 + 2 + 1 (target 3). A mean of 1e3 over a unit spread on the dwconv input.
+    monkeypatch.setattr(K, "STATS_TARGET_PROGRAMS", target)
+    shape = (1, 24, 13, 11, 96)
+    nseg, tiles = K.stats_segments(13 * 11, 24)
+    assert (nseg, tiles) == {1: (1, 5), 2: (2, 3), 3: (3, 2)}[target]
+    args = _args(op, shape, "channels_last")
+    args[0] = args[0] + 1000.0
+    check(getattr(K, op), getattr(R, op + "_ref"), args, what=f"{op} segments {target}")
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_train_half(dtype):
     args = _args("conv_block_train", ODD["c33"], "channels_last")
@@ -322,3 +338,19 @@ def test_wide_backward(op):
     got = bwd(g, *args, [True] * len(idx))
     for i, (a, b) in enumerate(zip(got, ref_grads)):
         assert_close(a, b, torch.float32, what=f"wide {op} grad {i}")
+
+
+def test_roofline_stats_model_matches_kernels():
+    from swiftkern.triton_kernels import _roofline as RL
+
+    cfg = K.DW_CONFIGS["default"]
+    assert (RL.STATS_BLOCK_P, RL.STATS_BLOCK_C) == (cfg["BLOCK_P"], cfg["BLOCK_C"])
+    assert RL.STATS_TARGET_PROGRAMS == K.STATS_TARGET_PROGRAMS
+    for p, c in ((143, 24), (200704, 48), (3136, 220), (1, 1), (50176, 56)):
+        assert RL.stats_segments(p, c) == K.stats_segments(p, c)[0]
+    # x read from DRAM once while it fits the L2 rule, twice past it; two launches either way
+    small = RL.roofline("conv_block_train", dict(B=64, C=220, H=7, W=7))
+    big = RL.roofline("conv_block_train", dict(B=64, C=48, H=56, W=56, dtype_bytes=4))
+    for r, x_bytes, reads in ((small, 64 * 220 * 49 * 2, 1), (big, 64 * 48 * 3136 * 4, 2)):
+        extra = r["bytes_moved"] - r["bytes_min"]
+        assert (reads - 1) * x_bytes <= extra < (reads - 1) * x_bytes + 1e6, (extra, x_bytes)

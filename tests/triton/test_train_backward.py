@@ -85,6 +85,17 @@ def test_train_backward_mask_and_none():
     assert got[1].numel() == got[2].numel() == got[8].numel() == 0
 
 
+@pytest.mark.parametrize("target", [1, 3])
+@pytest.mark.parametrize("op", ["dwconv_bn_train", "mlp_train"])
+def test_train_backward_segments(op, target, monkeypatch):
+    # Several pixel tiles per program of the statistics and BN-reduce kernels (143 pixels = 5
+    # tiles: one segment of 5, or 2 + 2 + 1), summed by the merge / coefficient kernels.
+    monkeypatch.setattr(K, "STATS_TARGET_PROGRAMS", target)
+    assert K.stats_segments(13 * 11, 24) == {1: (1, 5), 3: (3, 2)}[target]
+    fn, ref = _bwd(op)
+    check(fn, ref, _args(op, (1, 24, 13, 11, 96), "channels_last"), what=f"{op} {target}")
+
+
 def test_train_backward_large_mean():
     # |mean| = 1e3 over a unit spread: the BN input is centred (z - mean) in the kernels before
     # any scaling. As in test_conv.test_train_stats_with_large_mean the fp32 reference itself is
