@@ -25,6 +25,7 @@ input_precision="ieee" for fp32 inputs (TF32 would miss the 1e-4 tolerance).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -171,15 +172,18 @@ def _dwconv_bn_stats_kernel(
 
 @triton.jit
 def _bn_stats_merge_kernel(
-    ws_ptr, bnw_ptr, bnb_ptr, stat_ptr, mo_ptr, vo_ptr,
+    ws_ptr, bnw_ptr, bnb_ptr, stat_ptr, mo_ptr, vo_ptr, dww_ptr, dwb_ptr, wf_ptr, bf_ptr,
     NSEG, C, P, eps,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    FOLD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """The segments' (count, mean, M2) rows ws[NSEG, 3, C] merged per channel (Chan:
     mean = sum n m / P, var = (sum M2 + sum n (m - mean)^2) / P, biased) into
     stat[4, C] fp32 = mean, var, scale = bn_w / sqrt(var + eps), shift = bn_b, and mean / var
-    in the output dtype (mo, vo: the op's returned statistics). One launch instead of the ~15
-    small torch ops of a host-side merge. Grid: C / BLOCK_C."""
+    in the output dtype (mo, vo: the op's returned statistics). FOLD (dwconv_bn_train): also the
+    BN folded into the dwconv, wf[C, 9] = w * scale and bf = (b - mean) * scale + shift (b - mean
+    first: a bias-dominated mean cancels exactly instead of in the products), fp32. One launch
+    instead of the ~15 small torch ops of a host-side merge (+ 4 for the fold). Grid: C / BLOCK_C.
+    """
     cc = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cc < C
     pf = P.to(tl.float32)
@@ -204,9 +208,15 @@ def _bn_stats_merge_kernel(
     tl.store(stat_ptr + cc, mean, mask=cmask)
     tl.store(stat_ptr + C + cc, var, mask=cmask)
     # (padded channels divide by 1: no 0 / 0 there when eps is 0)
-    tl.store(stat_ptr + 2 * C + cc, gamma / tl.where(cmask, tl.sqrt_rn(var + eps), 1.0),
-             mask=cmask)
+    scale = gamma / tl.where(cmask, tl.sqrt_rn(var + eps), 1.0)
+    tl.store(stat_ptr + 2 * C + cc, scale, mask=cmask)
     tl.store(stat_ptr + 3 * C + cc, beta, mask=cmask)
+    if FOLD:
+        for tap in tl.static_range(9):
+            wt = tl.load(dww_ptr + cc * 9 + tap, mask=cmask, other=0.0).to(tl.float32)
+            tl.store(wf_ptr + cc * 9 + tap, wt * scale, mask=cmask)
+        db = tl.load(dwb_ptr + cc, mask=cmask, other=0.0).to(tl.float32)
+        tl.store(bf_ptr + cc, (db - mean) * scale + beta, mask=cmask)
     tl.store(mo_ptr + cc, _cast_out(mean, mo_ptr), mask=cmask)
     tl.store(vo_ptr + cc, _cast_out(var, vo_ptr), mask=cmask)
 
@@ -662,6 +672,16 @@ STATS_TARGET_PROGRAMS = 528
 MERGE_CONFIG = dict(BLOCK_R=32, BLOCK_C=32, num_warps=4)
 
 
+@functools.lru_cache(maxsize=64)
+def _identity_tap(c: int, device: torch.device) -> torch.Tensor:
+    """fp32 [C, 1, 3, 3] depthwise kernel with centre tap 1: the statistics kernel then reads x
+    itself (mlp_train). Cached per (C, device): read-only, built once instead of two launches
+    per call."""
+    t = torch.zeros((c, 1, 3, 3), device=device, dtype=torch.float32)
+    t[:, 0, 1, 1] = 1.0
+    return t
+
+
 def stats_segments(p: int, c: int, config: str = "default") -> tuple[int, int]:
     """(segments, tiles per segment) of the statistics kernel for p pixels and c channels."""
     cfg = DW_CONFIGS[config]
@@ -671,26 +691,26 @@ def stats_segments(p: int, c: int, config: str = "default") -> tuple[int, int]:
     return triton.cdiv(ntiles, tiles), tiles
 
 
-def _batch_stats(x, dw_w, dw_b, bn_w=None, bn_b=None, eps=0.0, config="default"):
+def _batch_stats(x, dw_w, dw_b, bn_w=None, bn_b=None, eps=0.0, config="default", fold=False):
     """Batch statistics of dwconv(x), or of x when dw_w is None (identity tap), in two launches
     (the statistics kernel, then _bn_stats_merge_kernel): (stat, mean, var) with stat fp32
     [4, C] = mean, biased var, scale = bn_w / sqrt(var + eps), shift = bn_b (rows contiguous;
     absent bn_w / bn_b count as ones / zeros), and mean / var in x's dtype (the train ops'
-    returned statistics)."""
+    returned statistics); fold: also (w_f, b_f), the BN folded into the dwconv (fp32 [C, 1, 3, 3]
+    and [C], from the same launch)."""
     b, c, h, w = x.shape
     p = b * h * w
     cfg = DW_CONFIGS[config]
     if dw_w is None:
         # identity 3x3 kernel: centre tap 1 -> the same stats kernel reads x itself.
-        dw_w = torch.zeros((c, 1, 3, 3), device=x.device, dtype=torch.float32)
-        dw_w[:, 0, 1, 1] = 1.0
-        dw_b = None
+        dw_w, dw_b = _identity_tap(c, x.device), None
     nseg, tiles = stats_segments(p, c, config)
     x = _unit_stride(x)
     ws = torch.empty((nseg, 3, c), device=x.device, dtype=torch.float32)
     dww = dw_w.contiguous()
+    dwb = _vec(dw_b, c, dww)
     _dwconv_bn_stats_kernel[(nseg, triton.cdiv(c, cfg["BLOCK_C"]))](
-        x, dww, _vec(dw_b, c, dww), ws, p, c, h, w, tiles, *_s4(x),
+        x, dww, dwb, ws, p, c, h, w, tiles, *_s4(x),
         BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"],
     )
     stat = torch.empty((4, c), device=x.device, dtype=torch.float32)
@@ -700,23 +720,22 @@ def _batch_stats(x, dw_w, dw_b, bn_w=None, bn_b=None, eps=0.0, config="default")
     gamma = _vec(None if bn_w is None else bn_w.float(), c, f32, 1.0)
     beta = _vec(None if bn_b is None else bn_b.float(), c, f32)
     mc = MERGE_CONFIG
+    folded = (torch.empty((c, 1, 3, 3), device=x.device, dtype=torch.float32),
+              torch.empty((c,), device=x.device, dtype=torch.float32)) if fold else (stat, stat)
+    dw_in = (dww, dwb) if fold else (stat, stat)  # unread without fold: fp32 stand-ins
     _bn_stats_merge_kernel[(triton.cdiv(c, mc["BLOCK_C"]),)](
-        ws, gamma, beta, stat, mo, vo, nseg, c, p, float(eps),
-        BLOCK_R=mc["BLOCK_R"], BLOCK_C=mc["BLOCK_C"], num_warps=mc["num_warps"],
+        ws, gamma, beta, stat, mo, vo, *dw_in, *folded, nseg, c, p, float(eps),
+        FOLD=fold, BLOCK_R=mc["BLOCK_R"], BLOCK_C=mc["BLOCK_C"], num_warps=mc["num_warps"],
     )
-    return stat, mo, vo
+    return (stat, mo, vo, *folded) if fold else (stat, mo, vo)
 
 
 def dwconv_bn_train(x, dw_w, dw_b, bn_weight, bn_bias, eps):
     _check(x)
     if x.numel() == 0:
         raise Unsupported("empty input")
-    stat, mo, vo = _batch_stats(x, dw_w, dw_b, bn_weight, bn_bias, eps)
-    mean, scale, shift = stat[0], stat[2], stat[3]
-    # BN folded into the dwconv: w' = w*scale, b' = (b - mean)*scale + shift; b - mean first so a
-    # bias-dominated mean cancels exactly instead of in the products.
-    w_f = dw_w.float() * scale.reshape(-1, 1, 1, 1)
-    b_f = ((0.0 if dw_b is None else dw_b.float()) - mean) * scale + shift
+    # BN folded into the dwconv by the merge kernel (w_f, b_f fp32)
+    _, mo, vo, w_f, b_f = _batch_stats(x, dw_w, dw_b, bn_weight, bn_bias, eps, fold=True)
     y = dwconv_bn(x, w_f, b_f)  # fp32 params: the kernel converts every load to fp32
     return y, mo, vo
 

@@ -122,14 +122,12 @@ def _conv(op: str, s: dict) -> dict:
         launches += 1
         l2 += act_in * -(-hid // 128) + p * hid * e * -(-c_out // 64)
     if train:
-        # batch statistics (two launches) before the fused kernel, which re-reads x; torch ops
-        # on [C] vectors between them count as launches: dwconv_bn_train folds BN into the
-        # dwconv weights on the host (4 ops), mlp_train builds the statistics kernel's identity
-        # tap (2 ops)
+        # batch statistics (two launches; the merge kernel also folds BN into dwconv_bn_train's
+        # dwconv weights) before the kernel that normalizes, which re-reads x
         sb, sl2, sn = _stats_traffic(p, c, act_in)
         moved += sb
         l2 += sl2
-        launches += sn + (4 if op == "dwconv_bn_train" else 2 if op == "mlp_train" else 0)
+        launches += sn
     # eager: one kernel per layer, each reads its input and writes its output
     eager = 0
     if has_dw:
@@ -246,7 +244,7 @@ def _conv_backward(op: str, s: dict) -> dict:
         # and the step after it (below) reads x again; that re-read is an L2 hit when x fits
         # (_stats_traffic), so x is counted once either way, plus the partials
         sb, _, sn = _stats_traffic(p, c, act * e)
-        add(sb, sn + (0 if has_dw else 2))  # (mlp_train: + the identity tap's 2 torch ops)
+        add(sb, sn)
     if is_pw:
         fused_mlp = _mlp_bwd_fused(c, co, e)
         if train:

@@ -231,6 +231,15 @@ def test_train_stats_segments(op, target, monkeypatch):
     check(getattr(K, op), getattr(R, op + "_ref"), args, what=f"{op} segments {target}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dwconv_bn_train_fold_without_bias(dtype):
+    # the merge kernel folds BN into the dwconv (w * scale, (b - mean) * scale + shift) with an
+    # absent dwconv bias as 0 and absent BN parameters as 1 / 0
+    args = _args("dwconv_bn_train", ODD["c33"], "channels_last")
+    args[2] = args[3] = args[4] = None  # dw_b, bn_weight, bn_bias
+    check(K.dwconv_bn_train, R.dwconv_bn_train_ref, args, dtype, what=f"fold no bias {dtype}")
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_train_half(dtype):
     args = _args("conv_block_train", ODD["c33"], "channels_last")
