@@ -172,7 +172,7 @@ def _dwconv_bn_stats_kernel(
 
 @triton.jit
 def _bn_stats_merge_kernel(
-    ws_ptr, bnw_ptr, bnb_ptr, stat_ptr, mo_ptr, vo_ptr, dww_ptr, dwb_ptr, wf_ptr, bf_ptr,
+    ws_ptr, bnw_ptr, bnb_ptr, stat_ptr, mo_ptr, vo_ptr, dww_ptr, dwb_ptr, wfold_ptr, bfold_ptr,
     NSEG, C, P, eps,
     FOLD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -180,7 +180,7 @@ def _bn_stats_merge_kernel(
     mean = sum n m / P, var = (sum M2 + sum n (m - mean)^2) / P, biased) into
     stat[4, C] fp32 = mean, var, scale = bn_w / sqrt(var + eps), shift = bn_b, and mean / var
     in the output dtype (mo, vo: the op's returned statistics). FOLD (dwconv_bn_train): also the
-    BN folded into the dwconv, wf[C, 9] = w * scale and bf = (b - mean) * scale + shift (b - mean
+    BN folded into the dwconv, wfold[C, 9] = w * scale, bfold = (b - mean) * scale + shift (b - mean
     first: a bias-dominated mean cancels exactly instead of in the products), fp32. One launch
     instead of the ~15 small torch ops of a host-side merge (+ 4 for the fold). Grid: C / BLOCK_C.
     """
@@ -214,9 +214,9 @@ def _bn_stats_merge_kernel(
     if FOLD:
         for tap in tl.static_range(9):
             wt = tl.load(dww_ptr + cc * 9 + tap, mask=cmask, other=0.0).to(tl.float32)
-            tl.store(wf_ptr + cc * 9 + tap, wt * scale, mask=cmask)
+            tl.store(wfold_ptr + cc * 9 + tap, wt * scale, mask=cmask)
         db = tl.load(dwb_ptr + cc, mask=cmask, other=0.0).to(tl.float32)
-        tl.store(bf_ptr + cc, (db - mean) * scale + beta, mask=cmask)
+        tl.store(bfold_ptr + cc, (db - mean) * scale + beta, mask=cmask)
     tl.store(mo_ptr + cc, _cast_out(mean, mo_ptr), mask=cmask)
     tl.store(vo_ptr + cc, _cast_out(var, vo_ptr), mask=cmask)
 

@@ -29,7 +29,7 @@ from . import _train_backward as TB
 _PTR_FP32 = {"ws_ptr", "ws_g_ptr", "ws_ml_ptr", "ws_dg_ptr", "ws_dw_ptr", "gm_ptr",
              "tok_ptr", "ws_w_ptr", "mean_ptr", "scale_ptr",
              "shift_ptr", "coef_ptr", "ws_gk_ptr", "bnw_ptr", "bnb_ptr", "stat_ptr",
-             "dgw_ptr", "dgb_ptr", "wf_ptr", "bf_ptr"}
+             "dgw_ptr", "dgb_ptr"}
 _FLOAT_ARGS = {"scale", "eps"}
 _DT = {"fp32": tl.float32, "fp16": tl.float16, "bf16": tl.bfloat16}
 
@@ -159,13 +159,15 @@ def all_specs() -> list[Spec]:
         tiles = dict(BLOCK_R=mc["BLOCK_R"], BLOCK_C=mc["BLOCK_C"])
         # without the fold its dwconv pointers are fp32 stand-ins; with it (dwconv_bn_train) the
         # dwconv weights in dt, or fp32
+        folded = ("wfold_ptr", "bfold_ptr")  # fp32 outputs (or stand-ins)
         specs.append(Spec(K._bn_stats_merge_kernel, "default,-FOLD", dt,
                           dict(tiles, FOLD=False), mc["num_warps"],
-                          fp32_ptrs=("dww_ptr", "dwb_ptr")))
+                          fp32_ptrs=("dww_ptr", "dwb_ptr") + folded))
         for wname, wptrs in [("", ())] + ([(",fp32 w", ("dww_ptr", "dwb_ptr"))]
                                            if dt != "fp32" else []):
             specs.append(Spec(K._bn_stats_merge_kernel, "default" + wname, dt,
-                              dict(tiles, FOLD=True), mc["num_warps"], fp32_ptrs=wptrs))
+                              dict(tiles, FOLD=True), mc["num_warps"],
+                              fp32_ptrs=wptrs + folded))
         if dt == "fp32":  # the BN backward's coefficients: every pointer fp32, one variant
             specs.append(Spec(TB._bn_bwd_coef_kernel, "default", dt, dict(tiles),
                               mc["num_warps"]))

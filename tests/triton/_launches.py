@@ -6,6 +6,8 @@ never checked for compile errors, spills or shared memory."""
 from __future__ import annotations
 
 LAUNCHES: set = set()
+# (kernel, pointer argument, torch dtype of the tensor launched there)
+PTR_DTYPES: set = set()
 _IGNORED = ("DOT_DT", "INPUT_PREC")  # the interpreter emulates bf16 dots in fp32
 
 

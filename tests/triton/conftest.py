@@ -53,7 +53,7 @@ def pytest_configure(config):
     import inspect
 
     import triton.language as tl
-    from _launches import LAUNCHES, launch_key
+    from _launches import LAUNCHES, PTR_DTYPES, launch_key
     from triton.runtime.interpreter import InterpretedFunction
 
     run = InterpretedFunction.run
@@ -73,6 +73,12 @@ def pytest_configure(config):
                     ce[name] = p.default
             LAUNCHES.add(launch_key(self.fn.__name__, ce, kwargs.get("num_warps", 4),
                                     kwargs.get("num_stages", 3)))
+            # the element type of every tensor given to a pointer argument: the AOT specs type
+            # some pointer names fp32 for every kernel (_specs._PTR_FP32)
+            for i, name in enumerate(params):
+                t = kwargs.get(name, args[i] if i < len(args) else None)
+                if name.endswith("_ptr") and hasattr(t, "dtype"):
+                    PTR_DTYPES.add((self.fn.__name__, name, str(t.dtype)))
         return run(self, *args, grid=grid, warmup=warmup, **kwargs)
 
     InterpretedFunction.run = recording_run

@@ -10,7 +10,7 @@ variants. Runs after the rest of tests/triton (conftest orders it last):
 from __future__ import annotations
 
 import pytest
-from _launches import FULL_RUN, LAUNCHES, launch_key, split_key
+from _launches import FULL_RUN, LAUNCHES, PTR_DTYPES, launch_key, split_key
 
 pytestmark = pytest.mark.triton
 
@@ -37,3 +37,17 @@ def test_every_config_and_flag_combination_ran_in_the_interpreter():
     missing = sorted(flags_all - flags_run, key=repr) + sorted(configs_all - configs_run, key=repr)
     assert not missing, f"{len(missing)} variants never ran in the interpreter:\n" + \
         "\n".join(map(repr, missing[:30]))
+
+
+def test_pointers_typed_fp32_by_name_are_launched_fp32():
+    # _specs._PTR_FP32 types a pointer argument fp32 by its name in every kernel: a kernel whose
+    # argument of that name takes an fp16 / bf16 tensor would be AOT-compiled as a variant no
+    # launch runs (session 15: "wf_ptr", meant for a new fp32 output, also named the attention
+    # kernels' w_final and turned their bf16 specs into fp32-weight ones)
+    if not PTR_DTYPES:
+        pytest.skip("no kernel was launched in this session (run with the rest of tests/triton)")
+    from swiftkern.triton_kernels._specs import _PTR_FP32
+
+    wrong = sorted(k for k in PTR_DTYPES if k[1] in _PTR_FP32 and k[2] != "torch.float32")
+    assert not wrong, f"{len(wrong)} fp32-named pointers launched with other dtypes:\n" + \
+        "\n".join(map(repr, wrong[:20]))
