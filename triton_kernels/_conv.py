@@ -59,6 +59,18 @@ def _pixel_coords(pid, P, H, W, BLOCK_P: tl.constexpr):
 
 
 @triton.jit
+def _segment(TILES, P, BLOCK_P: tl.constexpr):
+    """(segment, last tile + 1, tile count) of this program's segment of TILES consecutive
+    BLOCK_P-pixel tiles, segments taken in reverse program order (program 0 owns the last one,
+    which may be short): visiting t_end - 1 - i for i < count reads the pixels from the end of
+    the tensor to its start, so a kernel launched next that reads from the start finds them in
+    L2 (the statistics kernel, the BN-backward reduce kernel)."""
+    seg = tl.num_programs(0) - 1 - tl.program_id(0)
+    t_end = tl.minimum((seg + 1) * TILES, tl.cdiv(P, BLOCK_P))
+    return seg, t_end, t_end - seg * TILES
+
+
+@triton.jit
 def _off(bb, hh, ww, sb, sh, sw):
     return bb.to(tl.int64) * sb + hh.to(tl.int64) * sh + ww.to(tl.int64) * sw
 
@@ -140,15 +152,13 @@ def _dwconv_bn_stats_kernel(
     segment and every program visits its tiles last to first, so x is read from its end to its
     start and the kernel launched next (which reads x from the start) finds the most recently
     read part of x still in L2."""
-    seg = tl.num_programs(0) - 1 - tl.program_id(0)
     cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cc < C
-    ntiles = tl.cdiv(P, BLOCK_P)
     n_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
     mean_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
     m2_acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    t_end = tl.minimum((seg + 1) * TILES, ntiles)  # the last segment may be short
-    for i in range(0, t_end - seg * TILES):
+    seg, t_end, count = _segment(TILES, P, BLOCK_P)
+    for i in range(0, count):
         t = t_end - 1 - i
         bb, hh, ww, pmask = _pixel_coords(t, P, H, W, BLOCK_P)
         z = _dw_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
@@ -723,9 +733,8 @@ def _batch_stats(x, dw_w, dw_b, bn_w=None, bn_b=None, eps=0.0, config="default",
     stat = torch.empty((4, c), device=x.device, dtype=torch.float32)
     mo = torch.empty((c,), device=x.device, dtype=x.dtype)
     vo = torch.empty((c,), device=x.device, dtype=x.dtype)
-    f32 = torch.empty(0, device=x.device, dtype=torch.float32)
-    gamma = _vec(None if bn_w is None else bn_w.float(), c, f32, 1.0)
-    beta = _vec(None if bn_b is None else bn_b.float(), c, f32)
+    gamma = _vec(None if bn_w is None else bn_w.float(), c, stat, 1.0)
+    beta = _vec(None if bn_b is None else bn_b.float(), c, stat)
     mc = MERGE_CONFIG
     folded = (torch.empty((c, 1, 3, 3), device=x.device, dtype=torch.float32),
               torch.empty((c,), device=x.device, dtype=torch.float32)) if fold else (stat, stat)

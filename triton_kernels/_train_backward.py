@@ -49,6 +49,7 @@ from ._conv import (
     _off,
     _pixel_coords,
     _s4,
+    _segment,
     _unit_stride,
     _vec,
     _z_tile,
@@ -67,15 +68,13 @@ def _bn_bwd_reduce_kernel(
     """ws[seg, 0, C] = sum_p g, ws[seg, 1, C] = sum_p g (z - mean) over a segment of TILES pixel
     tiles (_conv.stats_segments), visited last to first from the last segment on, as the
     statistics kernel does: the affine kernel launched after it reads g and x from their start."""
-    seg = tl.num_programs(0) - 1 - tl.program_id(0)
     cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cc < C
     mu = tl.load(mean_ptr + cc, mask=cmask, other=0.0)
-    ntiles = tl.cdiv(P, BLOCK_P)
     sg = tl.zeros((BLOCK_C,), dtype=tl.float32)
     sgd = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    t_end = tl.minimum((seg + 1) * TILES, ntiles)  # the last segment may be short
-    for i in range(0, t_end - seg * TILES):
+    seg, t_end, count = _segment(TILES, P, BLOCK_P)
+    for i in range(0, count):
         t = t_end - 1 - i
         bb, hh, ww, pmask = _pixel_coords(t, P, H, W, BLOCK_P)
         z = _z_tile(x_ptr, dww_ptr, dwb_ptr, bb, hh, ww, pmask, cc, cmask, H, W,
