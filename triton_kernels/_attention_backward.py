@@ -18,8 +18,8 @@ partial dG of its token range; pass 2 (grid B x token blocks) merges G, dG and t
 normalizer from the SPLITS rows and writes dq, dk and a per-block partial dw_g (summed on the
 host: deterministic, no atomics). fp32 arithmetic after every load.
 The module backward, where _attention_backward_fused has a config (padded max(D, T) <= 256 for
-fp16/bf16, <= 128 for fp32), runs that file's three fused kernels (GEMMs included as tl.dot, no
-token-sized intermediate in memory). Wider shapes (and fp32 past 128) take the path below: the
+every dtype), runs that file's three fused kernels (GEMMs included as tl.dot, no
+token-sized intermediate in memory). Wider shapes take the path below: the
 module's GEMMs (qk, proj, final and their gradients) in cuBLAS through torch at the input dtype,
 around the two core kernels above.
 """
@@ -96,53 +96,62 @@ def _attn_bwd_partial_kernel(
 def _attn_bwd_apply_kernel(
     q_ptr, k_ptr, wg_ptr, dgk_ptr, dqn_ptr, ws_g_ptr, ws_ml_ptr, ws_dg_ptr,
     dq_ptr, dk_ptr, ws_dw_ptr,
-    N, D, NSPLIT, scale,
+    N, D, NSPLIT, TILES_PER_PROG, scale,
     sqb, sqn, sqd, skb, skn, skd, sdqb, sdqn, sdkb, sdkn,
     POOL: tl.constexpr, HAS_DQN: tl.constexpr, NEED_DQ: tl.constexpr, NEED_DK: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
-    """Pass 2 for batch b = pid0 and BLOCK_N tokens: dk (NEED_DK), dq and the block's partial
-    dw_g into ws_dw[b, pid1, :] (NEED_DQ; dw_g only for the l2 / softmax pools)."""
+    """Pass 2 for batch b = pid0 and the BLOCK_N-token tiles [pid1 * TILES_PER_PROG,
+    +TILES_PER_PROG): dk (NEED_DK), dq and the program's partial dw_g into ws_dw[b, pid1, :]
+    (NEED_DQ; dw_g only for the l2 / softmax pools). G and dG are merged once per program."""
     b = tl.program_id(0).to(tl.int64)
-    blk = tl.program_id(1)
+    pid = tl.program_id(1)
     G = A._merge_global_query(ws_g_ptr, ws_ml_ptr, b, NSPLIT, POOL, BLOCK_S, BLOCK_D)
-    n = blk * BLOCK_N + tl.arange(0, BLOCK_N)
-    nmask = n < N
-    n64 = n.to(tl.int64)
     d = tl.arange(0, BLOCK_D)
     dmask = d < D
     d64 = d.to(tl.int64)
-    msk = nmask[:, None] & dmask[None, :]
-    goff = (b * N + n64)[:, None] * D + d64[None, :]
-    if NEED_DK:
-        # k's half first: its tiles are dead before q's are loaded (registers at D = 512)
-        k = tl.load(k_ptr + b * skb + n64[:, None] * skn + d64[None, :] * skd,
-                    mask=msk, other=0.0).to(tl.float32)
-        dgk = tl.load(dgk_ptr + goff, mask=msk, other=0.0).to(tl.float32)
-        dk = _normalize_bwd_rows(k, dgk * G[None, :], nmask)
-        tl.store(dk_ptr + b * sdkb + n64[:, None] * sdkn + d64[None, :],
-                 _cast_out(dk, dk_ptr), mask=msk)
+    dG = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if NEED_DQ:
-        dG = tl.zeros((BLOCK_D,), dtype=tl.float32)
         for sp in range(0, NSPLIT):
             dG += tl.load(ws_dg_ptr + (b * NSPLIT + sp) * BLOCK_D + d)
-        q = tl.load(q_ptr + b * sqb + n64[:, None] * sqn + d64[None, :] * sqd,
-                    mask=msk, other=0.0).to(tl.float32)
-        qn = A._normalize_rows(q, nmask)
-        if POOL == 0:
-            dqn = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32) + dG[None, :]
-        else:
-            wg = tl.load(wg_ptr + d, mask=dmask, other=0.0).to(tl.float32)
-            a, ds = A._pool_backward(qn, wg, G, dG, scale, nmask, ws_ml_ptr, b, NSPLIT, POOL,
-                                   BLOCK_S)
-            dqn = a[:, None] * dG[None, :] + ds[:, None] * wg[None, :]
-            tl.store(ws_dw_ptr + (b * tl.num_programs(1) + blk) * BLOCK_D + d,
-                     tl.sum(ds[:, None] * qn, axis=0))
-        if HAS_DQN:
-            dqn += tl.load(dqn_ptr + goff, mask=msk, other=0.0).to(tl.float32)
-        dq = _normalize_bwd_rows(q, dqn, nmask)
-        tl.store(dq_ptr + b * sdqb + n64[:, None] * sdqn + d64[None, :],
-                 _cast_out(dq, dq_ptr), mask=msk)
+    dw = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    t0 = pid * TILES_PER_PROG
+    for blk in range(t0, tl.minimum(t0 + TILES_PER_PROG, tl.cdiv(N, BLOCK_N))):
+        n = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+        nmask = n < N
+        n64 = n.to(tl.int64)
+        msk = nmask[:, None] & dmask[None, :]
+        goff = (b * N + n64)[:, None] * D + d64[None, :]
+        if NEED_DK:
+            # k's half first: its tiles are dead before q's are loaded (registers at D = 512)
+            k = tl.load(k_ptr + b * skb + n64[:, None] * skn + d64[None, :] * skd,
+                        mask=msk, other=0.0).to(tl.float32)
+            dgk = tl.load(dgk_ptr + goff, mask=msk, other=0.0).to(tl.float32)
+            dk = _normalize_bwd_rows(k, dgk * G[None, :], nmask)
+            tl.store(dk_ptr + b * sdkb + n64[:, None] * sdkn + d64[None, :],
+                     _cast_out(dk, dk_ptr), mask=msk)
+        if NEED_DQ:
+            q = tl.load(q_ptr + b * sqb + n64[:, None] * sqn + d64[None, :] * sqd,
+                        mask=msk, other=0.0).to(tl.float32)
+            qn = A._normalize_rows(q, nmask)
+            if POOL == 0:
+                dqn = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32) + dG[None, :]
+            else:
+                # w_g loaded per tile (an L1 hit) rather than held through the loop: 8-16 B
+                # spilled at D <= 512 with it live (AOT report)
+                wg = tl.load(wg_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+                a, ds = A._pool_backward(qn, wg, G, dG, scale, nmask, ws_ml_ptr, b, NSPLIT,
+                                       POOL, BLOCK_S)
+                dqn = a[:, None] * dG[None, :] + ds[:, None] * wg[None, :]
+                dw += tl.sum(ds[:, None] * qn, axis=0)
+            if HAS_DQN:
+                dqn += tl.load(dqn_ptr + goff, mask=msk, other=0.0).to(tl.float32)
+            dq = _normalize_bwd_rows(q, dqn, nmask)
+            tl.store(dq_ptr + b * sdqb + n64[:, None] * sdqn + d64[None, :],
+                     _cast_out(dq, dq_ptr), mask=msk)
+    if NEED_DQ:
+        if POOL != 0:
+            tl.store(ws_dw_ptr + (b * tl.num_programs(1) + pid) * BLOCK_D + d, dw)
 
 
 # Tiles by padded D (every one AOT-checked spill-free at sm_80 / sm_90). Pass 2 (BLOCK_N,
@@ -152,11 +161,17 @@ def _attn_bwd_apply_kernel(
 # (P1_BLOCK_N, p1_warps) streams its token range: the forward's 32 per thread needed 226
 # registers at D <= 128, 16 per thread 124. Pass 2 at D <= 128 / 256 runs 4 / 8 warps (8 fp32 per
 # thread per tile): at 2 / 4 warps its variants without dk (D <= 128, l2, fp32) or without the
-# extra gradient (D <= 256, sum, all dtypes) spilled 8 B at sm_90.
+# extra gradient (D <= 256, sum, all dtypes) spilled 8 B at sm_90. Since session 16 a pass-2
+# program loops over consecutive token tiles (about APPLY_TARGET_PROGRAMS programs, ~4 per SM of
+# an H100's 132: one dw_g partial row and one G / dG merge per program instead of per 8-token
+# tile; at XS stage 1, batch 64, the partial rows were 12.8 MB of fp32): with the loop, D <= 512
+# at BLOCK_N 8 spilled 8-16 B (8 and 16 warps, also with w_g reloaded per tile), so it runs
+# BLOCK_N 4 at 4 warps (spill-free; BLOCK_N 4 at 8 warps spilled 8-16 B).
+APPLY_TARGET_PROGRAMS = 528
 ATTN_BWD_CONFIGS = {
     128: dict(BLOCK_N=8, num_warps=4, P1_BLOCK_N=16, p1_warps=4),
     256: dict(BLOCK_N=8, num_warps=8, P1_BLOCK_N=16, p1_warps=4),
-    512: dict(BLOCK_N=8, num_warps=8, P1_BLOCK_N=8, p1_warps=4),
+    512: dict(BLOCK_N=4, num_warps=4, P1_BLOCK_N=8, p1_warps=4),
 }
 
 
@@ -210,7 +225,11 @@ def core_backward(dgk, q, k, w_g, scale, pool, need_dq, need_dk, dqn=None, dq=No
         POOL=pid, NEED_DG=need_dq, BLOCK_N=cfg["P1_BLOCK_N"], BLOCK_D=block_d,
         num_warps=cfg["p1_warps"],
     )
-    nblk = triton.cdiv(n, cfg["BLOCK_N"])
+    # pass 2: about APPLY_TARGET_PROGRAMS programs, each over consecutive token tiles (one
+    # dw_g partial row and one G / dG merge per program, not per tile)
+    tiles = triton.cdiv(n, cfg["BLOCK_N"])
+    per_prog = triton.cdiv(tiles, max(1, min(tiles, triton.cdiv(APPLY_TARGET_PROGRAMS, bsz))))
+    nblk = triton.cdiv(tiles, per_prog)
     need_dw = need_dq and pid != 0
     ws_dw = torch.empty((bsz * nblk, block_d), **f32) if need_dw else ws_g
     dqo = dq if need_dq else q
@@ -218,7 +237,8 @@ def core_backward(dgk, q, k, w_g, scale, pool, need_dq, need_dk, dqn=None, dq=No
     has_dqn = dqn is not None
     dqn = dqn.contiguous() if has_dqn else dgk
     _attn_bwd_apply_kernel[(bsz, nblk)](
-        q, k, wg, dgk, dqn, ws_g, ws_ml, ws_dg, dqo, dko, ws_dw, n, d, nsplit, float(scale),
+        q, k, wg, dgk, dqn, ws_g, ws_ml, ws_dg, dqo, dko, ws_dw, n, d, nsplit, per_prog,
+        float(scale),
         *q.stride(), *k.stride(), dqo.stride(0), dqo.stride(1), dko.stride(0), dko.stride(1),
         POOL=pid, HAS_DQN=has_dqn, NEED_DQ=need_dq, NEED_DK=need_dk,
         BLOCK_N=cfg["BLOCK_N"], BLOCK_D=block_d, BLOCK_S=A.MAX_SPLITS,

@@ -33,10 +33,10 @@ sum dy (small fp32 GEMMs on [T, D] / [D, D] tiles), each rounded once to its par
 Numerics: fp32 arithmetic after every load; GEMM operands in the input dtype for fp16/bf16 (as
 the eager reference rounds dqk, gk, ...) and fp32 with input_precision="ieee" for fp32. Token
 offsets int64. x needs a unit channel stride (the launcher copies otherwise); dy is made
-contiguous. Widths: padded max(D, T) <= max(BWD_FUSED_CONFIGS) = 256 for fp16/bf16 (512, the
-SwiftFormer-L1/L3 stage 3-4 widths, not tried), <= FP32_MAX_WIDTH for fp32 (not tried wider:
-the fused forward's fp32 kernels spilled past 128); wider shapes and fp32 past it take the
-torch-GEMM path of _attention_backward.
+contiguous. Widths: padded max(D, T) <= max(BWD_FUSED_CONFIGS) = 256 for every dtype (512, the
+SwiftFormer-L1/L3 stage 3-4 widths, not tried); fp32 at 256 runs FP32_CONFIGS (kernel T's dq / dk
+through an fp32 workspace, DQK_SCRATCH; kernel W at 16 warps). Wider shapes take the torch-GEMM
+path of _attention_backward.
 """
 
 from __future__ import annotations
@@ -120,26 +120,35 @@ def _attn_bwd_fused_pool_kernel(
 @triton.jit
 def _attn_bwd_fused_token_kernel(
     x_ptr, dy_ptr, wqk_ptr, bqk_ptr, wg_ptr, wf_ptr, wfp_ptr, ws_g_ptr, ws_ml_ptr, ws_dg_ptr,
-    gm_ptr, tok_ptr, dx_ptr,
+    gm_ptr, tok_ptr, dx_ptr, ws_dqk_ptr,
     N, D, T, NSPLIT, R, scale,
     sxb, sxn,
     HAS_FINAL: tl.constexpr, NEED_DX: tl.constexpr, POOL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr,
-    BLOCK_S: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
+    BLOCK_S: tl.constexpr, DQK_SCRATCH: tl.constexpr, DOT_DT: tl.constexpr,
+    INPUT_PREC: tl.constexpr,
 ):
-    """Kernel T for batch b = pid0 and BLOCK_N tokens: dx (NEED_DX; [B, N, D] contiguous), the
-    six per-token scalars into tok[0:6, b*N + n] and (pid1 == 0) G, dG into gm[b, 0:2, :]."""
+    """Kernel T for batch b = pid0 and BLOCK_N tokens (tile pid1): dx (NEED_DX; [B, N, D]
+    contiguous), the six per-token scalars into tok[0:6, b*N + n] and (pid1 == 0) G, dG into
+    gm[b, 0:2, :]. DQK_SCRATCH (with NEED_DX): dk, then dq, go to this program's own fp32
+    [2, BLOCK_N, D] block of ws_dqk (block pid0 * num_programs(1) + pid1) and dx = dq Wq + dk Wk
+    K-loops over it in BLOCK_K chunks (L1/L2 hits) instead of holding dq / dk as K = BLOCK_D
+    dot operands in registers (FP32_CONFIGS; the fused forward's GK_SCRATCH, for the same
+    reason). A persistent grid reusing L2-resident blocks, as the forward's kernel B does, spilled
+    16-160 B at sm_80 (8 / 16 warps, BLOCK_K 8 / 16, BLOCK_J 8 / 16 / 32; AOT report), so the
+    workspace here is token-sized."""
     b = tl.program_id(0).to(tl.int64)
+    tile = tl.program_id(1)
     d = tl.arange(0, BLOCK_D)
     dmask = d < D
     G = A._merge_global_query(ws_g_ptr, ws_ml_ptr, b, NSPLIT, POOL, BLOCK_S, BLOCK_D)
     dG = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for sp in range(0, NSPLIT):
         dG += tl.load(ws_dg_ptr + (b * NSPLIT + sp) * BLOCK_D + d)
-    if tl.program_id(1) == 0:
+    if tile == 0:
         tl.store(gm_ptr + b * 2 * BLOCK_D + d, G)
         tl.store(gm_ptr + b * 2 * BLOCK_D + BLOCK_D + d, dG)
-    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < N
     n64 = n.to(tl.int64)
     row = b * N + n64
@@ -154,6 +163,11 @@ def _attn_bwd_fused_token_kernel(
     dkn = dgk * G[None, :]
     rk = tl.where(knrm >= 1e-12, tl.sum(k * dkn, axis=1) * kinv, 0.0)
     dk = tl.where(msk, (dkn - k * (kinv * rk)[:, None]) * kinv[:, None], 0.0)
+    if NEED_DX and DQK_SCRATCH:
+        r = tl.arange(0, BLOCK_N)
+        blk = ws_dqk_ptr + (b * tl.num_programs(1) + tile) * (2 * BLOCK_N * D)
+        # rows past N are neither written nor read (no traffic for a ragged last tile)
+        tl.store(blk + (BLOCK_N + r)[:, None] * D + d[None, :], dk, mask=msk)
     if HAS_FINAL:
         dout1 = _rows_dot(dy_ptr, row * T, nmask, T, wf_ptr, D, 1, d, dmask, BLOCK_K, DOT_DT,
                           INPUT_PREC)
@@ -181,7 +195,26 @@ def _attn_bwd_fused_token_kernel(
     tl.store(tok_ptr + 3 * R + row, qinv * qinv * rq, mask=rmask)
     tl.store(tok_ptr + 4 * R + row, tl.where(rmask, kinv, 0.0), mask=rmask)
     tl.store(tok_ptr + 5 * R + row, kinv * rk, mask=rmask)
-    if NEED_DX:
+    if NEED_DX and DQK_SCRATCH:
+        tl.store(blk + r[:, None] * D + d[None, :], dq, mask=msk)
+        tl.debug_barrier()  # every thread's dq / dk stores are visible to the chunk loads
+        for j0 in range(0, D, BLOCK_J):
+            jj = j0 + tl.arange(0, BLOCK_J)
+            jmask = jj < D
+            dx = tl.zeros((BLOCK_N, BLOCK_J), dtype=tl.float32)
+            for h in range(0, 2):  # dq Wq, then dk Wk
+                for k0 in range(0, D, BLOCK_K):
+                    kk = k0 + tl.arange(0, BLOCK_K)
+                    kmask = kk < D
+                    dch = tl.load(blk + (h * BLOCK_N + r)[:, None] * D + kk[None, :],
+                                  mask=nmask[:, None] & kmask[None, :], other=0.0)
+                    wch = tl.load(wqk_ptr + h * D * D + kk[:, None] * D + jj[None, :],
+                                  mask=kmask[:, None] & jmask[None, :], other=0.0)
+                    dx = tl.dot(dch.to(DOT_DT), wch.to(tl.float32).to(DOT_DT), dx,
+                                input_precision=INPUT_PREC, out_dtype=tl.float32)
+            tl.store(dx_ptr + row[:, None] * D + jj[None, :], _cast_out(dx, dx_ptr),
+                     mask=nmask[:, None] & jmask[None, :])
+    elif NEED_DX:
         dqd = dq.to(DOT_DT)
         dkd = dk.to(DOT_DT)
         for j0 in range(0, D, BLOCK_J):
@@ -474,16 +507,40 @@ BWD_FUSED_CONFIGS = {
               token=dict(BLOCK_N=16, BLOCK_K=16, BLOCK_J=16, num_warps=8, num_stages=1),
               weight=dict(BLOCK_N=16, BLOCK_I=16, BLOCK_K=16, num_warps=8, num_stages=1)),
 }
-FP32_MAX_WIDTH = 128  # widest padded width fused for fp32 inputs
+# fp32 overrides of BWD_FUSED_CONFIGS at width 256 (AOT report, sm_80 / sm_90). Kernel T with
+# dx spilled 400-408 B at 8 warps (232 B with BLOCK_J 8, 1.0-1.8 KB at 4 / 16 warps, the same
+# with BLOCK_K 8 / 32): the dx dots' K = 256 operands dq / dk; DQK_SCRATCH puts them through a
+# per-program fp32 workspace and K-loops the dx dots over it. Kernel T without dx: 188-204
+# registers at 8 warps, no spill (4 warps, TOKEN_NO_DX, spilled 8-16 B for fp32). Kernel W
+# spilled 104 B (sm_90) at 8 warps, 368-424 B at 4, 112-152 B with BLOCK_K 8 / 32; at 16 warps
+# 124-128 registers, no spill. Kernel P: 226-254 registers at 8 warps, no spill.
+FP32_CONFIGS = {
+    256: dict(pool=BWD_FUSED_CONFIGS[256]["pool"],
+              token=dict(BLOCK_N=16, BLOCK_K=16, BLOCK_J=16, num_warps=8, num_stages=1,
+                         DQK_SCRATCH=True),
+              weight=dict(BLOCK_N=16, BLOCK_I=16, BLOCK_K=16, num_warps=16, num_stages=1)),
+}
+FP32_MAX_WIDTH = 256  # widest padded width fused for fp32 inputs
 # Kernel T without dx (x needs no gradient): the lighter kernel gets its own tiles where the
 # config's spilled (AOT report: 8-24 B of stack at D,T <= 128 sum, all dtypes, and D,T <= 64 l2
-# fp32 at sm_90; 4 and 16 warps spilled too at 64).
+# fp32 at sm_90; 4 and 16 warps spilled too at 64). Not applied over FP32_CONFIGS.
 TOKEN_NO_DX = {64: dict(BLOCK_K=32), 128: dict(num_warps=4), 256: dict(num_warps=4)}
 
 
-def token_config(key: int, need_dx: bool) -> dict:
-    """Kernel T's launch config for config `key`, with or without dx."""
-    ct = BWD_FUSED_CONFIGS[key]["token"]
+def bwd_fused_config(key: int, dtype: torch.dtype) -> dict:
+    """The config ({"pool", "token", "weight"}) the launcher runs at padded width key for
+    inputs of this dtype (kernel T's DQK_SCRATCH defaults to False)."""
+    if dtype == torch.float32 and key in FP32_CONFIGS:
+        return FP32_CONFIGS[key]
+    return BWD_FUSED_CONFIGS[key]
+
+
+def token_config(key: int, need_dx: bool, dtype: torch.dtype = torch.float16) -> dict:
+    """Kernel T's launch config for config `key` and inputs of this dtype, with or without
+    dx."""
+    ct = bwd_fused_config(key, dtype)["token"]
+    if dtype == torch.float32 and key in FP32_CONFIGS:
+        return ct
     return ct if need_dx else {**ct, **TOKEN_NO_DX.get(key, {})}
 # Kernel W's grid: about one program per SM of an H100 (132) over the D-chunks x token segments,
 # with at least MIN_SEG_ROWS token rows per segment (each segment writes a full fp32 partial of
@@ -529,8 +586,10 @@ def fused_backward(grad, x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final, b_f
                 for i, t in enumerate((x, w_qk, b_qk, w_g, w_proj, b_proj, w_final, b_final))
                 if need[i]}
     dy = grad.contiguous()
-    cp, cw = BWD_FUSED_CONFIGS[key]["pool"], BWD_FUSED_CONFIGS[key]["weight"]
-    ct = token_config(key, need_x)
+    cfg = bwd_fused_config(key, x.dtype)
+    cp, cw = cfg["pool"], cfg["weight"]
+    ct = token_config(key, need_x, x.dtype)
+    scratch = need_x and ct.get("DQK_SCRATCH", False)
     block = key  # tiles always at the config's width: only those variants are AOT-compiled
     dev = x.device
     f32 = dict(device=dev, dtype=torch.float32)
@@ -557,12 +616,16 @@ def fused_backward(grad, x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final, b_f
     gm = torch.empty((bsz, 2, block), **f32)
     tok = torch.empty((6, rows), **f32)
     dx = torch.empty((bsz, n, d), device=dev, dtype=x.dtype) if need_x else x
-    _attn_bwd_fused_token_kernel[(bsz, triton.cdiv(n, ct["BLOCK_N"]))](
-        x, dy, wqk, bqk, wg, wf, wfp, ws_g, ws_ml, ws_dg, gm, tok, dx, n, d, t_out, nsplit, rows,
-        float(scale), x.stride(0), x.stride(1),
+    tiles = triton.cdiv(n, ct["BLOCK_N"])
+    # DQK_SCRATCH: one fp32 [2, BLOCK_N, D] dq / dk block per kernel T program
+    ws_dqk = (torch.empty((bsz * tiles * 2 * ct["BLOCK_N"], d), **f32) if scratch
+              else ws_dg)
+    _attn_bwd_fused_token_kernel[(bsz, tiles)](
+        x, dy, wqk, bqk, wg, wf, wfp, ws_g, ws_ml, ws_dg, gm, tok, dx, ws_dqk, n, d, t_out,
+        nsplit, rows, float(scale), x.stride(0), x.stride(1),
         HAS_FINAL=has_final, NEED_DX=need_x, POOL=pid, BLOCK_N=ct["BLOCK_N"], BLOCK_D=block,
         BLOCK_K=ct["BLOCK_K"], BLOCK_J=ct["BLOCK_J"], BLOCK_S=A.MAX_SPLITS,
-        num_warps=ct["num_warps"], num_stages=ct["num_stages"], **flags,
+        DQK_SCRATCH=scratch, num_warps=ct["num_warps"], num_stages=ct["num_stages"], **flags,
     )
     if need_x:
         out[0] = dx

@@ -10,11 +10,14 @@ read x, the weights and a few partials, and write only the output.
   recomputes q's column chunk: t_j = gk Wp^T[:, j] + bp[j] + q[:, j] / ||q||. With a final linear
   t_j is the K-chunk of out += t_j Wf^T[j, :] (bf added at the end); without one t_j is stored.
   fp32 from width 256 (FP32_CONFIGS, GK_SCRATCH): gk goes instead to the program's own block of
-  an fp32 workspace and each t_j K-loops over it (a K = width fp32 dot operand spilled).
+  an fp32 workspace and each t_j K-loops over it (a K = width fp32 dot operand spilled); kernel B
+  then runs as a persistent grid of GK_PROGRAMS programs over the (batch, tile) items, so the
+  blocks are reused and stay in L2.
 
 DRAM traffic: x twice (A, then B right after: an L2 hit when x is small, see _roofline), the
-weights, B*SPLITS*(D+2) fp32 partials, and out once (GK_SCRATCH: plus the fp32 gk workspace
-written once, its re-reads L1/L2 hits); the eager/torch path moves ~16 token tensors.
+weights, B*SPLITS*(D+2) fp32 partials, and out once (GK_SCRATCH: the fp32 gk blocks, at most
+GK_PROGRAMS x BLOCK_N x D x 4 bytes, are L1/L2 traffic); the eager/torch path moves ~16 token
+tensors.
 The price is FLOPs: q is computed three times (A, B's norms, B's chunks), 5 D^2 + D T multiply-adds
 per token instead of 3 D^2 + D T, which is cheap next to memory for fp16/bf16 on tensor cores.
 
@@ -84,9 +87,9 @@ def _attn_fused_pool_kernel(
 
 
 @triton.jit
-def _attn_fused_apply_kernel(
+def _apply_tile(
     x_ptr, wqk_ptr, bqk_ptr, ws_g_ptr, ws_ml_ptr, wp_ptr, bp_ptr, wf_ptr, bf_ptr, out_ptr,
-    ws_gk_ptr,
+    ws_gk_ptr, b, tile, slot,
     N, D, T, NSPLIT,
     sxb, sxn,
     HAS_FINAL: tl.constexpr,
@@ -94,14 +97,10 @@ def _attn_fused_apply_kernel(
     BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
     GK_SCRATCH: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
 ):
-    """Kernel B: out[b, tile] = final(proj(G * normalize(k)) + normalize(q)) for BLOCK_N tokens;
-    out is [B, N, T] contiguous (T = D without a final linear). GK_SCRATCH: gk goes to this
-    program's own fp32 [BLOCK_N, D] block of ws_gk (block pid0 * num_programs(1) + pid1) and the
-    proj dot K-loops over it in BLOCK_K chunks (L1/L2 hits) instead of holding gk as a
-    K = BLOCK_D dot operand in registers (see FP32_CONFIGS)."""
-    b = tl.program_id(0).to(tl.int64)
+    """Kernel B's work for batch b (int64) and token tile `tile`; GK_SCRATCH: gk through
+    block `slot` of ws_gk."""
     G = A._merge_global_query(ws_g_ptr, ws_ml_ptr, b, NSPLIT, POOL, BLOCK_S, BLOCK_D)
-    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < N
     n64 = n.to(tl.int64)
     xrow = b * sxb + n64 * sxn
@@ -116,7 +115,7 @@ def _attn_fused_apply_kernel(
     gk = (G[None, :] * A._normalize_rows(k, nmask)).to(DOT_DT)
     if GK_SCRATCH:
         r = tl.arange(0, BLOCK_N)
-        blk = ws_gk_ptr + (b * tl.num_programs(1) + tl.program_id(1)) * (BLOCK_N * D)
+        blk = ws_gk_ptr + slot * (BLOCK_N * D)
         tl.store(blk + r[:, None] * D + d[None, :], gk, mask=nmask[:, None] & dmask[None, :])
         tl.debug_barrier()  # every thread's gk stores are visible to the block's chunk loads
     if HAS_FINAL:
@@ -159,6 +158,41 @@ def _attn_fused_apply_kernel(
                  mask=nmask[:, None] & tmask[None, :])
 
 
+@triton.jit
+def _attn_fused_apply_kernel(
+    x_ptr, wqk_ptr, bqk_ptr, ws_g_ptr, ws_ml_ptr, wp_ptr, bp_ptr, wf_ptr, bf_ptr, out_ptr,
+    ws_gk_ptr,
+    N, D, T, NSPLIT, TILES, ITEMS,
+    sxb, sxn,
+    HAS_FINAL: tl.constexpr,
+    POOL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_S: tl.constexpr,
+    GK_SCRATCH: tl.constexpr, DOT_DT: tl.constexpr, INPUT_PREC: tl.constexpr,
+):
+    """Kernel B: out[b, tile] = final(proj(G * normalize(k)) + normalize(q)) for BLOCK_N tokens;
+    out is [B, N, T] contiguous (T = D without a final linear); grid B x TILES.
+    GK_SCRATCH (1-D persistent grid of G programs over the B * TILES (batch, tile) items, item
+    = pid, pid + G, ...): gk goes to this program's own fp32 [BLOCK_N, D] block pid of ws_gk and
+    the proj dot K-loops over it in BLOCK_K chunks (L1/L2 hits) instead of holding gk as a
+    K = BLOCK_D dot operand in registers (see FP32_CONFIGS). The G blocks, reused from item to
+    item, stay in L2 (GK_PROGRAMS x BLOCK_N x D x 4 bytes) instead of a token-sized workspace
+    going to DRAM."""
+    if GK_SCRATCH:
+        pid = tl.program_id(0)
+        for item in range(pid, ITEMS, tl.num_programs(0)):
+            _apply_tile(x_ptr, wqk_ptr, bqk_ptr, ws_g_ptr, ws_ml_ptr, wp_ptr, bp_ptr, wf_ptr,
+                        bf_ptr, out_ptr, ws_gk_ptr, (item // TILES).to(tl.int64), item % TILES,
+                        pid, N, D, T, NSPLIT, sxb, sxn, HAS_FINAL, POOL, BLOCK_N, BLOCK_D,
+                        BLOCK_T, BLOCK_K, BLOCK_J, BLOCK_S, GK_SCRATCH, DOT_DT, INPUT_PREC)
+            tl.debug_barrier()  # every thread's chunk loads done before the next item's stores
+    else:
+        _apply_tile(x_ptr, wqk_ptr, bqk_ptr, ws_g_ptr, ws_ml_ptr, wp_ptr, bp_ptr, wf_ptr, bf_ptr,
+                    out_ptr, ws_gk_ptr, tl.program_id(0).to(tl.int64), tl.program_id(1), 0,
+                    N, D, T, NSPLIT, sxb, sxn, HAS_FINAL, POOL, BLOCK_N, BLOCK_D, BLOCK_T,
+                    BLOCK_K, BLOCK_J, BLOCK_S, GK_SCRATCH, DOT_DT, INPUT_PREC)
+
+
+
 # Configs by the padded width max(D, T); every one is run in the interpreter and AOT-compiled
 # spill-free for sm_80/sm_90 (tools/triton_report.py). Kernel B holds gk [BLOCK_N, BLOCK_D] (the
 # proj dot's A operand, K = the whole width) and the final's accumulator [BLOCK_N, BLOCK_T] across
@@ -189,6 +223,9 @@ FP32_CONFIGS = {
                          GK_SCRATCH=True)),
 }
 FP32_MAX_WIDTH = 256  # widest padded width fused for fp32 inputs
+# GK_SCRATCH kernel B: persistent programs (about 2 per SM of an H100's 132), each reusing its
+# own gk block: 264 x 16 x 256 x 4 B = 4.3 MB of workspace at most, L2-resident
+GK_PROGRAMS = 264
 
 
 def fused_config(key: int, dtype: torch.dtype) -> dict:
@@ -242,12 +279,14 @@ def fused_forward(x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final, b_final, p
     # GK_SCRATCH: one fp32 [BLOCK_N, D] gk block per kernel B program
     wp = w_proj.contiguous()
     wf = dummy if w_final is None else w_final.contiguous()
-    ws_gk = (torch.empty((bsz * tiles * cb["BLOCK_N"], d), device=x.device, dtype=torch.float32)
+    items = bsz * tiles
+    progs = min(items, GK_PROGRAMS)
+    ws_gk = (torch.empty((progs * cb["BLOCK_N"], d), device=x.device, dtype=torch.float32)
              if scratch else ws_g)
-    _attn_fused_apply_kernel[(bsz, tiles)](
+    _attn_fused_apply_kernel[(progs,) if scratch else (bsz, tiles)](
         x, wqk, bqk, ws_g, ws_ml, wp, _vec(b_proj, d, wp), wf,
         dummy if w_final is None else _vec(b_final, t_out, wf), out, ws_gk,
-        n, d, t_out, nsplit, x.stride(0), x.stride(1),
+        n, d, t_out, nsplit, tiles, items, x.stride(0), x.stride(1),
         HAS_FINAL=w_final is not None, POOL=pid, BLOCK_N=cb["BLOCK_N"],
         BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_K=cb["BLOCK_K"], BLOCK_J=cb["BLOCK_J"],
         BLOCK_S=A.MAX_SPLITS, GK_SCRATCH=scratch, DOT_DT=dot_dt,

@@ -5,7 +5,7 @@ Tensor argument.
 Split into several kernels (allowed for training paths): the dwconv forward recompute, its
 backward kernel (triton_kernels._conv.dwconv_bn_backward: dx with the residual gradient added,
 and the dw / db partials, in one pass), and the MLP backward (_mlp_grads): up to 256
-channels (128 with fp32 weights) the fused two-kernel backward of
+channels (any weight dtype) the fused two-kernel backward of
 triton_kernels._mlp_backward (tl.dot GEMMs, the hidden activation recomputed in registers),
 wider the torch path: GEMMs in cuBLAS on fp32 intermediates and one
 Triton kernel that recomputes GELU(a) and GELU'(a) from the pre-activation a. Accumulation in

@@ -14,7 +14,7 @@ tiled over (pixels, C_out), K-loop over HID) reads it back. The hidden then cost
 one read through memory (in x's dtype), which the single kernel avoids. The train forms feed the
 same dispatch after the batch-statistics kernel; the backward launchers (_backward,
 _train_backward) never run the fused forward (channel-tiled kernels, the MLP backward of
-_mlp_backward up to 256 channels, 128 in fp32, and GEMMs in torch wider), so they serve any width.
+_mlp_backward up to 256 channels and GEMMs in torch wider), so they serve any width.
 
 Pixel indices are int64 before any multiply by a stride, so tensors past 2^31 elements address
 correctly. Every load converts to fp32 at once (bf16 arithmetic is wrong in the interpreter, and

@@ -16,7 +16,8 @@ pixels is a per-program partial in fp32, summed by one _partials.sum_partials la
 Exact (erf) GELU. GEMM operands in the input dtype for fp16/bf16 (tensor cores; the eager
 reference rounds at that dtype too) and fp32 with input_precision="ieee" for fp32, fp32
 accumulation (_conv.dot_dtype / _input_prec). Pixel offsets in int64. Widths past 256 channels
-(128 with fp32 weights: register spills, see BWD_CONFIGS) take the torch path in _backward.
+(register spills, see BWD_CONFIGS; fp32 at 256 runs BWD_FP32_CONFIGS) take the torch path in
+_backward.
 """
 
 from __future__ import annotations
@@ -204,8 +205,8 @@ def _mlp_bwd_dw_kernel(
 # C <= 128 the NCHW specialization (channel stride > 1) spilled 32-712 B at 4 warps and the
 # channels_last one 16 B at 8 (fp32, sm_80; ptxas held 128 registers), 16 warps spilled both:
 # the warps there follow the layout (nchw_warps).
-# C <= 256 (SwiftFormer-XS/S stage 4, C = 220 / 224) is served for fp16/bf16 only (fp32 spilled
-# 200-2900 B at every tile tried and takes the torch path, BWD_FP32_MAX_WIDTH). Its kernel W
+# C <= 256 (SwiftFormer-XS/S stage 4, C = 220 / 224): this is the fp16/bf16 config (fp32 weights
+# run BWD_FP32_CONFIGS below; until session 16 fp32 took the torch path). Its kernel W
 # loads z and g once and transposes the half-precision dot operands (ONE_LOAD; the second strided
 # load spilled 160-1030 B in NCHW), and its kernel P re-loads g for the layer-scale sum after
 # the hidden loop instead of keeping the fp32 tile live through it (RELOAD_G; 128-890 B spilled
@@ -220,7 +221,25 @@ BWD_CONFIGS = {
     256: dict(dz=dict(BLOCK_P=16, BLOCK_H=32, num_warps=8, num_stages=1, RELOAD_G=True),
               dw=dict(BLOCK_P=16, BLOCK_H=16, num_warps=8, num_stages=1, ONE_LOAD=True)),
 }
-BWD_FP32_MAX_WIDTH = 128  # widest padded width fused when the weights are fp32
+# fp32 weights at C <= 256 (SwiftFormer-XS/S stage 4) run these overrides (AOT report, session
+# 16, both layouts, every flag variant, sm_80 / sm_90, spill-free). The half config spilled 8 B in
+# kernel P (sm_80) and 104-376 B in kernel W; BLOCK_H 16 in kernel P holds 128-242 registers.
+# Kernel W at 16 warps (512 threads, at most 128 registers each: 93-128 used) with ONE_LOAD:
+# without it the NCHW variant spilled 8-104 B; at 4 / 8 warps it spilled 200-2900 B with every
+# tile tried earlier. Kernel P at 16 warps (64 registers allotted) spilled 1.1-1.3 KB.
+BWD_FP32_CONFIGS = {
+    256: dict(dz=dict(BLOCK_P=16, BLOCK_H=16, num_warps=8, num_stages=1, RELOAD_G=True),
+              dw=dict(BLOCK_P=16, BLOCK_H=16, num_warps=16, num_stages=1, ONE_LOAD=True)),
+}
+BWD_FP32_MAX_WIDTH = 256  # widest padded width fused when the weights are fp32
+
+
+def bwd_config(key: int, dtype: torch.dtype) -> dict:
+    """The config ({"dz", "dw"}) the launcher runs at padded width key for weights of this
+    dtype (the fp32 overrides included)."""
+    if dtype == torch.float32 and key in BWD_FP32_CONFIGS:
+        return BWD_FP32_CONFIGS[key]
+    return BWD_CONFIGS[key]
 # kernel W grid target: hidden chunks x segments ~ 4 programs per H100 SM (132 SMs)
 TARGET_PROGRAMS = 528
 
@@ -253,7 +272,7 @@ def mlp_grads_fused(grad, z, w1, b1, w2, b2, ls, need, config=None, n_seg=None, 
     key = bwd_config_key(c_in, c_out, w1.dtype) if config is None else config
     if w1.dtype == torch.float32 and key > BWD_FP32_MAX_WIDTH:
         raise ValueError(f"config {key} is not built for fp32 weights (it spills registers)")
-    cfg = BWD_CONFIGS[key]
+    cfg = bwd_config(key, w1.dtype)
     # g in z's layout: only the matching-layout specializations are AOT-verified (a no-op for
     # autograd's usual gradients)
     z = _unit_stride(z)

@@ -26,14 +26,16 @@ shapes: dict with B, C, H, W (conv ops; optional "hidden" (default 4C), "c_out",
 additive_attention (module forward): where the fused kernels fit (padded max(D, T) <= 512 for
 fp16/bf16, <= 256 for fp32) kernel A reads x and Wq and writes B*SPLITS*(D+2) fp32 partials;
 kernel B reads x again, every weight and the partials, and writes the output (fp32 at padded 256:
-also gk to an fp32 workspace once, its per-chunk re-reads in l2_bytes). Kernel B's re-read
-of x and Wq (both just read by kernel A) is counted in l2_bytes, not bytes_moved, only when x is
-<= 20 MB (L2_REUSE_BYTES: 50 MB H100 L2, B launched right after A); otherwise both count twice in
-DRAM. FLOPs count q three times (the
-price of never storing it). Wider / fp32-wide shapes: torch GEMMs around the Triton core (6
+gk through the per-program fp32 blocks of a persistent grid, L2-resident: in l2_bytes).
+Kernel B's re-read of x and Wq (both just read by kernel A) is counted in l2_bytes, not
+bytes_moved, only when x is <= 20 MB (L2_REUSE_BYTES: 50 MB H100 L2, B launched right after
+A); otherwise both count twice in DRAM. FLOPs count q three times (the price of never storing
+it). Wider / fp32-wide shapes: torch GEMMs around the Triton core (6
 kernels, ~16 token tensors of traffic).
 Backward: additive_attention_core_backward / additive_attention_backward (every gradient wanted;
 the eager comparison is autograd through the reference, which keeps the forward's activations).
+The core backward's second pass re-reads q, k, dgk right after the first: an L2 hit when the three
+are <= L2_REUSE_BYTES together, as above.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ SPLIT_MIN_C = 256
 FUSED_MAX_WIDTH, FUSED_MAX_WIDTH_FP32 = 512, 256
 FUSED_BLOCK_N = {64: (32, 32), 128: (32, 16), 256: (16, 16), 512: (16, 16)}
 FUSED_GK_SCRATCH_FP32 = (256,)
+FUSED_GK_PROGRAMS = 264  # kernel B's persistent grid with GK_SCRATCH (_attention_fused.GK_PROGRAMS)
 # Kernel B re-reads x (and Wq) right after kernel A: counted as an L2 hit (H100 L2: 50 MB) only
 # when x is at most this big, else as DRAM traffic.
 L2_REUSE_BYTES = 20e6
@@ -60,16 +63,25 @@ STATS_BLOCK_P, STATS_BLOCK_C, STATS_TARGET_PROGRAMS = 32, 32, 528
 # The fused MLP backward (_mlp_backward): widths max(C, c_out) it serves, its tiles per padded
 # width ((kernel P BLOCK_P, BLOCK_H), (kernel W BLOCK_P, BLOCK_H)) and kernel W's grid target
 # (tests/triton check these against _mlp_backward.BWD_CONFIGS / TARGET_PROGRAMS).
-MLP_BWD_MAX_C, MLP_BWD_MAX_C_FP32 = 256, 128
+MLP_BWD_MAX_C, MLP_BWD_MAX_C_FP32 = 256, 256
 MLP_BWD_TILES = {64: ((32, 32), (16, 16)), 128: ((32, 32), (16, 16)), 256: ((16, 32), (16, 16))}
 MLP_BWD_TARGET_PROGRAMS = 528
 # The fused additive_attention backward (_attention_backward_fused): padded widths max(D, T) it
 # serves (fp16/bf16, fp32), its tiles per padded width (kernel P BLOCK_N, kernel T BLOCK_N,
 # kernel W BLOCK_N, BLOCK_I) and kernel W's grid rule (tests/triton check these against
 # BWD_FUSED_CONFIGS / TARGET_PROGRAMS / MIN_SEG_ROWS / W_PARTS).
-ATTN_BWD_FUSED_MAX_WIDTH, ATTN_BWD_FUSED_MAX_WIDTH_FP32 = 256, 128
+ATTN_BWD_FUSED_MAX_WIDTH, ATTN_BWD_FUSED_MAX_WIDTH_FP32 = 256, 256
 ATTN_BWD_TILES = {64: (32, 16, 16, 16), 128: (16, 16, 16, 16), 256: (16, 16, 16, 16)}
+# fp32 padded widths whose kernel T writes dq / dk to an fp32 workspace and K-loops dx over it
+# (_attention_backward_fused.FP32_CONFIGS, DQK_SCRATCH)
+ATTN_BWD_DQK_SCRATCH_FP32 = (256,)
 ATTN_BWD_TARGET_PROGRAMS, ATTN_BWD_MIN_SEG_ROWS, ATTN_BWD_W_PARTS = 132, 256, 4
+# The attention core backward (_attention_backward.ATTN_BWD_CONFIGS): per config width (the
+# next power of two >= D, at least 128), pass 1's token tile (its splits: _attention._splits)
+# and pass 2's; pass 2 runs about ATTN_CORE_APPLY_PROGRAMS programs over consecutive tiles, one
+# dw_g partial row each. Workspaces are the config's width wide.
+ATTN_CORE_BWD_TILES = {128: (16, 8), 256: (16, 8), 512: (8, 4)}
+ATTN_CORE_APPLY_PROGRAMS = 528
 
 
 def _pad(w: int) -> int:
@@ -346,11 +358,11 @@ def _attention(op: str, s: dict) -> dict:
             l2 = (again if tok <= L2_REUSE_BYTES else 0) + tok * (1 + -(-d // 16)) \
                 + progs_a * wq + progs_b * (w_bytes + wq + splits * (d + 2) * 4)
             if e == 4 and _pad(max(d, t_out)) in FUSED_GK_SCRATCH_FP32:
-                # gk of every token in fp32 written once (DRAM; a ragged tile's rows past N are
-                # not written), re-read per 16-wide proj chunk (L1/L2)
+                # gk of every token in fp32 through the persistent programs' own blocks (at most
+                # FUSED_GK_PROGRAMS x 16 x 256 x 4 B = 4.3 MB, reused item after item: L2-resident,
+                # no DRAM), written once and re-read per 16-wide proj chunk (L1/L2)
                 gk_ws = b * n * d * 4
-                moved += gk_ws
-                l2 += gk_ws * -(-d // 16)
+                l2 += gk_ws * (1 + -(-d // 16))
             launches = 2
         else:
             gemm = 2.0 * b * n * (2 * d * d + d * d + d * t_out)
@@ -391,10 +403,13 @@ def _attention_backward_fused(b: int, n: int, d: int, t_out: int, e: int) -> tup
     w_bytes = (2 * d * d + 2 * d + d + d * d + d + t_out * d + t_out) * e
     part = ((2 * d + 2 * t_out + 3) * d + t_out) * f  # one segment's weight partial (flat)
     again = 0 if tok + dy <= L2_REUSE_BYTES else tok + dy  # T / W re-read x, dy (L2 rule)
+    # kernel T's fp32 dq / dk workspace (DQK_SCRATCH): written once to DRAM (a ragged tile's
+    # rows past N are not written), re-read per BLOCK_J chunk from L1 / L2 (not counted)
+    dqk = 2 * rows * d * f if e == 4 and key in ATTN_BWD_DQK_SCRATCH_FP32 else 0
     steps = [
         t_out * d * e * 2 + d * d * e,  # host: Wfp = Wf Wp
         tok + dy + w_bytes + b * splits * (2 * key + 2) * f,  # P: x, dy -> pool / dG partials
-        again + tok + b * 2 * key * f + 6 * rows * f,  # T: dx, G / dG rows, 6 scalars / token
+        again + tok + b * 2 * key * f + 6 * rows * f + dqk,  # T: dx, G / dG, 6 scalars / token
         again + 6 * rows * f + seg * part,  # W: scalars, one partial per segment
     ]
     steps.append(seg * part + part)  # sum_partials: the segments' sum, dWqk / dbqk / dwg cast
@@ -422,17 +437,31 @@ def _attention_backward(op: str, s: dict) -> dict:
     t_out = s.get("T", d)
     e = s.get("dtype_bytes", 2)
     tok = b * n * d * e
-    splits = min(32, max(1, -(-528 // b)))
-    ws = b * splits * (2 * d + 2) * 4 * 2 + b * -(-n // 8) * d * 4 * 2
+    # the core kernels' fp32 workspaces, written once and read once (DRAM; pass 2's re-reads of
+    # one batch's split rows hit L2): pass 1's G / dG / (m, l) rows per split, pass 2's dw_g
+    # partial row per program, both at the config's padded width
+    key = next(k for k in sorted(ATTN_CORE_BWD_TILES) if _pad(d) <= k or k == 512)
+    bn1, bn2 = ATTN_CORE_BWD_TILES[key]
+    blocks = _cdiv(n, bn1)
+    per = _cdiv(blocks, max(1, min(32, blocks, _cdiv(528, b)))) * bn1
+    splits = _cdiv(n, per)
+    tiles = _cdiv(n, bn2)
+    progs = _cdiv(tiles, _cdiv(tiles, max(1, min(tiles, _cdiv(ATTN_CORE_APPLY_PROGRAMS, b)))))
+    ws = b * splits * (2 * key + 2) * 4 * 2 + b * progs * key * 4 * 2
     elem = 40.0 * b * n * d  # normalize x2 + their backward, score, dG, da, ds, dqn
     if op == "additive_attention_core_backward":
         bytes_min = 5 * tok + 2 * d * e
-        moved = 3 * tok + 5 * tok + ws + 2 * d * e
+        # pass 1 reads q, k, dgk; pass 2, launched right after it, reads them again (an L2 hit
+        # when the three fit, L2_REUSE_BYTES: the rule of the other two-pass kernels) and writes
+        # dq, dk
+        again = 0 if 3 * tok <= L2_REUSE_BYTES else 3 * tok
+        moved = 3 * tok + again + 2 * tok + ws + 2 * d * e
         # autograd through the reference: ~4 elementwise / reduction kernels per forward op,
         # each reading ~2 and writing ~1 token tensor of saved activations
         eager = 16 * tok + 2 * d * e
         gemm = 0.0
-        launches, eager_launches = 2, 20
+        # passes 1 and 2, the host sum of the per-block dw_g partials, its cast for fp16 / bf16
+        launches, eager_launches = 3 + (1 if e == 2 else 0), 20
     else:
         w_bytes = (2 * d * d + 2 * d + d + d * d + d + t_out * d + t_out) * e
         out = b * n * t_out * e

@@ -29,7 +29,7 @@ from . import _train_backward as TB
 _PTR_FP32 = {"ws_ptr", "ws_g_ptr", "ws_ml_ptr", "ws_dg_ptr", "ws_dw_ptr", "gm_ptr",
              "tok_ptr", "ws_w_ptr", "mean_ptr", "scale_ptr",
              "shift_ptr", "coef_ptr", "ws_gk_ptr", "bnw_ptr", "bnb_ptr", "stat_ptr",
-             "dgw_ptr", "dgb_ptr"}
+             "dgw_ptr", "dgb_ptr", "ws_dqk_ptr"}
 _FLOAT_ARGS = {"scale", "eps"}
 _DT = {"fp32": tl.float32, "fp16": tl.float16, "bf16": tl.bfloat16}
 
@@ -181,9 +181,11 @@ def all_specs() -> list[Spec]:
                                       cfg["num_warps"], lay, cfg["num_stages"]))
             # fused MLP backward at the config's width; z (x, or the train forms' BN output)
             # and dz in the input dtype, the partials in fp32
-            for key, cfg in MB.BWD_CONFIGS.items():
+            for key in MB.BWD_CONFIGS:
                 if dt == "fp32" and key > MB.BWD_FP32_MAX_WIDTH:
                     continue
+                # the launcher's own config (fp32 overrides included)
+                cfg = MB.bwd_config(key, torch.float32 if dt == "fp32" else torch.float16)
                 widths = dict(BLOCK_CI=key, BLOCK_CO=key, DOT_DT=_DT[dt], INPUT_PREC=prec)
                 c = cfg["dz"]
                 for fl in MLP_BWD_DZ:
@@ -247,9 +249,11 @@ def all_specs() -> list[Spec]:
                         cb["num_warps"], num_stages=cb["num_stages"]))
         # fused module backward at the config's width; kernels T and W also without the final
         # linear (dout1 is then dy itself: different loads), kernel T also without dx
-        for key, cfg in ABF.BWD_FUSED_CONFIGS.items():
+        for key in ABF.BWD_FUSED_CONFIGS:
             if dt == "fp32" and key > ABF.FP32_MAX_WIDTH:
                 continue
+            tdt = torch.float32 if dt == "fp32" else torch.float16
+            cfg = ABF.bwd_fused_config(key, tdt)  # the launcher's own (fp32 overrides included)
             cp, cw = cfg["pool"], cfg["weight"]
             dots = dict(DOT_DT=_DT[dt], INPUT_PREC=prec)
             for pool, pid in A.POOL_IDS.items():
@@ -259,14 +263,16 @@ def all_specs() -> list[Spec]:
                                   cp["num_warps"], num_stages=cp["num_stages"]))
                 for final in (True, False):
                     for need_dx in (True, False):
-                        ct = ABF.token_config(key, need_dx)
+                        ct = ABF.token_config(key, need_dx, tdt)
                         specs.append(Spec(
                             ABF._attn_bwd_fused_token_kernel,
                             f"D,T<={key},{pool}" + ("" if final else ",no final")
                             + _off(dict(NEED_DX=need_dx)), dt,
                             dict(HAS_FINAL=final, NEED_DX=need_dx, POOL=pid,
                                  BLOCK_N=ct["BLOCK_N"], BLOCK_D=key, BLOCK_K=ct["BLOCK_K"],
-                                 BLOCK_J=ct["BLOCK_J"], BLOCK_S=A.MAX_SPLITS, **dots),
+                                 BLOCK_J=ct["BLOCK_J"], BLOCK_S=A.MAX_SPLITS,
+                                 DQK_SCRATCH=need_dx and ct.get("DQK_SCRATCH", False),
+                                 **dots),
                             ct["num_warps"], num_stages=ct["num_stages"]))
             for final in (True, False):
                 specs.append(Spec(ABF._attn_bwd_fused_weight_kernel,

@@ -19,7 +19,7 @@ Kernels (this module; pixel tiles as in _conv, NCHW and channels_last through st
 Reused: the batch statistics (_conv._batch_stats: a statistics kernel with a per-segment Chan
 merge, then a merge kernel), the dwconv backward kernel (_conv.dwconv_bn_backward: dx in x's
 dtype, dw / db partials), and the MLP backward (_backward._mlp_grads: the fused kernels of
-_mlp_backward up to 256 channels, 128 in fp32, GEMMs in torch wider). The forward's batch
+_mlp_backward up to 256 channels, GEMMs in torch wider). The forward's batch
 statistics are recomputed (the backward op receives the forward's inputs only). Math in fp32
 for every input dtype; gradients are returned in the dtype of their argument, x's gradient in
 x's memory format.

@@ -110,6 +110,25 @@ def test_every_backward_config(key):
     _check_core(_core(ODD["d33"], "softmax"), what=f"cfg {key} narrow", config=key)
 
 
+@pytest.mark.parametrize("pool", POOLS)
+def test_core_backward_tiles_per_program(monkeypatch, pool):
+    # pass 2 with several token tiles per program: 71 tokens = 9 tiles of 8 in 2 programs per
+    # batch (5 + a ragged 4), 3 programs (3 + 3 + 3) or 9 (one tile each); dq / dk of every tile
+    # and dw_g accumulated across a program's tiles must match the reference
+    args = _core(ODD["ragged"], pool)
+    for target in (2 * 2, 3 * 2, 528):
+        monkeypatch.setattr(AB, "APPLY_TARGET_PROGRAMS", target)
+        _check_core(args, what=f"{pool} pass-2 target {target}", max_splits=3)
+
+
+def test_core_roofline_tiles_match_configs():
+    from swiftkern.triton_kernels import _roofline as RL
+
+    assert RL.ATTN_CORE_BWD_TILES == {k: (c["P1_BLOCK_N"], c["BLOCK_N"])
+                                      for k, c in AB.ATTN_BWD_CONFIGS.items()}
+    assert RL.ATTN_CORE_APPLY_PROGRAMS == AB.APPLY_TARGET_PROGRAMS
+
+
 def test_too_wide_raises_unsupported():
     args = _module((1, 2, 520), "l2")
     with pytest.raises(Unsupported):

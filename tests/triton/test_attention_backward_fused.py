@@ -73,7 +73,10 @@ def _check(args, dtype=torch.float32, what="", key=None, **kw):
 def test_every_fused_backward_config(key):
     d = CONFIG_WIDTH[key]
     assert ABF.fused_bwd_config_key(d, d) == key
-    dtypes = [torch.float32] if key <= ABF.FP32_MAX_WIDTH else [torch.float16, torch.bfloat16]
+    # fp32 wherever it is fused; the half dtypes where their config is not the fp32 one
+    dtypes = [torch.float32] if key <= ABF.FP32_MAX_WIDTH else []
+    if key > ABF.FP32_MAX_WIDTH or key in ABF.FP32_CONFIGS:
+        dtypes += [torch.float16, torch.bfloat16]
     shape = (1, 9, d) if key > 64 else (1, 17, d)  # the interpreter's cost grows with D
     for i, pool in enumerate(POOLS):
         dtype = dtypes[i % len(dtypes)]
@@ -81,6 +84,10 @@ def test_every_fused_backward_config(key):
                key=key, max_splits=2, n_seg=2)
     # a narrow width (and T != D) through the config's padded tiles
     _check(_args((2, 9, 33), "softmax", t_out=20), what=f"cfg {key} narrow", key=key)
+    if key in ABF.FP32_CONFIGS:  # fp32 kernel T without dx: the override's own variant
+        mask = (False,) + (True,) * 7
+        check(_nonempty(_fused(key, mask=mask)), _nonempty(_ref(mask)),
+              _args((1, 9, 40), "sum", t_out=24), what=f"cfg {key} fp32 no dx")
 
 
 @pytest.mark.parametrize("pool", POOLS)
@@ -189,7 +196,9 @@ def test_fp32_wide_takes_torch_path(monkeypatch):
     calls = _spy(monkeypatch)
     wide = ABF.FP32_MAX_WIDTH + 1
     assert ABF.fused_bwd_config_key(wide, wide, torch.float32) is None
-    assert ABF.fused_bwd_config_key(wide, wide, torch.float16) is not None
+    top = max(ABF.BWD_FUSED_CONFIGS)
+    assert (ABF.fused_bwd_config_key(wide, wide, torch.float16) is None) == (wide > top)
+    assert ABF.fused_bwd_config_key(top + 1, top + 1, torch.float16) is None
     assert ABF.fused_bwd_config_key(8, wide, torch.float32) is None  # T counts too
     args = _args((1, 3, wide), "sum")
     got = AB.additive_attention_backward(*args, [True] * 8)
@@ -215,6 +224,11 @@ def test_roofline_model_matches_configs():
     assert RL.ATTN_BWD_TILES == {k: (c["pool"]["BLOCK_N"], c["token"]["BLOCK_N"],
                                      c["weight"]["BLOCK_N"], c["weight"]["BLOCK_I"])
                                  for k, c in ABF.BWD_FUSED_CONFIGS.items()}
+    for k, c in ABF.FP32_CONFIGS.items():  # the model's tiles hold for the fp32 overrides too
+        assert RL.ATTN_BWD_TILES[k] == (c["pool"]["BLOCK_N"], c["token"]["BLOCK_N"],
+                                        c["weight"]["BLOCK_N"], c["weight"]["BLOCK_I"])
+    assert RL.ATTN_BWD_DQK_SCRATCH_FP32 == tuple(
+        k for k, c in sorted(ABF.FP32_CONFIGS.items()) if c["token"].get("DQK_SCRATCH"))
     assert (RL.ATTN_BWD_TARGET_PROGRAMS, RL.ATTN_BWD_MIN_SEG_ROWS) == (ABF.TARGET_PROGRAMS,
                                                                       ABF.MIN_SEG_ROWS)
     # the measure at SwiftFormer-XS shapes, batch 64 (bf16): at most ~3x the minimum

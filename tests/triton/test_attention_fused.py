@@ -91,6 +91,20 @@ def test_every_fused_config(key, fp32):
           dtypes[0], what=f"cfg {key} narrow {dtypes[0]}")
 
 
+@pytest.mark.parametrize("pool", POOLS)
+def test_gk_scratch_persistent_programs(monkeypatch, pool):
+    # GK_SCRATCH kernel B as a persistent grid: 2 batches x 3 token tiles (37 tokens, ragged
+    # last tile) over 2 programs (3 items each, both batches in one program), 4 programs
+    # (uneven) and 6 (one item each); every program reuses its own gk block
+    key = next(k for k in sorted(AF.FP32_CONFIGS)
+               if AF.FP32_CONFIGS[k]["apply"].get("GK_SCRATCH"))
+    args = _args((2, 37, 40), pool, t_out=24)
+    for progs in (2, 4, 6):
+        monkeypatch.setattr(AF, "GK_PROGRAMS", progs)
+        check(_fused(key, max_splits=2), R.additive_attention_ref, args,
+              what=f"{pool} GK_SCRATCH over {progs} programs")
+
+
 def test_fused_real_shapes():
     # SwiftFormer-XS stage 1 and 2 widths (48, 56) with few tokens; stage 4 (220) through the op's
     # dispatch (fp32 at 220: test_every_fused_config[256-True], test_launcher_dispatch)
@@ -188,9 +202,13 @@ def test_roofline_model_matches_configs():
     assert RL.FUSED_GK_SCRATCH_FP32 == tuple(
         k for k in sorted(AF.FUSED_CONFIGS) if k <= AF.FP32_MAX_WIDTH
         and AF.fused_config(k, torch.float32)["apply"].get("GK_SCRATCH", False))
-    # fp32 at XS stage 4 (D=220): fused, the gk workspace adds one fp32 token tensor
+    assert RL.FUSED_GK_PROGRAMS == AF.GK_PROGRAMS
+    # the persistent programs' gk blocks stay within the L2 rule's budget
+    assert AF.GK_PROGRAMS * max(c["apply"]["BLOCK_N"] for c in AF.FP32_CONFIGS.values()) \
+        * max(AF.FP32_CONFIGS) * 4 <= RL.L2_REUSE_BYTES
+    # fp32 at XS stage 4 (D=220): fused, gk through L2-resident per-program blocks
     r = RL.roofline("additive_attention", dict(B=64, N=49, D=220, dtype_bytes=4))
-    assert r["launches"] == 2 and r["bytes_moved"] <= 1.6 * r["bytes_min"], r
+    assert r["launches"] == 2 and r["bytes_moved"] <= 1.2 * r["bytes_min"], r
     # the issue's target on paper: <= 1.2x the minimum bytes at SwiftFormer-XS shapes (bf16)
     for b in (1, 8, 64):
         for s in RL.SWIFTFORMER_XS_SHAPES.values():

@@ -5,6 +5,8 @@ channels_last, odd shapes), and a spy proving those ops take the fused path."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from _util import check, grads_of, to
@@ -26,9 +28,13 @@ CONFIG_SHAPES = {64: (2, 33, 3, 5, 132, 20), 128: (1, 72, 3, 3, 72, 100),
 HALF = (torch.float16, torch.bfloat16)
 
 
-def _config_dtype(key):
-    """fp32 where the config serves fp32 weights, else the half dtypes only."""
-    return torch.float32 if key <= MB.BWD_FP32_MAX_WIDTH else torch.bfloat16
+def _config_dtypes(key):
+    """fp32 where the config serves fp32 weights; bf16 (and fp16 in the first variant) where
+    it serves no fp32 or fp32 runs its own override (BWD_FP32_CONFIGS)."""
+    out = [torch.float32] if key <= MB.BWD_FP32_MAX_WIDTH else []
+    if key > MB.BWD_FP32_MAX_WIDTH or key in MB.BWD_FP32_CONFIGS:
+        out.append(torch.bfloat16)
+    return out
 
 
 def _assert_close_half(out, ref32, half, dtype, what):
@@ -58,15 +64,16 @@ def _mlp_inputs(shape, layout, seed=0, bias=True, ls=True):
 @pytest.mark.parametrize("key", sorted(MB.BWD_CONFIGS))
 def test_every_config_and_segment_count(key):
     shape = CONFIG_SHAPES[key]
-    dtype = _config_dtype(key)
-    assert MB.bwd_config_key(shape[1], shape[5], dtype) == key
-    if dtype != torch.float32:  # a half-only config: fp32 weights take the torch path
+    for dtype in _config_dtypes(key):
+        assert MB.bwd_config_key(shape[1], shape[5], dtype) == key
+    if key > MB.BWD_FP32_MAX_WIDTH:  # a half-only config: fp32 weights take the torch path
         assert MB.bwd_config_key(shape[1], shape[5], torch.float32) is None
         with pytest.raises(ValueError, match="not built for fp32"):
             MB.mlp_grads_fused(*_mlp_inputs(shape, "nchw"), [True] * 6, config=key)
     variants = (("nchw", 1, True, True), ("channels_last", 2, True, True),
                 ("channels_last", 3, False, False))
-    for j, (layout, n_seg, bias, ls) in enumerate(variants):
+    for dtype, (j, (layout, n_seg, bias, ls)) in itertools.product(_config_dtypes(key),
+                                                                   enumerate(variants)):
         args = _mlp_inputs(shape, layout, bias=bias, ls=ls)
         need = [True] * 6
         dt = dtype if dtype == torch.float32 or j else torch.float16
@@ -74,7 +81,7 @@ def test_every_config_and_segment_count(key):
         want = BW._mlp_grads_torch(*args, need)
         half = BW._mlp_grads_torch(*to(args, dt), need) if dt != torch.float32 else None
         for i, (a, b) in enumerate(zip(got, want)):
-            what = f"cfg {key} seg {n_seg} {layout} grad {i}"
+            what = f"cfg {key} {dt} seg {n_seg} {layout} grad {i}"
             assert (a is None) == (b is None), what
             if a is None:
                 continue
@@ -104,13 +111,13 @@ def test_need_flags_and_too_many_segments():
 def test_segments_fill_the_gpu():
     assert MB.segments(64 * 56 * 56, 192, 16, 16) * 12 >= 132 * 2
     assert MB.segments(10, 4096, 16, 16) == 1  # one tile: one segment
-    # SwiftFormer-XS stage 4 (C = 220): fused for fp16/bf16 weights; fp32 spilled registers
-    # past 128 channels and everything past 256 takes the torch path
-    for dt in HALF:
+    # SwiftFormer-XS stage 4 (C = 220): fused for every weight dtype (fp32 through its own
+    # config); everything past 256 takes the torch path
+    for dt in (*HALF, torch.float32):
         assert MB.bwd_config_key(220, 220, dt) == 256
         assert MB.bwd_config_key(8, 257, dt) is None and MB.bwd_config_key(257, 8, dt) is None
-    assert MB.bwd_config_key(220, 220, torch.float32) is None
-    assert MB.bwd_config_key(8, 129, torch.float32) is None
+    assert MB.bwd_config(256, torch.float32) is MB.BWD_FP32_CONFIGS[256]
+    assert MB.bwd_config(256, torch.bfloat16) is MB.BWD_CONFIGS[256]
 
 
 # --- the ops through the fused path --------------------------------------------------------------
@@ -208,6 +215,10 @@ def test_roofline_model_matches_configs():
     assert RL.MLP_BWD_TARGET_PROGRAMS == MB.TARGET_PROGRAMS
     assert RL.MLP_BWD_TILES == {k: tuple((c[n]["BLOCK_P"], c[n]["BLOCK_H"]) for n in ("dz", "dw"))
                                 for k, c in MB.BWD_CONFIGS.items()}
+    # the model reads kernel P's BLOCK_P and kernel W's tiles: the fp32 overrides share them
+    for k, c in MB.BWD_FP32_CONFIGS.items():
+        assert (RL.MLP_BWD_TILES[k][0][0], RL.MLP_BWD_TILES[k][1]) == (
+            c["dz"]["BLOCK_P"], (c["dw"]["BLOCK_P"], c["dw"]["BLOCK_H"]))
 
 
 def test_wide_takes_the_torch_path(monkeypatch):
@@ -215,20 +226,21 @@ def test_wide_takes_the_torch_path(monkeypatch):
         raise AssertionError("fused path taken past its widest config")
 
     monkeypatch.setattr(MB, "mlp_grads_fused", fused)
-    args = _mlp_inputs((1, 129, 2, 3, 16, 8), "channels_last")
+    wide = MB.BWD_FP32_MAX_WIDTH + 1  # fp32 weights
+    args = _mlp_inputs((1, wide, 2, 3, 16, 8), "channels_last")
     got = BW._mlp_grads(*args, [True] * 6)
-    assert got[0].shape == (6, 129)
+    assert got[0].shape == (6, wide)
     args = to(_mlp_inputs((1, 8, 2, 3, 16, 257), "channels_last"), torch.bfloat16)
     got = BW._mlp_grads(*args, [True] * 6)
     assert got[3].shape == (257, 16) and got[3].dtype == torch.bfloat16
     # dz in the input's dtype and layout, as the fused kernels hand it back: the rows rounded
     for layout in ("nchw", "channels_last"):
-        args = _mlp_inputs((1, 129, 2, 3, 16, 8), layout)
+        args = _mlp_inputs((1, wide, 2, 3, 16, 8), layout)
         rows = BW._mlp_grads(*args, [True] * 6)[0]
         dz = BW._mlp_grads(*args, [True] * 6, dz_dtype=torch.bfloat16)[0]
         assert dz.dtype == torch.bfloat16 and dz.shape == args[1].shape
         assert BW._layout(dz) == BW._layout(args[1])
-        assert torch.equal(dz.permute(0, 2, 3, 1).reshape(6, 129), rows.bfloat16())
+        assert torch.equal(dz.permute(0, 2, 3, 1).reshape(6, wide), rows.bfloat16())
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
