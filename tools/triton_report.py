@@ -135,10 +135,10 @@ def roofline_report(batch: int = 64) -> None:
                 r = roofline(op, dict(B=batch, dtype_bytes=e, **s))
                 rows.append(_roofline_row(op, stage, e, r))
     for op in ops:  # backward (every gradient wanted): several kernels + torch ops
-        for stage in ("stage1", "stage4"):
-            r = roofline(op + "_backward", dict(B=batch, dtype_bytes=2,
+        for stage, e in (("stage1", 2), ("stage4", 2), ("stage4", 4)):
+            r = roofline(op + "_backward", dict(B=batch, dtype_bytes=e,
                                                 **SWIFTFORMER_XS_SHAPES[stage]))
-            rows.append(_roofline_row(op + "_backward", stage, 2, r))
+            rows.append(_roofline_row(op + "_backward", stage, e, r))
     for op in ("additive_attention_core", "additive_attention",
                "additive_attention_core_backward", "additive_attention_backward"):
         for stage in ("stage4",):  # SwiftFormer uses attention in the last block of each stage

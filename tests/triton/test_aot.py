@@ -28,3 +28,23 @@ def test_aot_compile_every_config(capsys):
 
     n = len(all_specs()) * 2
     assert f"{n} compiles, 0 with problems" in p.stdout
+
+
+def test_roofline_report_rows():
+    # the paper table (`triton_report.py --roofline`): one row per op, stage and dtype it lists,
+    # every number parseable and every moved / minimum ratio at least 1 (the minimum is a floor)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "triton_report.py"),
+                        "--roofline"], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = [[c.strip() for c in line.split("|")] for line in p.stdout.splitlines()
+            if line.count("|") == 9 and not line.startswith("op ")]
+    keys = {(r[0], r[1], r[2]) for r in rows}
+    assert len(keys) == len(rows)
+    for op in ("mlp_backward", "conv_block_train_backward", "additive_attention_backward"):
+        assert (op, "stage4", "fp32") in keys and (op, "stage1", "bf16") in keys
+    for r in rows:
+        b_min, moved, ratio = float(r[3]), float(r[4]), float(r[5])
+        # MB printed with 2 decimals
+        assert ratio >= 0.99 and abs(moved / b_min - ratio) <= 0.005 * ratio + 0.01, r
+        assert float(r[8]) > 0 and float(r[9]) > 0, r
