@@ -149,9 +149,8 @@ def _attn_bwd_apply_kernel(
             dq = _normalize_bwd_rows(q, dqn, nmask)
             tl.store(dq_ptr + b * sdqb + n64[:, None] * sdqn + d64[None, :],
                      _cast_out(dq, dq_ptr), mask=msk)
-    if NEED_DQ:
-        if POOL != 0:
-            tl.store(ws_dw_ptr + (b * tl.num_programs(1) + pid) * BLOCK_D + d, dw)
+    if NEED_DQ and POOL != 0:
+        tl.store(ws_dw_ptr + (b * tl.num_programs(1) + pid) * BLOCK_D + d, dw)
 
 
 # Tiles by padded D (every one AOT-checked spill-free at sm_80 / sm_90). Pass 2 (BLOCK_N,

@@ -46,7 +46,7 @@ import triton
 import triton.language as tl
 
 from . import _attention as A
-from ._conv import _cast_out, _input_prec, _vec, dot_dtype
+from ._conv import _cast_out, _input_prec, _vec, dot_dtype, dtype_config
 from ._partials import sum_partials
 
 
@@ -530,9 +530,7 @@ TOKEN_NO_DX = {64: dict(BLOCK_K=32), 128: dict(num_warps=4), 256: dict(num_warps
 def bwd_fused_config(key: int, dtype: torch.dtype) -> dict:
     """The config ({"pool", "token", "weight"}) the launcher runs at padded width key for
     inputs of this dtype (kernel T's DQK_SCRATCH defaults to False)."""
-    if dtype == torch.float32 and key in FP32_CONFIGS:
-        return FP32_CONFIGS[key]
-    return BWD_FUSED_CONFIGS[key]
+    return dtype_config(BWD_FUSED_CONFIGS, FP32_CONFIGS, key, dtype)
 
 
 def token_config(key: int, need_dx: bool, dtype: torch.dtype = torch.float16) -> dict:

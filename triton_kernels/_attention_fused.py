@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from . import _attention as A
-from ._conv import _cast_out, _input_prec, _vec, dot_dtype
+from ._conv import _cast_out, _input_prec, _vec, dot_dtype, dtype_config
 
 
 @triton.jit
@@ -192,7 +192,6 @@ def _attn_fused_apply_kernel(
                     BLOCK_K, BLOCK_J, BLOCK_S, GK_SCRATCH, DOT_DT, INPUT_PREC)
 
 
-
 # Configs by the padded width max(D, T); every one is run in the interpreter and AOT-compiled
 # spill-free for sm_80/sm_90 (tools/triton_report.py). Kernel B holds gk [BLOCK_N, BLOCK_D] (the
 # proj dot's A operand, K = the whole width) and the final's accumulator [BLOCK_N, BLOCK_T] across
@@ -231,9 +230,7 @@ GK_PROGRAMS = 264
 def fused_config(key: int, dtype: torch.dtype) -> dict:
     """The config ({"pool": ..., "apply": ...}) the launcher runs at padded width key for inputs
     of this dtype (kernel B's GK_SCRATCH defaults to False)."""
-    if dtype == torch.float32 and key in FP32_CONFIGS:
-        return FP32_CONFIGS[key]
-    return FUSED_CONFIGS[key]
+    return dtype_config(FUSED_CONFIGS, FP32_CONFIGS, key, dtype)
 
 
 def fused_config_key(d: int, t: int, dtype: torch.dtype = torch.float16) -> int | None:

@@ -489,6 +489,14 @@ def fused_config(c_in: int, c_out: int) -> int | str:
     return mlp_config_key(c_in, c_out)
 
 
+def dtype_config(configs: dict, fp32_configs: dict, key: int, dtype: torch.dtype) -> dict:
+    """configs[key], or its fp32 override fp32_configs[key] for fp32 inputs where one exists
+    (the fused attention forward / backward and the MLP backward keep such overrides)."""
+    if dtype == torch.float32 and key in fp32_configs:
+        return fp32_configs[key]
+    return configs[key]
+
+
 def dot_dtype(dtype: torch.dtype):
     if dtype == torch.float16:
         return tl.float16

@@ -36,6 +36,7 @@ from ._conv import (
     _unit_stride,
     _vec,
     dot_dtype,
+    dtype_config,
 )
 from ._partials import sum_partials
 
@@ -237,9 +238,7 @@ BWD_FP32_MAX_WIDTH = 256  # widest padded width fused when the weights are fp32
 def bwd_config(key: int, dtype: torch.dtype) -> dict:
     """The config ({"dz", "dw"}) the launcher runs at padded width key for weights of this
     dtype (the fp32 overrides included)."""
-    if dtype == torch.float32 and key in BWD_FP32_CONFIGS:
-        return BWD_FP32_CONFIGS[key]
-    return BWD_CONFIGS[key]
+    return dtype_config(BWD_CONFIGS, BWD_FP32_CONFIGS, key, dtype)
 # kernel W grid target: hidden chunks x segments ~ 4 programs per H100 SM (132 SMs)
 TARGET_PROGRAMS = 528
 

@@ -88,6 +88,13 @@ def _pad(w: int) -> int:
     return max(64, 1 << (w - 1).bit_length())
 
 
+def _splits(b: int, n: int, block_n: int) -> int:
+    """Token splits per batch of a split-N pass (_attention._splits at MAX_SPLITS 32: about 528
+    programs in all, at most one per token block)."""
+    blocks = _cdiv(n, block_n)
+    return _cdiv(n, _cdiv(blocks, max(1, min(32, blocks, _cdiv(528, b)))) * block_n)
+
+
 def stats_segments(p: int, c: int) -> int:
     """Segments (programs per channel block) of the statistics kernel (_conv.stats_segments)."""
     ntiles = -(-p // STATS_BLOCK_P)
@@ -345,10 +352,7 @@ def _attention(op: str, s: dict) -> dict:
             # and the partials, writes out. q is computed 3x (A, B's norms, B's column chunks).
             gemm = 2.0 * b * n * (5 * d * d + d * t_out)
             bn_a, bn_b = FUSED_BLOCK_N[_pad(max(d, t_out))]
-            # kernel A's splits (_attention._splits: at most one per token block)
-            blocks = -(-n // bn_a)
-            per = -(-blocks // max(1, min(32, blocks, -(-528 // b)))) * bn_a
-            splits = -(-n // per)
+            splits = _splits(b, n, bn_a)  # kernel A's
             ws = b * splits * (d + 2) * 4 * 2
             again = tok + wq  # kernel B's re-read of x and Wq right after kernel A
             moved = tok + w_bytes + ws + out + (0 if tok <= L2_REUSE_BYTES else again)
@@ -392,10 +396,8 @@ def _attention_backward_fused(b: int, n: int, d: int, t_out: int, e: int) -> tup
     bn_p, _, bn_w, bi = ATTN_BWD_TILES[key]
     rows = b * n
     tok, dy = rows * d * e, rows * t_out * e
-    # kernel P's splits (_attention._splits) and kernel W's segments (weight_segments)
-    blocks = _cdiv(n, bn_p)
-    per = _cdiv(blocks, max(1, min(32, blocks, _cdiv(528, b)))) * bn_p
-    splits = _cdiv(n, per)
+    # kernel P's splits and kernel W's segments (weight_segments)
+    splits = _splits(b, n, bn_p)
     chunks = _cdiv(d, bi)
     want = max(1, min(_cdiv(ATTN_BWD_TARGET_PROGRAMS, ATTN_BWD_W_PARTS * chunks),
                       _cdiv(rows, ATTN_BWD_MIN_SEG_ROWS)))
@@ -442,9 +444,7 @@ def _attention_backward(op: str, s: dict) -> dict:
     # partial row per program, both at the config's padded width
     key = next(k for k in sorted(ATTN_CORE_BWD_TILES) if _pad(d) <= k or k == 512)
     bn1, bn2 = ATTN_CORE_BWD_TILES[key]
-    blocks = _cdiv(n, bn1)
-    per = _cdiv(blocks, max(1, min(32, blocks, _cdiv(528, b)))) * bn1
-    splits = _cdiv(n, per)
+    splits = _splits(b, n, bn1)
     tiles = _cdiv(n, bn2)
     progs = _cdiv(tiles, _cdiv(tiles, max(1, min(tiles, _cdiv(ATTN_CORE_APPLY_PROGRAMS, b)))))
     ws = b * splits * (2 * key + 2) * 4 * 2 + b * progs * key * 4 * 2
