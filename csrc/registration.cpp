@@ -68,6 +68,9 @@ TORCH_LIBRARY(swiftkern_C, m) {
   m.def("conv_block_packed(" SK_DW ", " SK_PW ", Tensor pw1_packed, Tensor pw2_packed) -> Tensor");
   m.def("mlp_packed(Tensor x, " SK_MLP ", Tensor fc1_packed, Tensor fc2_packed) -> Tensor");
   m.def("pointwise_packable(Tensor x, Tensor w1, Tensor w2) -> bool");
+  // rows of the image per tile when the fp32 eval conv_block / mlp on x runs the tile strategy,
+  // 0 when it runs whole-tensor GEMMs (tests and benchmarks)
+  m.def("pointwise_tile_rows(Tensor x, Tensor w1, Tensor w2) -> int");
   m.def("additive_attention_packed(" SK_ATTN
         ", Tensor w_qk_packed, Tensor? w_final_packed) -> Tensor");
 }

@@ -17,6 +17,8 @@
 #include <ATen/native/CPUBlas.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
 #include <limits>
 #include <memory>
 #include <type_traits>
@@ -253,6 +255,52 @@ inline int64_t rows_per_tile(int64_t H, int64_t W, int64_t Hd, int64_t elem) {
   return std::clamp<int64_t>(px / std::max<int64_t>(W, 1), 1, H);
 }
 
+// Tile scheduling. The tile strategy's threads take tiles in order from a shared counter, each
+// the next one when it finishes its last (tiles_dynamic), so a thread on a slower core (a shared
+// VM: one vCPU losing time to a neighbour) takes fewer. With equal cores that deals the tiles out
+// in turn, and with the largest R that fits the budget the threads' rows can still differ by up
+// to a tile: SwiftFormer-XS stage 1 at batch 1 (56 rows, Rmax = 6) runs as tiles of 6 x 9 + 2,
+// 30 and 26 rows. balanced_rows takes the R in [ceil(Rmax / 2), Rmax] whose busiest thread has
+// the fewest rows under that schedule (+ 1/4 row per tile for the per-tile calls; the larger R
+// on ties): R = 4 there, 28 rows each. pick_strategy counts the balanced tiles: XS stage 2 at
+// batch 1 (C = 56, 28 rows: 3 tiles of <= 10 rows, so the unfused GEMMs) runs as 4 tiles of 7.
+// SWIFTKERN_CPU_TILE_BALANCE=0: Rmax and one fixed chunk of tiles per thread, as before (A/Bs;
+// benchmarks/tile_balance_ab.py).
+inline bool tile_balance_on() { return env_str("SWIFTKERN_CPU_TILE_BALANCE") != "0"; }
+
+inline int64_t balanced_rows(int64_t B, int64_t H, int64_t Rmax, int64_t nt) {
+  if (nt <= 1 || Rmax <= 1) return Rmax;
+  int64_t best_r = Rmax, best_cost = -1;
+  std::vector<int64_t> busy(static_cast<size_t>(nt));
+  for (int64_t r = Rmax; r >= (Rmax + 1) / 2; --r) {
+    const int64_t per_img = (H + r - 1) / r, n = B * per_img;
+    std::fill(busy.begin(), busy.end(), 0);  // in quarter rows
+    for (int64_t i = 0; i < n; ++i) {  // the next tile goes to the thread free first
+      const int64_t h0 = (i % per_img) * r;
+      *std::min_element(busy.begin(), busy.end()) += 4 * (std::min(H, h0 + r) - h0) + 1;
+    }
+    const int64_t worst = *std::max_element(busy.begin(), busy.end());
+    if (best_cost < 0 || worst < best_cost) {
+      best_cost = worst;
+      best_r = r;
+    }
+  }
+  return best_r;
+}
+
+// body(i) for every i in [0, n) on the intra-op threads: one setup(...) per thread (its scratch),
+// then tiles from a shared counter (dynamic), or one contiguous chunk per thread (static).
+template <typename Body>
+void tiles_dynamic(int64_t n, bool dynamic, const Body& body) {
+  if (!dynamic) {
+    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) { body(begin, end, nullptr); });
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
+  at::parallel_for(0, slots, 1, [&](int64_t, int64_t) { body(0, n, &next); });
+}
+
 enum class Strategy { kTile, kUnfused };
 
 // Pointwise weights (w1 + w2 bytes) from which channels_last inputs run the unfused strategy
@@ -302,6 +350,23 @@ void tile_mm(bool bg, int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, 
              blob<T>(const_cast<T*>(b), {K, N}, {ldb, b_col}));
 }
 
+// w^T of a contiguous 2-D w, contiguous: a blocked loop on the calling thread. ATen's copy of
+// the transposed view took ~12 us per weight at SwiftFormer-XS stage 1 (48 x 192), two per
+// tile-strategy call, 16 per XS forward at batch 1; this takes a few.
+template <typename T>
+Tensor transposed(const Tensor& w) {
+  const int64_t R = w.size(0), C = w.size(1);
+  Tensor out = at::empty({C, R}, w.options());
+  const T* src = w.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  constexpr int64_t kB = 16;
+  for (int64_t r0 = 0; r0 < R; r0 += kB)
+    for (int64_t c0 = 0; c0 < C; c0 += kB)
+      for (int64_t r = r0; r < std::min(R, r0 + kB); ++r)
+        for (int64_t c = c0; c < std::min(C, c0 + kB); ++c) dst[c * R + r] = src[r * C + c];
+  return out;
+}
+
 // Tile strategy. produce(b, h0, h1, buf) fills/returns the tile input d: pixel-major [T, C] or
 // channel-major [C, T], returning {pointer, leading dimension}. res (optional) and out have the
 // output's layout; C_out = w2.size(0). S: their storage type (bf16 / fp16 around T = float: the
@@ -319,11 +384,12 @@ void pointwise_tiles(const Produce& produce, bool cl, int64_t B, int64_t C, int6
   // right-hand side row-major: W^T copies for pixel-major tiles (C x Hd + Hd x Co values per
   // call), nothing for channel-major ones. SWIFTKERN_CPU_BRGEMM=0: at::mm_out (A/Bs).
   const bool bg = std::is_same_v<T, float> && env_str("SWIFTKERN_CPU_BRGEMM") != "0";
-  const Tensor w1t = bg && cl ? a.w1.t().contiguous() : a.w1.t();  // [C, Hd]
-  const Tensor w2t = bg && cl ? a.w2.t().contiguous() : a.w2.t();  // [Hd, Co]
+  const Tensor w1t = bg && cl ? transposed<T>(a.w1) : a.w1.t();  // [C, Hd]
+  const Tensor w2t = bg && cl ? transposed<T>(a.w2) : a.w2.t();  // [Hd, Co]
   const T* w1p = w1t.data_ptr<T>();
   const T* w2p = w2t.data_ptr<T>();
-  at::parallel_for(0, B * n_tiles_img, 1, [&](int64_t begin, int64_t end) {
+  tiles_dynamic(B * n_tiles_img, tile_balance_on(), [&](int64_t begin, int64_t end,
+                                                        std::atomic<int64_t>* next) {
     // grad mode is thread-local: worker threads would see it on and reject mm(out=) on tensors
     // that require grad
     at::NoGradGuard no_grad;
@@ -331,7 +397,8 @@ void pointwise_tiles(const Produce& produce, bool cl, int64_t B, int64_t C, int6
     // scratch, fully written before it is read: not zero-filled (up to 256 KiB per call)
     std::unique_ptr<T[]> dbuf(new T[tmax * C]), hbuf(new T[tmax * Hd]), ybuf(new T[tmax * Co]);
     std::unique_ptr<T[]> rbuf(!kSame && res ? new T[tmax * Co] : nullptr);  // res tile in T
-    for (int64_t i = begin; i < end; ++i) {
+    for (int64_t i = next ? next->fetch_add(1) : begin; i < end;
+         i = next ? next->fetch_add(1) : i + 1) {
       const int64_t b = i / n_tiles_img, h0 = (i % n_tiles_img) * R, h1 = std::min(H, h0 + R);
       const int64_t tn = (h1 - h0) * W, p0 = h0 * W;
       const auto [dptr, ldd] = produce(b, h0, h1, dbuf.get());
@@ -513,9 +580,11 @@ Tensor dwconv_bn_impl(const Tensor& x_in, const Tensor& dw_w, const OptTensor& d
 template <typename T>
 int64_t tile_strategy_rows(const Tensor& x, const Tensor& w1, const Tensor& w2, bool cl) {
   if (x.numel() == 0) return 0;
-  const int64_t H = x.size(2), W = x.size(3);
-  const int64_t R = rows_per_tile(H, W, w1.size(0), sizeof(T));
-  const int64_t n_tiles = x.size(0) * ((H + R - 1) / R);
+  const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
+  const int64_t Rmax = rows_per_tile(H, W, w1.size(0), sizeof(T));
+  const int64_t R =
+      tile_balance_on() ? balanced_rows(B, H, Rmax, at::get_num_threads()) : Rmax;
+  const int64_t n_tiles = B * ((H + R - 1) / R);
   return pick_strategy(n_tiles, (w1.numel() + w2.numel()) * int64_t(sizeof(T)), cl) ==
                  Strategy::kTile
              ? R
@@ -1118,6 +1187,13 @@ bool pointwise_packable(const Tensor& x, const Tensor& w1, const Tensor& w2) {
   return tile_strategy_rows<float>(x, w1, w2, /*cl=*/true) == 0;
 }
 
+int64_t pointwise_tile_rows(const Tensor& x, const Tensor& w1, const Tensor& w2) {
+  check_pw("pointwise_tile_rows", x, w1, std::nullopt, w2, std::nullopt, std::nullopt, false);
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "pointwise_tile_rows: fp32 x, got ",
+              x.scalar_type());
+  return tile_strategy_rows<float>(x, w1, w2, is_channels_last(x));
+}
+
 PwArgs with_packed(PwArgs a, const Tensor& p1, const Tensor& p2) {
   a.p1 = p1;
   a.p2 = p2;
@@ -1418,6 +1494,7 @@ TORCH_LIBRARY_IMPL(swiftkern_C, CPU, m) {
   m.impl("conv_block_packed", &swiftkern::cpu::conv_block_packed);
   m.impl("mlp_packed", &swiftkern::cpu::mlp_packed);
   m.impl("pointwise_packable", &swiftkern::cpu::pointwise_packable);
+  m.impl("pointwise_tile_rows", &swiftkern::cpu::pointwise_tile_rows);
 }
 
 // MKL-packed weights are MKLDNN-layout tensors, so the dispatcher picks this key for the
