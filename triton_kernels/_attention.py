@@ -14,6 +14,8 @@ Bytes: q and k read once, qn and gk written once, plus B*SPLITS*(D+2) fp32 of pa
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -215,6 +217,40 @@ def _splits(b: int, n: int, block_n: int, max_splits: int = MAX_SPLITS) -> tuple
     want = max(1, min(max_splits, blocks, triton.cdiv(528, max(b, 1))))
     per = triton.cdiv(blocks, want) * block_n
     return triton.cdiv(n, per), per
+
+
+# The backwards' multi-pass launch sequences (the core's passes 1 and 2, the module's kernels P,
+# T and W) each re-read the token tensors the pass before them read. Where those tensors exceed
+# this many bytes the batch runs as several groups, the whole sequence launched per group, so the
+# re-reads find one group's tensors in L2 (H100: 50 MB) instead of going back to DRAM: the
+# L2_REUSE_BYTES rule of _roofline, which mirrors this value. Each group costs one more launch
+# per kernel of the sequence.
+L2_GROUP_BYTES = 20_000_000
+
+
+def batch_groups(bsz: int, per_image: int, unit: int = 1) -> list[tuple[int, int]]:
+    """[b0, b1) ranges of the batch, each one launch sequence: the fewest about equal groups
+    whose images' bytes (per_image each) fit L2_GROUP_BYTES, every group boundary a multiple of
+    unit images (group_unit: so each group's tensors start 16-byte aligned, the pointer
+    alignment the AOT-verified kernel variants assume); the whole batch when it fits, or when not
+    even one unit of images does (the re-reads go to DRAM either way)."""
+    total = bsz * per_image
+    if bsz <= unit or total <= L2_GROUP_BYTES or unit * per_image > L2_GROUP_BYTES:
+        return [(0, bsz)]
+    size = triton.cdiv(bsz, triton.cdiv(total, L2_GROUP_BYTES))
+    size = triton.cdiv(size, unit) * unit
+    while size * per_image > L2_GROUP_BYTES:  # rounding up can overshoot
+        size -= unit
+    return [(b0, min(bsz, b0 + size)) for b0 in range(0, bsz, size)]
+
+
+def group_unit(*tensors: torch.Tensor) -> int:
+    """Images per batch_groups unit: the fewest whose batch stride in bytes is a multiple of 16
+    for every tensor sliced by batch."""
+    unit = 1
+    for t in tensors:
+        unit = math.lcm(unit, 16 // math.gcd(16, t.stride(0) * t.element_size()))
+    return unit
 
 
 def _check(t: torch.Tensor) -> None:

@@ -214,35 +214,51 @@ def core_backward(dgk, q, k, w_g, scale, pool, need_dq, need_dk, dqn=None, dq=No
         if t is not None and t.stride(2) != 1:
             raise ValueError("dq / dk outputs need a unit channel stride")
     wg = w_g.reshape(-1).contiguous()
-    nsplit, per = A._splits(bsz, n, cfg["P1_BLOCK_N"], max_splits)
     f32 = dict(device=q.device, dtype=torch.float32)
-    ws_g = torch.empty((bsz * nsplit, block_d), **f32)
-    ws_ml = torch.empty((bsz * nsplit, 2), **f32)
-    ws_dg = torch.empty((bsz * nsplit, block_d), **f32) if need_dq else ws_g
-    _attn_bwd_partial_kernel[(bsz, nsplit)](
-        q, k, wg, dgk, ws_g, ws_ml, ws_dg, n, d, per, float(scale), *q.stride(), *k.stride(),
-        POOL=pid, NEED_DG=need_dq, BLOCK_N=cfg["P1_BLOCK_N"], BLOCK_D=block_d,
-        num_warps=cfg["p1_warps"],
-    )
-    # pass 2: about APPLY_TARGET_PROGRAMS programs, each over consecutive token tiles (one
-    # dw_g partial row and one G / dG merge per program, not per tile)
-    tiles = triton.cdiv(n, cfg["BLOCK_N"])
-    per_prog = triton.cdiv(tiles, max(1, min(tiles, triton.cdiv(APPLY_TARGET_PROGRAMS, bsz))))
-    nblk = triton.cdiv(tiles, per_prog)
     need_dw = need_dq and pid != 0
-    ws_dw = torch.empty((bsz * nblk, block_d), **f32) if need_dw else ws_g
-    dqo = dq if need_dq else q
-    dko = dk if need_dk else q
     has_dqn = dqn is not None
     dqn = dqn.contiguous() if has_dqn else dgk
-    _attn_bwd_apply_kernel[(bsz, nblk)](
-        q, k, wg, dgk, dqn, ws_g, ws_ml, ws_dg, dqo, dko, ws_dw, n, d, nsplit, per_prog,
-        float(scale),
-        *q.stride(), *k.stride(), dqo.stride(0), dqo.stride(1), dko.stride(0), dko.stride(1),
-        POOL=pid, HAS_DQN=has_dqn, NEED_DQ=need_dq, NEED_DK=need_dk,
-        BLOCK_N=cfg["BLOCK_N"], BLOCK_D=block_d, BLOCK_S=A.MAX_SPLITS,
-        num_warps=cfg["num_warps"],
-    )
+    # pass 2 re-reads q, k, dgk (and dqn): batch groups that fit L2 (A.batch_groups)
+    sliced = [t for t in (q, k, dgk, dqn, dq, dk) if t is not None]
+    groups = A.batch_groups(bsz, n * d * q.element_size() * (4 if has_dqn else 3),
+                            A.group_unit(*sliced))
+    tiles = triton.cdiv(n, cfg["BLOCK_N"])
+    plan = []  # per group: (b0, b1, pass-2 programs per batch, tiles per program)
+    for b0, b1 in groups:
+        # pass 2: about APPLY_TARGET_PROGRAMS programs, each over consecutive token tiles (one
+        # dw_g partial row and one G / dG merge per program, not per tile)
+        per_prog = triton.cdiv(tiles, max(1, min(tiles, triton.cdiv(APPLY_TARGET_PROGRAMS,
+                                                                    b1 - b0))))
+        plan.append((b0, b1, triton.cdiv(tiles, per_prog), per_prog))
+    # every group's dw_g partial rows in one buffer, summed once at the end
+    ws_dw = (torch.empty((sum((b1 - b0) * nblk for b0, b1, nblk, _ in plan), block_d), **f32)
+             if need_dw else None)
+    row = 0
+    for b0, b1, nblk, per_prog in plan:
+        bg = b1 - b0
+        qg, kg, dgkg = q[b0:b1], k[b0:b1], dgk[b0:b1]
+        nsplit, per = A._splits(bg, n, cfg["P1_BLOCK_N"], max_splits)
+        ws_g = torch.empty((bg * nsplit, block_d), **f32)
+        ws_ml = torch.empty((bg * nsplit, 2), **f32)
+        ws_dg = torch.empty((bg * nsplit, block_d), **f32) if need_dq else ws_g
+        _attn_bwd_partial_kernel[(bg, nsplit)](
+            qg, kg, wg, dgkg, ws_g, ws_ml, ws_dg, n, d, per, float(scale), *qg.stride(),
+            *kg.stride(), POOL=pid, NEED_DG=need_dq, BLOCK_N=cfg["P1_BLOCK_N"],
+            BLOCK_D=block_d, num_warps=cfg["p1_warps"],
+        )
+        wsd = ws_dw[row:row + bg * nblk] if need_dw else ws_g
+        row += bg * nblk
+        dqo = dq[b0:b1] if need_dq else qg
+        dko = dk[b0:b1] if need_dk else qg
+        _attn_bwd_apply_kernel[(bg, nblk)](
+            qg, kg, wg, dgkg, dqn[b0:b1], ws_g, ws_ml, ws_dg, dqo, dko, wsd, n, d, nsplit,
+            per_prog, float(scale),
+            *qg.stride(), *kg.stride(), dqo.stride(0), dqo.stride(1), dko.stride(0),
+            dko.stride(1),
+            POOL=pid, HAS_DQN=has_dqn, NEED_DQ=need_dq, NEED_DK=need_dk,
+            BLOCK_N=cfg["BLOCK_N"], BLOCK_D=block_d, BLOCK_S=A.MAX_SPLITS,
+            num_warps=cfg["num_warps"],
+        )
     if need_dw:
         dwg = ws_dw.sum(0)[:d]
     return (dq if need_dq else None), (dk if need_dk else None), dwg

@@ -41,6 +41,8 @@ path of _attention_backward.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -601,49 +603,69 @@ def fused_backward(grad, x, w_qk, b_qk, w_g, scale, w_proj, b_proj, w_final, b_f
     wfp = torch.mm(w_final, w_proj).to(x.dtype) if has_final else w_proj.contiguous()
     dot_dt, prec, pid = dot_dtype(x.dtype), _input_prec(x.dtype), A.POOL_IDS[pool]
     flags = dict(DOT_DT=dot_dt, INPUT_PREC=prec)
-    nsplit, per = A._splits(bsz, n, cp["BLOCK_N"], max_splits)
-    ws_g = torch.empty((bsz * nsplit, block), **f32)
-    ws_ml = torch.empty((bsz * nsplit, 2), **f32)
-    ws_dg = torch.empty((bsz * nsplit, block), **f32)
-    _attn_bwd_fused_pool_kernel[(bsz, nsplit)](
-        x, dy, wqk, bqk, wg, wfp, ws_g, ws_ml, ws_dg, n, d, t_out, per, float(scale),
-        x.stride(0), x.stride(1), POOL=pid, BLOCK_N=cp["BLOCK_N"], BLOCK_D=block,
-        BLOCK_K=cp["BLOCK_K"], num_warps=cp["num_warps"], num_stages=cp["num_stages"], **flags,
-    )
-    rows = bsz * n
-    gm = torch.empty((bsz, 2, block), **f32)
-    tok = torch.empty((6, rows), **f32)
     dx = torch.empty((bsz, n, d), device=dev, dtype=x.dtype) if need_x else x
-    tiles = triton.cdiv(n, ct["BLOCK_N"])
-    # DQK_SCRATCH: one fp32 [2, BLOCK_N, D] dq / dk block per kernel T program
-    ws_dqk = (torch.empty((bsz * tiles * 2 * ct["BLOCK_N"], d), **f32) if scratch
-              else ws_dg)
-    _attn_bwd_fused_token_kernel[(bsz, tiles)](
-        x, dy, wqk, bqk, wg, wf, wfp, ws_g, ws_ml, ws_dg, gm, tok, dx, ws_dqk, n, d, t_out,
-        nsplit, rows, float(scale), x.stride(0), x.stride(1),
-        HAS_FINAL=has_final, NEED_DX=need_x, POOL=pid, BLOCK_N=ct["BLOCK_N"], BLOCK_D=block,
-        BLOCK_K=ct["BLOCK_K"], BLOCK_J=ct["BLOCK_J"], BLOCK_S=A.MAX_SPLITS,
-        DQK_SCRATCH=scratch, num_warps=ct["num_warps"], num_stages=ct["num_stages"], **flags,
-    )
     if need_x:
         out[0] = dx
+    chunks = triton.cdiv(d, cw["BLOCK_I"])
+    mat = (2 * d + 2 * t_out + 3) * d
+    # kernels T and W re-read x and dy after kernel P: batch groups that fit L2
+    # (A.batch_groups), P, T, W launched per group; W's segment partials of every group go to
+    # one buffer, summed once below
+    groups = A.batch_groups(bsz, n * (d + t_out) * x.element_size(), A.group_unit(x, dy, dx))
+    # a group's first partial row 16-byte aligned: segment counts a multiple of seg_unit where
+    # there are several groups (the added segments have no rows and write zero partials)
+    seg_unit = 1 if len(groups) == 1 else 4 // math.gcd(4, mat + t_out)
+    segs = []  # kernel W's (segments, rows per segment) per group
+    for b0, b1 in groups:
+        rows = (b1 - b0) * n
+        if n_seg is None:
+            nseg, per_seg = weight_segments(rows, chunks, cw["BLOCK_N"])
+        else:  # segments past the rows write zero partials
+            nseg = n_seg
+            per_seg = triton.cdiv(triton.cdiv(rows, n_seg), cw["BLOCK_N"]) * cw["BLOCK_N"]
+        segs.append((triton.cdiv(nseg, seg_unit) * seg_unit, per_seg))
+    ws_w = torch.empty((sum(sg for sg, _ in segs), mat + t_out), **f32) if need_w else None
+    s0 = 0
+    for (b0, b1), (nseg, per_seg) in zip(groups, segs):
+        bg, rows = b1 - b0, (b1 - b0) * n
+        xg, dyg = x[b0:b1], dy[b0:b1]
+        nsplit, per = A._splits(bg, n, cp["BLOCK_N"], max_splits)
+        ws_g = torch.empty((bg * nsplit, block), **f32)
+        ws_ml = torch.empty((bg * nsplit, 2), **f32)
+        ws_dg = torch.empty((bg * nsplit, block), **f32)
+        _attn_bwd_fused_pool_kernel[(bg, nsplit)](
+            xg, dyg, wqk, bqk, wg, wfp, ws_g, ws_ml, ws_dg, n, d, t_out, per, float(scale),
+            xg.stride(0), xg.stride(1), POOL=pid, BLOCK_N=cp["BLOCK_N"], BLOCK_D=block,
+            BLOCK_K=cp["BLOCK_K"], num_warps=cp["num_warps"], num_stages=cp["num_stages"],
+            **flags,
+        )
+        gm = torch.empty((bg, 2, block), **f32)
+        tok = torch.empty((6, rows), **f32)
+        tiles = triton.cdiv(n, ct["BLOCK_N"])
+        # DQK_SCRATCH: one fp32 [2, BLOCK_N, D] dq / dk block per kernel T program
+        ws_dqk = (torch.empty((bg * tiles * 2 * ct["BLOCK_N"], d), **f32) if scratch
+                  else ws_dg)
+        _attn_bwd_fused_token_kernel[(bg, tiles)](
+            xg, dyg, wqk, bqk, wg, wf, wfp, ws_g, ws_ml, ws_dg, gm, tok,
+            dx[b0:b1] if need_x else xg, ws_dqk, n, d, t_out, nsplit, rows, float(scale),
+            xg.stride(0), xg.stride(1),
+            HAS_FINAL=has_final, NEED_DX=need_x, POOL=pid, BLOCK_N=ct["BLOCK_N"],
+            BLOCK_D=block, BLOCK_K=ct["BLOCK_K"], BLOCK_J=ct["BLOCK_J"], BLOCK_S=A.MAX_SPLITS,
+            DQK_SCRATCH=scratch, num_warps=ct["num_warps"], num_stages=ct["num_stages"],
+            **flags,
+        )
+        if not need_w:
+            continue
+        _attn_bwd_fused_weight_kernel[(W_PARTS, chunks, nseg)](
+            xg, dyg, wqk, bqk, wg, wf, wfp, gm, tok, ws_w[s0:s0 + nseg], n, d, t_out, rows,
+            per_seg, xg.stride(0), xg.stride(1),
+            HAS_FINAL=has_final, BLOCK_N=cw["BLOCK_N"], BLOCK_D=block, BLOCK_T=block,
+            BLOCK_I=cw["BLOCK_I"], BLOCK_K=cw["BLOCK_K"], num_warps=cw["num_warps"],
+            num_stages=cw["num_stages"], **flags,
+        )
+        s0 += nseg
     if not need_w:
         return out
-    chunks = triton.cdiv(d, cw["BLOCK_I"])
-    if n_seg is None:
-        nseg, per_seg = weight_segments(rows, chunks, cw["BLOCK_N"])
-    else:
-        per_seg = triton.cdiv(triton.cdiv(rows, n_seg), cw["BLOCK_N"]) * cw["BLOCK_N"]
-        nseg = n_seg  # segments past the rows write zero partials
-    mat = (2 * d + 2 * t_out + 3) * d
-    ws_w = torch.empty((nseg, mat + t_out), **f32)
-    _attn_bwd_fused_weight_kernel[(W_PARTS, chunks, nseg)](
-        x, dy, wqk, bqk, wg, wf, wfp, gm, tok, ws_w, n, d, t_out, rows, per_seg,
-        x.stride(0), x.stride(1),
-        HAS_FINAL=has_final, BLOCK_N=cw["BLOCK_N"], BLOCK_D=block, BLOCK_T=block,
-        BLOCK_I=cw["BLOCK_I"], BLOCK_K=cw["BLOCK_K"], num_warps=cw["num_warps"],
-        num_stages=cw["num_stages"], **flags,
-    )
     # one launch sums the segments: dWqk, dbqk, dwg straight into their dtype; E, F and
     # (sum dy) stay fp32 for the finalize kernel
     tv = 2 * d + 2 * t_out  # ws_w rows of d: dWqk (2d), E (t_out), F (t_out), dbqk (2), dwg

@@ -35,7 +35,9 @@ kernels, ~16 token tensors of traffic).
 Backward: additive_attention_core_backward / additive_attention_backward (every gradient wanted;
 the eager comparison is autograd through the reference, which keeps the forward's activations).
 The core backward's second pass re-reads q, k, dgk right after the first: an L2 hit when the three
-are <= L2_REUSE_BYTES together, as above.
+are <= L2_REUSE_BYTES together, as above. Where they are bigger, the launcher runs both passes per
+batch group that fits (_attention.batch_groups; kernels P, T, W of the fused module backward
+likewise, for x and dy): each group's re-reads count as L2 hits, each group adds its launches.
 """
 
 from __future__ import annotations
@@ -93,6 +95,21 @@ def _splits(b: int, n: int, block_n: int) -> int:
     programs in all, at most one per token block)."""
     blocks = _cdiv(n, block_n)
     return _cdiv(n, _cdiv(blocks, max(1, min(32, blocks, _cdiv(528, b)))) * block_n)
+
+
+def batch_groups(b: int, per_image: float) -> list[int]:
+    """Images per launch sequence of the attention backwards (_attention.batch_groups, whose
+    budget L2_REUSE_BYTES mirrors): the fewest about equal groups of at most L2_REUSE_BYTES, or
+    the whole batch where it fits or not even one image does. (The launcher also keeps group
+    boundaries 16-byte aligned, _attention.group_unit: one image at SwiftFormer-XS stages 1-3,
+    two at stage 4 in fp16 / bf16, where grouping starts past ~460 images; not modelled.)"""
+    total = b * per_image
+    if b <= 1 or total <= L2_REUSE_BYTES or per_image > L2_REUSE_BYTES:
+        return [b]
+    size = _cdiv(b, _cdiv(int(total), int(L2_REUSE_BYTES)))
+    while size * per_image > L2_REUSE_BYTES:
+        size -= 1
+    return [min(size, b - b0) for b0 in range(0, b, size)]
 
 
 def stats_segments(p: int, c: int) -> int:
@@ -394,33 +411,38 @@ def _attention_backward_fused(b: int, n: int, d: int, t_out: int, e: int) -> tup
     f = 4
     key = _pad(max(d, t_out))
     bn_p, _, bn_w, bi = ATTN_BWD_TILES[key]
-    rows = b * n
-    tok, dy = rows * d * e, rows * t_out * e
-    # kernel P's splits and kernel W's segments (weight_segments)
-    splits = _splits(b, n, bn_p)
     chunks = _cdiv(d, bi)
-    want = max(1, min(_cdiv(ATTN_BWD_TARGET_PROGRAMS, ATTN_BWD_W_PARTS * chunks),
-                      _cdiv(rows, ATTN_BWD_MIN_SEG_ROWS)))
-    seg = _cdiv(rows, _cdiv(_cdiv(rows, want), bn_w) * bn_w)
     w_bytes = (2 * d * d + 2 * d + d + d * d + d + t_out * d + t_out) * e
     part = ((2 * d + 2 * t_out + 3) * d + t_out) * f  # one segment's weight partial (flat)
-    again = 0 if tok + dy <= L2_REUSE_BYTES else tok + dy  # T / W re-read x, dy (L2 rule)
-    # kernel T's fp32 dq / dk workspace (DQK_SCRATCH): written once to DRAM (a ragged tile's
-    # rows past N are not written), re-read per BLOCK_J chunk from L1 / L2 (not counted)
-    dqk = 2 * rows * d * f if e == 4 and key in ATTN_BWD_DQK_SCRATCH_FP32 else 0
-    steps = [
-        t_out * d * e * 2 + d * d * e,  # host: Wfp = Wf Wp
-        tok + dy + w_bytes + b * splits * (2 * key + 2) * f,  # P: x, dy -> pool / dG partials
-        again + tok + b * 2 * key * f + 6 * rows * f + dqk,  # T: dx, G / dG, 6 scalars / token
-        again + 6 * rows * f + seg * part,  # W: scalars, one partial per segment
-    ]
-    steps.append(seg * part + part)  # sum_partials: the segments' sum, dWqk / dbqk / dwg cast
+    steps = [t_out * d * e * 2 + d * d * e]  # host: Wfp = Wf Wp
+    segs = 0
+    # kernels P, T, W per batch group (batch_groups: x + dy of a group fit L2_REUSE_BYTES)
+    for bg in batch_groups(b, n * (d + t_out) * e):
+        rows = bg * n
+        tok, dy = rows * d * e, rows * t_out * e
+        # kernel P's splits and kernel W's segments (weight_segments)
+        splits = _splits(bg, n, bn_p)
+        want = max(1, min(_cdiv(ATTN_BWD_TARGET_PROGRAMS, ATTN_BWD_W_PARTS * chunks),
+                          _cdiv(rows, ATTN_BWD_MIN_SEG_ROWS)))
+        seg = _cdiv(rows, _cdiv(_cdiv(rows, want), bn_w) * bn_w)
+        segs += seg
+        again = 0 if tok + dy <= L2_REUSE_BYTES else tok + dy  # T / W re-read x, dy (L2 rule)
+        # kernel T's fp32 dq / dk workspace (DQK_SCRATCH): written once to DRAM (a ragged
+        # tile's rows past N are not written), re-read per BLOCK_J chunk from L1 / L2 (not
+        # counted)
+        dqk = 2 * rows * d * f if e == 4 and key in ATTN_BWD_DQK_SCRATCH_FP32 else 0
+        steps += [
+            tok + dy + w_bytes + bg * splits * (2 * key + 2) * f,  # P: x, dy -> pool / dG
+            again + tok + bg * 2 * key * f + 6 * rows * f + dqk,  # T: dx, G / dG, 6 / token
+            again + 6 * rows * f + seg * part,  # W: scalars, one partial per segment
+        ]
+    steps.append(segs * part + part)  # sum_partials: the segments' sum, dWqk / dbqk / dwg cast
     # the finalize kernel: reads E, F, sum dy (fp32), Wf, Wp, bp; writes dWp, dbp, dWf, dbf
     steps.append((2 * t_out * d + t_out) * f + (t_out * d + d * d + d) * e
                  + (d * d + d + t_out * d + t_out) * e)
     # tensor-core MACs per token: P q, k, dgk; T q, k, dout1, dgk, dx; W (4 parts) q_i, k_i
     # twice each, dout1_i, dgk_i and four accumulations; plus Wf Wp and the finalize GEMMs
-    gemm = 2.0 * rows * (12 * d * d + 7 * t_out * d) + 2.0 * 3 * t_out * d * d
+    gemm = 2.0 * b * n * (12 * d * d + 7 * t_out * d) + 2.0 * 3 * t_out * d * d
     # launches: one per step, plus the cast of Wf Wp to fp16 / bf16
     return sum(steps), gemm, len(steps) + (1 if e == 2 else 0)
 
@@ -444,24 +466,33 @@ def _attention_backward(op: str, s: dict) -> dict:
     # partial row per program, both at the config's padded width
     key = next(k for k in sorted(ATTN_CORE_BWD_TILES) if _pad(d) <= k or k == 512)
     bn1, bn2 = ATTN_CORE_BWD_TILES[key]
-    splits = _splits(b, n, bn1)
     tiles = _cdiv(n, bn2)
-    progs = _cdiv(tiles, _cdiv(tiles, max(1, min(tiles, _cdiv(ATTN_CORE_APPLY_PROGRAMS, b)))))
-    ws = b * splits * (2 * key + 2) * 4 * 2 + b * progs * key * 4 * 2
+
+    def core_ws(bg: int) -> int:
+        splits = _splits(bg, n, bn1)
+        progs = _cdiv(tiles, _cdiv(tiles, max(1, min(tiles,
+                                                     _cdiv(ATTN_CORE_APPLY_PROGRAMS, bg)))))
+        return bg * splits * (2 * key + 2) * 4 * 2 + bg * progs * key * 4 * 2
+
+    ws = core_ws(b)
     elem = 40.0 * b * n * d  # normalize x2 + their backward, score, dG, da, ds, dqn
     if op == "additive_attention_core_backward":
         bytes_min = 5 * tok + 2 * d * e
-        # pass 1 reads q, k, dgk; pass 2, launched right after it, reads them again (an L2 hit
-        # when the three fit, L2_REUSE_BYTES: the rule of the other two-pass kernels) and writes
-        # dq, dk
-        again = 0 if 3 * tok <= L2_REUSE_BYTES else 3 * tok
-        moved = 3 * tok + again + 2 * tok + ws + 2 * d * e
+        # per batch group (batch_groups: q, k, dgk of a group fit L2_REUSE_BYTES) pass 1 reads
+        # q, k, dgk; pass 2, launched right after it, reads them again (an L2 hit when the
+        # group's three fit, the rule of the other two-pass kernels) and writes dq, dk
+        groups = batch_groups(b, 3 * n * d * e)
+        moved = 2 * d * e
+        for bg in groups:
+            tg = bg * n * d * e
+            moved += 3 * tg + (0 if 3 * tg <= L2_REUSE_BYTES else 3 * tg) + 2 * tg + core_ws(bg)
         # autograd through the reference: ~4 elementwise / reduction kernels per forward op,
         # each reading ~2 and writing ~1 token tensor of saved activations
         eager = 16 * tok + 2 * d * e
         gemm = 0.0
-        # passes 1 and 2, the host sum of the per-block dw_g partials, its cast for fp16 / bf16
-        launches, eager_launches = 3 + (1 if e == 2 else 0), 20
+        # passes 1 and 2 per group, the host sum of the per-block dw_g partials, its cast for
+        # fp16 / bf16
+        launches, eager_launches = 2 * len(groups) + 1 + (1 if e == 2 else 0), 20
     else:
         w_bytes = (2 * d * d + 2 * d + d + d * d + d + t_out * d + t_out) * e
         out = b * n * t_out * e
@@ -480,6 +511,9 @@ def _attention_backward(op: str, s: dict) -> dict:
         else:
             gemm = fwd_gemm * 3  # recompute + dX + dW of every GEMM
             recompute = 3 * tok + 4 * tok + 3 * tok  # qk GEMM, core forward, proj (+ bias)
+            # the core backward's passes over the whole batch, pass 2's re-reads from DRAM (the
+            # launcher groups the batch when q, k, dgk, dqn exceed L2_REUSE_BYTES; not modelled
+            # on this path, which no SwiftFormer-XS shape takes)
             core_bwd = 10 * tok + ws
             moved = recompute + core_bwd + rest + 3 * w_bytes
             launches = 19

@@ -121,12 +121,72 @@ def test_core_backward_tiles_per_program(monkeypatch, pool):
         _check_core(args, what=f"{pool} pass-2 target {target}", max_splits=3)
 
 
+def test_batch_groups():
+    # SwiftFormer-XS stage 1 at batch 64, bf16: q, k, dgk of one image 903 KB -> 3 groups
+    per = 3136 * 48 * 2 * 3
+    groups = A.batch_groups(64, per)
+    assert groups == [(0, 22), (22, 44), (44, 64)]
+    assert all((b1 - b0) * per <= A.L2_GROUP_BYTES for b0, b1 in groups)
+    assert A.batch_groups(8, per) == [(0, 8)]  # fits: one sequence
+    assert A.batch_groups(64, A.L2_GROUP_BYTES + 1) == [(0, 64)]  # not even one image fits
+    assert A.batch_groups(1, 10 * A.L2_GROUP_BYTES) == [(0, 1)]
+    for bsz in range(1, 40):  # every image once, in order, each group within the budget
+        for per in (1, A.L2_GROUP_BYTES // 7, A.L2_GROUP_BYTES // 3 + 1, A.L2_GROUP_BYTES // 2):
+            groups = A.batch_groups(bsz, per)
+            assert groups[0][0] == 0 and groups[-1][1] == bsz
+            assert all(a[1] == b[0] for a, b in zip(groups, groups[1:]))
+            assert len(groups) == 1 or all((b1 - b0) * per <= A.L2_GROUP_BYTES
+                                           for b0, b1 in groups)
+    # boundaries at a multiple of group_unit: every sliced tensor's group starts 16-byte aligned
+    odd = torch.empty(9, 37, 21)  # 3108-byte batch stride: 4 images per unit
+    unit = A.group_unit(odd, torch.empty(9, 37, 48))
+    assert unit == 4
+    for budget_images in (4, 5, 7, 8):
+        per = A.L2_GROUP_BYTES // budget_images
+        groups = A.batch_groups(9, per, unit)
+        assert groups == [(0, 4), (4, 8), (8, 9)] if budget_images < 8 else [(0, 8), (8, 9)]
+        assert all(b0 * odd.stride(0) * 4 % 16 == 0 for b0, _ in groups)
+    assert A.batch_groups(9, A.L2_GROUP_BYTES // 3, unit) == [(0, 9)]  # a unit does not fit
+    # the roofline model's copy of the rule (group sizes)
+    from swiftkern.triton_kernels import _roofline as RL
+
+    for bsz in (1, 2, 7, 64, 65, 128):
+        for per in (1, 3136 * 48 * 2 * 3, 3136 * 96 * 2, A.L2_GROUP_BYTES // 3 + 1,
+                    A.L2_GROUP_BYTES + 1):
+            assert RL.batch_groups(bsz, per) == [b1 - b0 for b0, b1 in A.batch_groups(bsz, per)]
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_core_backward_batch_groups(monkeypatch, pool):
+    # passes 1 and 2 per batch group (A.batch_groups with a budget of ~2 images): 5 batches as
+    # 2 + 2 + 1, each group's dq / dk slices and dw_g partial rows where the whole-batch run puts
+    # them; with and without the module backward's extra qn gradient
+    shape = (5, 37, 24)
+    grad, q, k, w_g, scale, _ = _core(shape, pool)
+    dqn = _grad(shape, seed=5)
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, w_g)]
+    gk, qn = R.additive_attention_core_ref(*leaves, scale, pool)
+    ref = torch.autograd.grad((gk * grad).sum() + (qn * dqn).sum(), leaves)
+    monkeypatch.setattr(A, "L2_GROUP_BYTES", int(2.5 * 37 * 24 * 4 * 4))
+    assert A.batch_groups(5, 37 * 24 * 4 * 4) == [(0, 2), (2, 4), (4, 5)]
+    dq, dk, dwg = AB.core_backward(grad, q, k, w_g, scale, pool, True, True, dqn=dqn)
+    for got, want, name in ((dq, ref[0], "dq"), (dk, ref[1], "dk"),
+                            (dwg.reshape(w_g.shape), ref[2], "dw_g")):
+        assert_close(got, want, torch.float32, what=f"{pool} grouped {name}")
+    monkeypatch.setattr(A, "L2_GROUP_BYTES", int(2.5 * 37 * 24 * 4 * 3))  # no dqn: 3 tensors
+    _check_core(_core(shape, pool), what=f"{pool} grouped, no dqn")
+    # D = 21: a 3108-byte batch stride, groups of 4 images (16-byte aligned slices): 4 + 4 + 1
+    monkeypatch.setattr(A, "L2_GROUP_BYTES", int(5.5 * 37 * 21 * 4 * 3))
+    _check_core(_core((9, 37, 21), pool), what=f"{pool} grouped, aligned units")
+
+
 def test_core_roofline_tiles_match_configs():
     from swiftkern.triton_kernels import _roofline as RL
 
     assert RL.ATTN_CORE_BWD_TILES == {k: (c["P1_BLOCK_N"], c["BLOCK_N"])
                                       for k, c in AB.ATTN_BWD_CONFIGS.items()}
     assert RL.ATTN_CORE_APPLY_PROGRAMS == AB.APPLY_TARGET_PROGRAMS
+    assert RL.L2_REUSE_BYTES == A.L2_GROUP_BYTES
 
 
 def test_too_wide_raises_unsupported():

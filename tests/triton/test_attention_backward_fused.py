@@ -207,6 +207,26 @@ def test_fp32_wide_takes_torch_path(monkeypatch):
     assert calls == []
 
 
+@pytest.mark.parametrize("pool", POOLS)
+def test_fused_batch_groups(monkeypatch, pool):
+    # kernels P, T, W per batch group (A.batch_groups with a budget of ~2 images of x + dy):
+    # 5 batches as 2 + 2 + 1, every group's dx slice, tok / gm scratch and W segment partials
+    # (default segments, and 3 forced per group, some empty) where the whole-batch run puts them
+    shape, t_out = (5, 23, 24), 20
+    monkeypatch.setattr(A, "L2_GROUP_BYTES", int(2.5 * 23 * (24 + t_out) * 4))
+    assert A.batch_groups(5, 23 * (24 + t_out) * 4) == [(0, 2), (2, 4), (4, 5)]
+    args = _args(shape, pool, t_out=t_out)
+    _check(args, what=f"{pool} grouped")
+    _check(args, what=f"{pool} grouped, 3 segments per group", max_splits=3, n_seg=3)
+    mask = (False,) + (True,) * 7  # no dx: T still writes each group's scratch for W
+    check(_nonempty(_fused(mask=mask)), _nonempty(_ref(mask)), args, what=f"{pool} grouped no dx")
+    # D = 21, T = 19: 4-image units (16-byte aligned slices) and W segment counts rounded to
+    # even ones (1762-float partial rows), the added segments empty: 9 batches as 4 + 4 + 1
+    monkeypatch.setattr(A, "L2_GROUP_BYTES", int(5.5 * 23 * (21 + 19) * 4))
+    _check(_args((9, 23, 21), pool, t_out=19), what=f"{pool} grouped, aligned units",
+           max_splits=3, n_seg=3)
+
+
 def test_weight_segments():
     # SwiftFormer-XS stage 4 at batch 64 (3136 rows, 14 chunks of 16 channels): about one
     # program per SM, each segment at least MIN_SEG_ROWS rows; one segment for tiny inputs
@@ -239,3 +259,9 @@ def test_roofline_model_matches_configs():
         assert r["launches"] < 19, r
         assert r["bytes_moved"] <= 3.1 * r["bytes_min"], (s, r)
         assert r["bytes_moved"] < r["eager_bytes"] / 3, (s, r)
+    # XS stage 1, bf16, batch 64: x + dy are 38.5 MB, so P, T, W run in two batch groups of
+    # 19.3 MB whose re-reads count as L2 hits; 3 more launches than one sequence
+    s = RL.SWIFTFORMER_XS_SHAPES["stage1"]
+    r = RL.roofline("additive_attention_backward", dict(B=64, N=s["H"] * s["W"], D=s["C"]))
+    assert RL.batch_groups(64, s["H"] * s["W"] * 2 * s["C"] * 2) == [32, 32]
+    assert r["launches"] == 10 and r["bytes_moved"] <= 1.25 * r["bytes_min"], r
