@@ -23,6 +23,7 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <map>
 #include <numbers>
@@ -862,6 +863,41 @@ void check_packed() {
   at::set_num_threads(threads);
 }
 
+// pointwise_tile_rows: rows per tile of the fp32 conv_block / mlp tile strategy, balanced over
+// the threads (csrc/cpu/conv_block_kernels.cpp balanced_rows; tests/ops/test_cpu_tiles.py has
+// the other cases), 0 where the whole-tensor GEMMs run; other dtypes refused.
+void check_tile_rows() {
+  unsetenv("SWIFTKERN_CPU_TILE_BALANCE");
+  unsetenv("SWIFTKERN_CPU_CONV_STRATEGY");
+  const int threads = at::get_num_threads();
+  auto rows = [](int64_t b, int64_t c, int64_t h, int64_t w, at::ScalarType dt) {
+    torch::jit::Stack st{
+        at::zeros({b, c, h, w}, dt).contiguous(at::MemoryFormat::ChannelsLast),
+        at::zeros({4 * c, c}, dt), at::zeros({c, 4 * c}, dt)};
+    op_handle("pointwise_tile_rows").callBoxed(&st);
+    return st.at(0).toInt();
+  };
+  at::set_num_threads(2);
+  // XS stage 1 at batch 1: 56 rows as 14 tiles of 4 (28 per thread), not 6 (30 / 26); XS
+  // stage 2: 4 tiles of 7; a 4.7 MB weight: the whole-tensor GEMMs
+  const int64_t xs1 = rows(1, 48, 56, 56, at::kFloat), xs2 = rows(1, 56, 28, 28, at::kFloat);
+  const int64_t wide = rows(1, 384, 7, 7, at::kFloat);
+  at::set_num_threads(1);
+  const int64_t one = rows(1, 48, 56, 56, at::kFloat);
+  at::set_num_threads(threads);
+  bool refused = false;
+  try {
+    rows(1, 8, 4, 4, at::kDouble);
+  } catch (const std::exception&) {
+    refused = true;
+  }
+  if (xs1 == 4 && xs2 == 7 && wide == 0 && one == 6 && refused)
+    pass("pointwise_tile_rows");
+  else
+    fail("pointwise_tile_rows: " + std::to_string(xs1) + " " + std::to_string(xs2) + " " +
+         std::to_string(wide) + " " + std::to_string(one) + (refused ? "" : " fp64 accepted"));
+}
+
 struct OpCase {
   std::string name;
   RefFn ref;
@@ -902,6 +938,7 @@ int main() {
   for (const char* name :
        {"conv_block_packed", "mlp_packed", "pointwise_packable", "additive_attention_packed"})
     tested.insert(std::string("swiftkern_C::") + name);  // check_packed
+  tested.insert("swiftkern_C::pointwise_tile_rows");  // check_tile_rows
   int served = 0;
   for (const auto& name :
        c10::Dispatcher::singleton().getAllOpNamesForDispatchKey(c10::DispatchKey::CPU)) {
@@ -953,6 +990,7 @@ int main() {
     }
   }
   check_packed();
+  check_tile_rows();
 #ifdef SWIFTKERN_HAVE_CPU_SOURCES
   if (served == 0) fail("csrc/cpu has sources but no swiftkern_C op has a CPU kernel");
 #endif
