@@ -21,6 +21,7 @@
 #include <atomic>
 #include <limits>
 #include <memory>
+#include <queue>
 #include <type_traits>
 #include <vector>
 
@@ -256,30 +257,35 @@ inline int64_t rows_per_tile(int64_t H, int64_t W, int64_t Hd, int64_t elem) {
 }
 
 // Tile scheduling. The tile strategy's threads take tiles in order from a shared counter, each
-// the next one when it finishes its last (tiles_dynamic), so a thread on a slower core (a shared
-// VM: one vCPU losing time to a neighbour) takes fewer. With equal cores that deals the tiles out
-// in turn, and with the largest R that fits the budget the threads' rows can still differ by up
-// to a tile: SwiftFormer-XS stage 1 at batch 1 (56 rows, Rmax = 6) runs as tiles of 6 x 9 + 2,
-// 30 and 26 rows. balanced_rows takes the R in [ceil(Rmax / 2), Rmax] whose busiest thread has
-// the fewest rows under that schedule (+ 1/4 row per tile for the per-tile calls; the larger R
-// on ties): R = 4 there, 28 rows each. pick_strategy counts the balanced tiles: XS stage 2 at
-// batch 1 (C = 56, 28 rows: 3 tiles of <= 10 rows, so the unfused GEMMs) runs as 4 tiles of 7.
+// the next one when it finishes its last (run_tiles), so a thread on a slower core (a shared VM:
+// one vCPU losing time to a neighbour) takes fewer. With equal cores that deals the tiles out in
+// turn, and with the largest R that fits the budget the threads' rows can still differ by up to
+// a tile: SwiftFormer-XS stage 1 at batch 1 (56 rows, Rmax = 6) runs as tiles of 6 x 9 + 2, 30
+// and 26 rows. balanced_rows takes the R in [ceil(Rmax / 2), Rmax] whose busiest thread has the
+// fewest rows under that schedule (+ 1/4 row per tile for the per-tile calls; the larger R on
+// ties): R = 4 there, 28 rows each. From 8 tiles per thread on, a tile's worth of imbalance is
+// small and Rmax stays. pick_strategy counts the balanced tiles: XS stage 2 at batch 1 (C = 56,
+// 28 rows: 3 tiles of <= 10 rows, so the unfused GEMMs) runs as 4 tiles of 7.
 // SWIFTKERN_CPU_TILE_BALANCE=0: Rmax and one fixed chunk of tiles per thread, as before (A/Bs;
 // benchmarks/tile_balance_ab.py).
 inline bool tile_balance_on() { return env_str("SWIFTKERN_CPU_TILE_BALANCE") != "0"; }
 
 inline int64_t balanced_rows(int64_t B, int64_t H, int64_t Rmax, int64_t nt) {
-  if (nt <= 1 || Rmax <= 1) return Rmax;
+  if (nt <= 1 || Rmax <= 1 || B * ((H + Rmax - 1) / Rmax) >= 8 * nt) return Rmax;
   int64_t best_r = Rmax, best_cost = -1;
-  std::vector<int64_t> busy(static_cast<size_t>(nt));
   for (int64_t r = Rmax; r >= (Rmax + 1) / 2; --r) {
     const int64_t per_img = (H + r - 1) / r, n = B * per_img;
-    std::fill(busy.begin(), busy.end(), 0);  // in quarter rows
-    for (int64_t i = 0; i < n; ++i) {  // the next tile goes to the thread free first
+    // each thread's load in quarter rows; the next tile goes to the least loaded (free first)
+    std::priority_queue<int64_t, std::vector<int64_t>, std::greater<int64_t>> load(
+        std::greater<int64_t>(), std::vector<int64_t>(static_cast<size_t>(nt), 0));
+    int64_t worst = 0;
+    for (int64_t i = 0; i < n; ++i) {
       const int64_t h0 = (i % per_img) * r;
-      *std::min_element(busy.begin(), busy.end()) += 4 * (std::min(H, h0 + r) - h0) + 1;
+      const int64_t l = load.top() + 4 * (std::min(H, h0 + r) - h0) + 1;
+      load.pop();
+      load.push(l);
+      worst = std::max(worst, l);
     }
-    const int64_t worst = *std::max_element(busy.begin(), busy.end());
     if (best_cost < 0 || worst < best_cost) {
       best_cost = worst;
       best_r = r;
@@ -288,10 +294,11 @@ inline int64_t balanced_rows(int64_t B, int64_t H, int64_t Rmax, int64_t nt) {
   return best_r;
 }
 
-// body(i) for every i in [0, n) on the intra-op threads: one setup(...) per thread (its scratch),
-// then tiles from a shared counter (dynamic), or one contiguous chunk per thread (static).
+// body(begin, end, next) on the intra-op threads, once per thread (its scratch set up once):
+// dynamic, every thread gets [0, n) and the shared counter next, and takes tile indices from it
+// until they run past n; static (next = nullptr), one contiguous chunk [begin, end) per thread.
 template <typename Body>
-void tiles_dynamic(int64_t n, bool dynamic, const Body& body) {
+void run_tiles(int64_t n, bool dynamic, const Body& body) {
   if (!dynamic) {
     at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) { body(begin, end, nullptr); });
     return;
@@ -388,8 +395,8 @@ void pointwise_tiles(const Produce& produce, bool cl, int64_t B, int64_t C, int6
   const Tensor w2t = bg && cl ? transposed<T>(a.w2) : a.w2.t();  // [Hd, Co]
   const T* w1p = w1t.data_ptr<T>();
   const T* w2p = w2t.data_ptr<T>();
-  tiles_dynamic(B * n_tiles_img, tile_balance_on(), [&](int64_t begin, int64_t end,
-                                                        std::atomic<int64_t>* next) {
+  run_tiles(B * n_tiles_img, tile_balance_on(), [&](int64_t begin, int64_t end,
+                                                    std::atomic<int64_t>* next) {
     // grad mode is thread-local: worker threads would see it on and reject mm(out=) on tensors
     // that require grad
     at::NoGradGuard no_grad;

@@ -1,5 +1,5 @@
 """The CPU tile strategy's scheduling (csrc/cpu/conv_block_kernels.cpp balanced_rows,
-tiles_dynamic): threads take tiles from a shared counter, and the rows per tile are the largest
+run_tiles): threads take tiles from a shared counter, and the rows per tile are the largest
 that fit the cache budget, shrunk (to no less than half) where that evens out the rows each
 thread ends up with. SWIFTKERN_CPU_TILE_BALANCE=0 keeps the largest tile and one fixed chunk of
 tiles per thread. Checked: the rows chosen at SwiftFormer shapes, and the results of ragged,
@@ -41,8 +41,11 @@ def _rows(b, c, h, w, hd, cl=True):
 CASES = [
     # XS stage 1 at batch 1: 56 rows, at most 6 per tile -> 30 / 26 rows per thread; 4 -> 28 / 28
     ((1, 48, 56, 56, 192, 2), 4, 6),
-    # batch 8: 80 tiles of the largest size split evenly already
+    # batch 8: 80 tiles of the largest size, 8 or more per thread: the largest rows stay
     ((8, 48, 56, 56, 192, 2), 6, 6),
+    # 100 rows as 17 tiles of <= 6 at 2 threads: 8 or more per thread, so the largest rows stay
+    # (under that rule 5 rows would even them out: 20 tiles, 50 / 50 rows instead of 52 / 48)
+    ((1, 48, 100, 56, 192, 2), 6, 6),
     # XS stage 2 at batch 1: 3 tiles of <= 10 rows ran the whole-tensor GEMMs (0); 4 of 7 now
     ((1, 56, 28, 28, 224, 2), 7, 0),
     # one thread: nothing to balance
